@@ -1,0 +1,140 @@
+"""The `mtlrun` command: `mtlrun train|eval [hydra overrides]`.
+
+Each subcommand is a Hydra app over the same config directory, so everything Hydra offers works after the
+subcommand (`-m` sweeps, `--cfg job`, `--info`, `--config-dir`, `hydra.run.dir=...`). Errors mtlrun
+anticipates print one short message and exit 2 (usage) or 1 (run failure); HYDRA_FULL_ERROR=1 shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+
+SUBCOMMANDS = {
+    "train": ("mtlrun.train:train", "train a model (default: two-digit multidigits, small CNN, hard sharing)"),
+    "eval": ("mtlrun.eval:evaluate", "evaluate a checkpoint: mtlrun eval checkpoint=PATH [split=test]"),
+}
+USAGE_EXIT = 2
+
+
+def usage() -> str:
+    from mtlrun import __version__
+    from mtlrun.config import config_groups
+
+    lines = [f"mtlrun {__version__}: train and evaluate multi-task / multi-modal PyTorch models from configs",
+             "", "usage: mtlrun <command> [key=value ...] [group=option ...] [hydra flags]", "", "commands:"]
+    lines += [f"  {name:<7}{text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "config groups (pick one with group=option; the first is the default):"]
+    from mtlrun.config import config_dir
+    from omegaconf import OmegaConf
+
+    defaults = {}
+    for entry in OmegaConf.load(config_dir() / "train.yaml").get("defaults", []):
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            defaults.update({str(k): v for k, v in dict(entry).items()})
+    for group, options in config_groups().items():
+        default = defaults.get(group)
+        ordered = ([default] if default in options else []) + [o for o in options if o != default]
+        lines.append(f"  {group:<11}{', '.join(ordered)}")
+    lines += ["", "examples:",
+              "  mtlrun train                                    # defaults: multidigits, cnn, hps",
+              "  mtlrun train backbone=resnet18 trainer.max_epochs=20 data.batch_size=256",
+              "  mtlrun train -m seed=0,1,2                      # a Hydra multirun sweep",
+              "  mtlrun train resume=outputs/train/.../checkpoints/last.pt",
+              "  mtlrun eval checkpoint=outputs/train/.../checkpoints/best.pt split=test",
+              "  torchrun --nproc_per_node=2 -m mtlrun train      # DDP",
+              "  mtlrun train --cfg job                          # print the composed config",
+              "  mtlrun train --help                             # Hydra's help for one command"]
+    return "\n".join(lines)
+
+
+def _start_time() -> datetime:
+    """One timestamp for the run dir, shared by all DDP ranks so they write to the same directory."""
+    from mtlrun.engine import distributed
+
+    distributed.init_if_launched()
+    return distributed.broadcast_object(datetime.now())
+
+
+def _log_to_files(level: int, message: str) -> None:
+    """Record a message in the run's log file without repeating it on the console."""
+    record = logging.LogRecord("mtlrun", level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _run_guarded(fn, cfg):
+    from mtlrun.engine.trainer import TrainingInterrupted
+    from mtlrun.errors import MtlrunError
+
+    log = logging.getLogger("mtlrun")
+    try:
+        return fn(cfg)
+    except MtlrunError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        _log_to_files(logging.ERROR, f"error: {exc}")
+        raise SystemExit(exc.exit_code) from None
+    except TrainingInterrupted as exc:
+        name = signal.Signals(exc.signum).name
+        log.warning(f"{name}: stopped; saved {exc.path}\nresume with: mtlrun train resume={exc.path}")
+        raise SystemExit(128 + exc.signum) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        raise SystemExit(0 if argv else USAGE_EXIT)
+    if argv[0] == "--version":
+        from mtlrun import __version__
+
+        print(f"mtlrun {__version__}")
+        return
+    command, overrides = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"error: unknown command {command!r}; valid: {', '.join(SUBCOMMANDS)} (see mtlrun --help)",
+              file=sys.stderr)
+        raise SystemExit(USAGE_EXIT)
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    from mtlrun.config import config_dir
+    from mtlrun.engine import distributed
+
+    started = _start_time()
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
+    if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
+        overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+    module_name, fn_name = SUBCOMMANDS[command][0].split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    reached = False
+
+    def task(cfg):
+        nonlocal reached
+        reached = True
+        return _run_guarded(fn, cfg)
+
+    sys.argv = [f"mtlrun {command}", *overrides]
+    try:
+        hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task)()
+    except SystemExit as exc:
+        # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
+        if not reached and exc.code == 1:
+            raise SystemExit(USAGE_EXIT) from None
+        raise
+    finally:
+        distributed.destroy()
+
+
+if __name__ == "__main__":
+    main()

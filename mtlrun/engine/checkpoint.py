@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read with weights_only=True, checked to come from mtlrun.
+
+A checkpoint carries everything `mtlrun eval` and `resume=` need: model, optimizer, scheduler, AMP scaler,
+weighting state, RNG states of every rank, loop position, metric history and the resolved config.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlrun.errors import UsageError
+
+FORMAT = 1
+REQUIRED = ("mtlrun_version", "format", "config", "model")
+
+
+def save(path: str | os.PathLike, state: dict) -> None:
+    """Write via a temp file in the same directory and os.replace, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: str | os.PathLike, key: str = "checkpoint") -> dict:
+    """Load and validate; errors name the config key (`checkpoint=` or `resume=`) and the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = " (it is a directory; point at checkpoints/last.pt or best.pt)" if path.is_dir() else ""
+        raise UsageError(f"{key}={path}: no such file{hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{key}={path}: cannot be read as a checkpoint (corrupt, truncated or not a "
+                         f"torch file): {first}") from exc
+    missing = [k for k in REQUIRED if not (isinstance(state, dict) and k in state)]
+    if missing:
+        raise UsageError(f"{key}={path}: not a mtlrun checkpoint (missing {', '.join(missing)}); use "
+                         f"checkpoints/last.pt or checkpoints/best.pt from a `mtlrun train` run")
+    if state["format"] > FORMAT:
+        raise UsageError(f"{key}={path}: written by mtlrun {state['mtlrun_version']} in checkpoint format "
+                         f"{state['format']}; this mtlrun reads format <= {FORMAT}. Upgrade mtlrun")
+    return state
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+             "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

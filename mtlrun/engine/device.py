@@ -1,0 +1,34 @@
+"""Device choice and mixed precision."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from mtlrun.errors import UsageError
+
+AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` picks cuda > mps > cpu; an explicit device that is not there is a usage error."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    if name == "mps" and not _mps_available():
+        raise UsageError("trainer.device=mps but MPS is not available here; use trainer.device=auto or cpu")
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = AMP_DTYPES[str(precision)]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

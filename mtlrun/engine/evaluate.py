@@ -1,0 +1,58 @@
+"""Evaluation over a whole split: every sample counted once across DDP ranks, no host sync per batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlrun.data.loading import eval_loader, to_device
+from mtlrun.engine import distributed
+from mtlrun.engine.device import autocast
+
+
+def count_batches(limit, available: int) -> int:
+    """`limit` is null (all), an int (that many batches) or a float in (0, 1] (that fraction)."""
+    if limit is None:
+        return available
+    if isinstance(limit, float):
+        return min(available, max(1, int(limit * available)))
+    return min(available, int(limit))
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, tasks: dict, dataset, *, device: torch.device, batch_size: int,
+                   precision: str = "32", limit_batches=None, num_workers: int = 0, pin_memory: bool = False,
+                   dist: distributed.DistInfo | None = None) -> dict[str, float]:
+    """{"<task>/loss": ..., "<task>/<metric>": ...} over `dataset` (or its first `limit_batches` batches)."""
+    dist = dist or distributed.dist_info()
+    loader = eval_loader(dataset, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size,
+                         num_workers=num_workers, pin_memory=pin_memory)
+    limit = count_batches(limit_batches, len(loader))
+    names = list(tasks)
+    metrics = {t: tasks[t].metrics() for t in names}
+    for m in metrics.values():
+        m.reset(device)
+    loss_sums = torch.zeros(2, len(names), dtype=torch.float64, device=device)  # loss x labelled, labelled
+    was_training = model.training
+    model.eval()
+    for i, batch in enumerate(loader):
+        if i >= limit:
+            break
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            preds = model(batch["inputs"])
+        masks = batch.get("label_mask", {})
+        for j, t in enumerate(names):
+            target, mask = batch["targets"][t], masks.get(t)
+            labelled = mask.sum() if mask is not None else torch.tensor(len(target), device=device)
+            loss_sums[0, j] += tasks[t].loss(preds[t], target, mask).double() * labelled
+            loss_sums[1, j] += labelled
+            metrics[t].update(preds[t], target, mask)
+    model.train(was_training)
+    distributed.all_reduce_([loss_sums, *[s for m in metrics.values() for s in m.states()]])
+    out = {}
+    losses = (loss_sums[0] / loss_sums[1].clamp_min(1)).tolist()
+    for j, t in enumerate(names):
+        out[f"{t}/loss"] = losses[j]
+        out.update({f"{t}/{k}": v for k, v in metrics[t].compute().items()})
+    return out

@@ -1,0 +1,74 @@
+"""Run outputs: metrics.csv, results.json and the printed per-task table (DESIGN.md, run directory)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+LEADING = ("epoch", "split", "step")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """One row per epoch and split; columns: epoch, split, step, then the rest sorted (`<task>/<metric>`)."""
+    keys = sorted({k for row in rows for k in row} - set(LEADING))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*LEADING, *keys], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed = {}
+        for k, v in row.items():
+            if v in ("", None):
+                continue
+            try:
+                parsed[k] = int(v) if k in ("epoch", "step") else (v if k == "split" else float(v))
+            except ValueError:
+                parsed[k] = v
+        out.append(parsed)
+    return out
+
+
+def write_results(path: str | os.PathLike, metrics: dict[str, float], **extra) -> None:
+    payload = {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, **extra}
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def results_table(tasks: dict, columns: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one line per task metric, one column per split (e.g. val, test)."""
+    header = ["task", "metric", *columns]
+    lines = []
+    for name, task in tasks.items():
+        label = f"{name} (aux)" if getattr(task, "auxiliary", False) else name
+        for metric in task.metric_names:
+            arrow = "↑" if task.higher_is_better[metric] else "↓"
+            cells = []
+            for split_values in columns.values():
+                v = split_values.get(f"{name}/{metric}")
+                cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
+            lines.append([label, f"{metric} {arrow}", *cells])
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])

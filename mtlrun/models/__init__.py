@@ -1,0 +1,3 @@
+from mtlrun.models.base import MultiTaskModel
+
+__all__ = ["MultiTaskModel"]

@@ -1,0 +1,3 @@
+from mtlrun.models.encoders.image import ResNet, SmallCNN
+
+__all__ = ["ResNet", "SmallCNN"]

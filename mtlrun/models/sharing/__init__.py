@@ -1,0 +1,3 @@
+from mtlrun.models.sharing.hps import HardParameterSharing
+
+__all__ = ["HardParameterSharing"]

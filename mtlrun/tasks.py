@@ -1,0 +1,147 @@
+"""Task types: each knows its head size, its loss, its metrics and which direction is better.
+
+Losses leave out samples whose label is missing (`label_mask` False) and are mean-reduced over the
+labelled ones; a batch with no labels for a task gives a loss of exactly zero (and so no gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mtlrun.data.base import TargetInfo
+from mtlrun.metrics import ClassificationMetrics, Metrics, MultilabelMetrics, RegressionMetrics
+
+
+def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return per_sample.mean()
+    per_sample = per_sample.view(len(per_sample), -1).mean(dim=1)
+    mask = mask.to(per_sample.dtype)
+    return (per_sample * mask).sum() / mask.sum().clamp_min(1)
+
+
+class Task:
+    kind = ""
+
+    def __init__(self, weight: float = 1.0, auxiliary: bool = False):
+        self.weight = float(weight)
+        self.auxiliary = bool(auxiliary)
+        self.name = ""  # set by the builder from the config key
+
+    output_dim: int
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> Metrics:
+        raise NotImplementedError
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return self.metrics().names
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        return self.metrics().higher_is_better
+
+    def check(self, info: TargetInfo) -> list[str]:
+        """Problems between this task's definition and what the data provides (config keys in the text)."""
+        if info.kind != self.kind:
+            return [f"tasks.{self.name}: is a {self.kind} task but the data's target '{self.name}' is "
+                    f"{info.kind}; use a task _target_ for {info.kind}"]
+        return []
+
+
+class Classification(Task):
+    kind = "classification"
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.num_classes = int(num_classes)
+        self.label_smoothing = float(label_smoothing)
+        self.output_dim = self.num_classes
+
+    def loss(self, pred, target, mask):
+        if mask is None:
+            return F.cross_entropy(pred.float(), target, label_smoothing=self.label_smoothing)
+        target = torch.where(mask, target, 0)  # any valid class; the sample is masked out below
+        per_sample = F.cross_entropy(pred.float(), target, reduction="none",
+                                     label_smoothing=self.label_smoothing)
+        return masked_mean(per_sample, mask)
+
+    def metrics(self):
+        return ClassificationMetrics(self.num_classes)
+
+    def check(self, info):
+        problems = super().check(info)
+        if not problems and info.num_classes != self.num_classes:
+            problems.append(f"tasks.{self.name}.num_classes={self.num_classes} but the data has "
+                            f"{info.num_classes} classes (labels 0..{info.num_classes - 1}) for "
+                            f"'{self.name}'; set tasks.{self.name}.num_classes={info.num_classes}")
+        return problems
+
+
+class Multilabel(Task):
+    """Independent yes/no labels with BCE; `Binary` is the one-label case with a [B] target."""
+
+    kind = "multilabel"
+
+    def __init__(self, num_labels: int, pos_weight: float | None = None, **kw):
+        super().__init__(**kw)
+        self.num_labels = int(num_labels)
+        self.pos_weight = pos_weight
+        self.output_dim = self.num_labels
+
+    def loss(self, pred, target, mask):
+        target = target.to(pred.dtype).view_as(pred)
+        pos_weight = None if self.pos_weight is None else pred.new_tensor(self.pos_weight)
+        per_elem = F.binary_cross_entropy_with_logits(pred.float(), target.float(), reduction="none",
+                                                      pos_weight=pos_weight)
+        return masked_mean(per_elem, mask)
+
+    def metrics(self):
+        return MultilabelMetrics(self.num_labels)
+
+    def check(self, info):
+        problems = super().check(info)
+        if not problems and self.kind == "multilabel" and info.dim != self.num_labels:
+            problems.append(f"tasks.{self.name}.num_labels={self.num_labels} but the data has {info.dim} "
+                            f"labels for '{self.name}'")
+        return problems
+
+
+class Binary(Multilabel):
+    kind = "binary"
+
+    def __init__(self, pos_weight: float | None = None, **kw):
+        super().__init__(num_labels=1, pos_weight=pos_weight, **kw)
+
+
+class Regression(Task):
+    kind = "regression"
+    LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+
+    def __init__(self, dim: int = 1, loss: str = "mse", **kw):
+        super().__init__(**kw)
+        if loss not in self.LOSSES:
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"loss={loss!r} is not a regression loss; valid: {', '.join(self.LOSSES)}")
+        self.dim = int(dim)
+        self.loss_name = loss
+        self.output_dim = self.dim
+
+    def loss(self, pred, target, mask):
+        per_elem = self.LOSSES[self.loss_name](pred.float(), target.float().view_as(pred), reduction="none")
+        return masked_mean(per_elem, mask)
+
+    def metrics(self):
+        return RegressionMetrics(self.dim)
+
+    def check(self, info):
+        problems = super().check(info)
+        if not problems and info.dim is not None and info.dim != self.dim:
+            problems.append(f"tasks.{self.name}.dim={self.dim} but the data's target '{self.name}' has "
+                            f"{info.dim} values per sample")
+        return problems

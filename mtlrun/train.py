@@ -1,0 +1,79 @@
+"""`mtlrun train`: compose -> validate -> instantiate -> Trainer.fit -> test the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun import __version__
+from mtlrun.build import build_components
+from mtlrun.config import apply_overrides, build, validate_train
+from mtlrun.engine import checkpoint, distributed
+from mtlrun.engine.plots import plot_curves
+from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
+from mtlrun.engine.trainer import Trainer
+
+log = logging.getLogger("mtlrun")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: DictConfig) -> dict:
+    dist = distributed.dist_info()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_state = None
+    if cfg.resume:
+        resume_path = Path(cfg.resume).expanduser().resolve()
+        resume_state = checkpoint.load(resume_path, key="resume")
+        cfg = apply_overrides(resume_state["config"], cfg, list(HydraConfig.get().overrides.task), None,
+                              "resume")
+        cfg.resume = str(resume_path)
+        log.info(f"resuming {resume_path} at epoch {resume_state['epoch'] + 1}, "
+                 f"batch {resume_state['batches_done']}")
+    validate_train(cfg)
+    if cfg.trainer.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if dist.is_main:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+
+    parts = build_components(cfg)
+    params = list(parts.model.parameters()) + list(parts.weighting.parameters())
+    optimizer = build(cfg.optim, "optim")(params)
+    scheduler_factory = build(cfg.scheduler, "scheduler")
+    seed_everything(cfg.seed + dist.rank)  # each rank its own dropout/augmentation stream
+    trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
+                      scheduler_factory=scheduler_factory, data=parts.data, cfg=cfg.trainer, seed=cfg.seed,
+                      run_dir=run_dir, config=resolved, dist=dist)
+    log.info(f"run dir {run_dir}  device {trainer.device}  precision {trainer.precision}  "
+             f"world size {dist.world_size}  parameters {sum(p.numel() for p in parts.model.parameters()):,}")
+    trainer.fit(resume_state)
+
+    # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
+    best_path = trainer.ckpt_dir / "best.pt"
+    parts.model.load_state_dict(checkpoint.load(best_path)["model"])
+    val, test = trainer.evaluate("val"), trainer.evaluate("test")
+    metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
+    if dist.is_main:
+        history = trainer.history + [{"epoch": trainer.best_epoch, "split": "test", "step": trainer.global_step,
+                                      **test}]
+        write_metrics_csv(run_dir / "metrics.csv", history)
+        plot_curves(trainer.history, parts.tasks, run_dir / "curves.png")
+        write_results(run_dir / "results.json", metrics, best_epoch=trainer.best_epoch,
+                      monitor={"key": f"val/{trainer.monitor_key}", "value": trainer.best_value},
+                      checkpoint=str(best_path), mtlrun_version=__version__)
+        log.info("\nbest checkpoint (epoch %s): %s\n%s", trainer.best_epoch, best_path,
+                 results_table(parts.tasks, {"val": val, "test": test}))
+    return metrics
+
