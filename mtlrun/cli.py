@@ -61,6 +61,19 @@ def _start_time() -> datetime:
     return distributed.broadcast_object(datetime.now())
 
 
+def _resume_in_place(overrides: list[str]) -> list[str]:
+    """`resume=RUN/checkpoints/last.pt` continues in RUN unless the user chose another hydra.run.dir."""
+    from pathlib import Path
+
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not resume or resume[-1] in ("", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides
+    path = Path(resume[-1]).expanduser().resolve()
+    if path.parent.name == "checkpoints" and path.parent.parent.is_dir():
+        return [*overrides, f"hydra.run.dir={path.parent.parent}"]
+    return overrides
+
+
 def _log_to_files(level: int, message: str) -> None:
     """Record a message in the run's log file without repeating it on the console."""
     record = logging.LogRecord("mtlrun", level, __file__, 0, message, None, None)
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     from mtlrun.config import config_dir
     from mtlrun.engine import distributed
 
+    if command == "train":
+        overrides = _resume_in_place(overrides)
     started = _start_time()
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir

@@ -102,8 +102,8 @@ class RegressionMetrics(Metrics):
 
     def update(self, pred, target, mask):
         err = (pred.float().view(len(pred), -1) - target.float().view(len(target), -1)).double()
-        if mask is not None:
-            err = err * mask.view(-1, 1)
+        if mask is not None:  # where, not multiply: an unlabelled NaN placeholder must not leak in
+            err = torch.where(mask.view(-1, 1), err, 0.0)
             count = mask.sum() * err.shape[1]
         else:
             count = torch.tensor(err.numel(), device=err.device)

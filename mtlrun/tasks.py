@@ -13,6 +13,13 @@ from mtlrun.data.base import TargetInfo
 from mtlrun.metrics import ClassificationMetrics, Metrics, MultilabelMetrics, RegressionMetrics
 
 
+def fill_unlabelled(target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Replace the targets of unlabelled samples by 0: a NaN placeholder times a zero mask is still NaN."""
+    if mask is None:
+        return target
+    return torch.where(mask.view(-1, *[1] * (target.dim() - 1)), target, torch.zeros_like(target))
+
+
 def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return per_sample.mean()
@@ -65,7 +72,7 @@ class Classification(Task):
     def loss(self, pred, target, mask):
         if mask is None:
             return F.cross_entropy(pred.float(), target, label_smoothing=self.label_smoothing)
-        target = torch.where(mask, target, 0)  # any valid class; the sample is masked out below
+        target = fill_unlabelled(target, mask)  # any valid class; the sample is masked out below
         per_sample = F.cross_entropy(pred.float(), target, reduction="none",
                                      label_smoothing=self.label_smoothing)
         return masked_mean(per_sample, mask)
@@ -94,9 +101,9 @@ class Multilabel(Task):
         self.output_dim = self.num_labels
 
     def loss(self, pred, target, mask):
-        target = target.to(pred.dtype).view_as(pred)
-        pos_weight = None if self.pos_weight is None else pred.new_tensor(self.pos_weight)
-        per_elem = F.binary_cross_entropy_with_logits(pred.float(), target.float(), reduction="none",
+        target = fill_unlabelled(target, mask).float().view_as(pred)  # fp32 even under autocast
+        pos_weight = None if self.pos_weight is None else torch.tensor(float(self.pos_weight), device=pred.device)
+        per_elem = F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none",
                                                       pos_weight=pos_weight)
         return masked_mean(per_elem, mask)
 
@@ -133,7 +140,8 @@ class Regression(Task):
         self.output_dim = self.dim
 
     def loss(self, pred, target, mask):
-        per_elem = self.LOSSES[self.loss_name](pred.float(), target.float().view_as(pred), reduction="none")
+        target = fill_unlabelled(target, mask).float().view_as(pred)
+        per_elem = self.LOSSES[self.loss_name](pred.float(), target, reduction="none")
         return masked_mean(per_elem, mask)
 
     def metrics(self):

@@ -28,6 +28,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _carry_best_checkpoint(resume_path: Path, state: dict, run_dir: Path) -> None:
+    """A resumed run written to a new directory starts with the original run's best.pt."""
+    source = resume_path.parent / "best.pt"
+    target = run_dir / "checkpoints" / "best.pt"
+    if state["best_epoch"] is None or source.resolve() == target.resolve():
+        return
+    if not source.is_file():
+        log.warning(f"resume: {source} not found; best.pt will be written at the next improvement")
+        return
+    best = checkpoint.load(source, key="resume")
+    if best["epoch"] != state["best_epoch"]:
+        log.warning(f"resume: {source} is from epoch {best['epoch']}, the checkpoint's best epoch is "
+                    f"{state['best_epoch']}; not carried over")
+        return
+    checkpoint.save(target, best)
+
+
 def train(cfg: DictConfig) -> dict:
     dist = distributed.dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -40,6 +57,8 @@ def train(cfg: DictConfig) -> dict:
         cfg.resume = str(resume_path)
         log.info(f"resuming {resume_path} at epoch {resume_state['epoch'] + 1}, "
                  f"batch {resume_state['batches_done']}")
+        if dist.is_main:
+            _carry_best_checkpoint(resume_path, resume_state, run_dir)
     validate_train(cfg)
     if cfg.trainer.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -62,6 +81,10 @@ def train(cfg: DictConfig) -> dict:
 
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
     best_path = trainer.ckpt_dir / "best.pt"
+    if not best_path.is_file():
+        log.warning(f"{best_path} is missing (the resumed run's best epoch was not carried over); "
+                    f"reporting the last checkpoint instead")
+        best_path = trainer.ckpt_dir / "last.pt"
     parts.model.load_state_dict(checkpoint.load(best_path)["model"])
     val, test = trainer.evaluate("val"), trainer.evaluate("test")
     metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}

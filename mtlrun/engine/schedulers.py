@@ -16,7 +16,7 @@ def constant(optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
 
 
 def cosine(optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> LambdaLR:
-    """Linear warm-up then cosine decay from the base LR to `min_lr_ratio` x base LR at the last step."""
+    """Linear warm-up, then cosine decay from the base LR to `min_lr_ratio` x base LR at the end of training."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -210,6 +210,13 @@ class Trainer:
                     break
         bar.close()
         self._check_nonfinite()
+        if self.skipped_steps:
+            log.warning(f"epoch {epoch + 1}: skipped {self.skipped_steps} of "
+                        f"{self.skipped_steps + self.train_count} batches with a non-finite loss")
+            if self.train_count == 0:
+                raise NonFiniteLossError(
+                    f"every batch of epoch {epoch + 1} had a non-finite loss (the weights are no longer "
+                    f"finite); the last good checkpoint is kept. Try a lower optim.lr or trainer.grad_clip=1.0")
 
     def _pin_memory(self) -> bool:
         pin = self.data.pin_memory

@@ -1,0 +1,144 @@
+"""The CLI end to end: help, Hydra features through the subcommand, run-dir contract, eval == train."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY, read_results, run_cli
+
+
+def test_help_lists_commands_and_groups(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for text in ("train", "eval", "backbone", "cnn, resnet18, resnet34, resnet50", "experiment", "smoke"):
+        assert text in proc.stdout
+
+
+def test_no_command_or_unknown_command_is_usage_error(tmp_path):
+    assert run_cli(cwd=tmp_path).returncode == 2
+    proc = run_cli("fit", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown command 'fit'" in proc.stderr and "train, eval" in proc.stderr
+
+
+def test_console_script_and_hydra_cfg_flag(tmp_path):
+    exe = shutil.which("mtlrun")
+    assert exe, "the mtlrun console script is not installed"
+    proc = run_cli("train", "--cfg", "job", "backbone=resnet18", "trainer.max_epochs=3", cwd=tmp_path,
+                   launcher=[exe])
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: mtlrun.models.encoders.image.ResNet" in proc.stdout
+    assert "max_epochs: 3" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
+
+
+def test_hydra_info_flag(tmp_path):
+    proc = run_cli("train", "--info", "defaults", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "data/multidigits" in proc.stdout
+
+
+def test_run_dir_contract(trained_run):
+    run = trained_run
+    for name in ("config.yaml", "metrics.csv", "results.json", "train.log", "curves.png",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "max_epochs: 2" in (run / "config.yaml").read_text()
+    assert "${" not in (run / "config.yaml").read_text()  # fully resolved
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [(r["epoch"], r["split"]) for r in rows] == [("1", "train"), ("1", "val"), ("2", "train"),
+                                                        ("2", "val"), (rows[-1]["epoch"], "test")]
+    for col in ("left/accuracy", "left/macro_f1", "right/accuracy", "right/loss", "left/weight"):
+        assert col in rows[0]
+    assert 0.0 <= float(rows[1]["left/accuracy"]) <= 1.0
+
+    payload = json.loads((run / "results.json").read_text())
+    keys = set(payload["metrics"])
+    assert {"test/left/accuracy", "test/left/macro_f1", "test/right/accuracy", "test/right/macro_f1"} <= keys
+    assert payload["best_epoch"] in (1, 2)
+
+    state = torch.load(run / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step", "config",
+                "mtlrun_version"):
+        assert key in state
+    assert state["epoch"] == 2 and state["config"]["trainer"]["max_epochs"] == 2
+
+
+def test_eval_reproduces_train_test_metrics(trained_run, tmp_path):
+    train_metrics = read_results(trained_run)
+    best = trained_run / "checkpoints/best.pt"
+    proc = run_cli("eval", f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    measured = read_results(tmp_path / "ev")
+    assert measured == {k: v for k, v in train_metrics.items() if k.startswith("test/")}
+    assert (tmp_path / "ev" / "metrics.csv").is_file() and (tmp_path / "ev" / "eval.log").is_file()
+    assert "left" in proc.stdout and "accuracy" in proc.stdout  # the table
+
+    # other split and another batch size: same samples, so the same counts
+    proc = run_cli("eval", f"checkpoint={best}", "split=val", "data.batch_size=7", "trainer.device=cpu",
+                   f"hydra.run.dir={tmp_path / 'ev2'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    val = read_results(tmp_path / "ev2")
+    assert val["val/left/accuracy"] == train_metrics["val/left/accuracy"]
+    assert val["val/right/accuracy"] == train_metrics["val/right/accuracy"]
+
+
+def test_eval_refuses_training_overrides(trained_run, tmp_path):
+    proc = run_cli("eval", f"checkpoint={trained_run / 'checkpoints/best.pt'}", "+optim.lr=0.1",
+                   f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_multirun_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = [read_results(sweep / str(i)) for i in (0, 1)]
+    assert results[0]["test/left/accuracy"] != results[1]["test/left/accuracy"] or \
+        results[0]["test/left/loss"] != results[1]["test/left/loss"]  # different seeds, different runs
+
+
+def test_user_config_dir_adds_groups(tmp_path):
+    groups = tmp_path / "myconf" / "backbone"
+    groups.mkdir(parents=True)
+    (groups / "tiny.yaml").write_text("_target_: mtlrun.models.encoders.image.SmallCNN\n"
+                                      "channels: [8, 16]\nout_dim: 32\ndropout: 0.0\n")
+    run = tmp_path / "run"
+    proc = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "backbone=tiny", *TINY,
+                   f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "channels:\n  - 8\n  - 16" in (run / "config.yaml").read_text()
+    state = torch.load(run / "checkpoints/best.pt", map_location="cpu", weights_only=True)
+    assert state["model"]["encoder.features.0.weight"].shape[0] == 8
+
+
+def test_default_run_dir_is_under_outputs(tmp_path):
+    proc = run_cli("train", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = [p for p in (tmp_path / "outputs" / "train").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "results.json").is_file()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.precision=bf16"],
+    ["trainer.precision=16"],
+    ["trainer.accumulate=3", "trainer.grad_clip=1.0", "optim=sgd", "scheduler=multistep"],
+    ["trainer.limit_train_batches=2", "trainer.limit_eval_batches=0.5", "trainer.early_stopping.patience=1"],
+    ["backbone=resnet18", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    ["trainer.compile=true", "data.n_train=128"],
+], ids=["bf16", "fp16", "accumulate-clip-sgd", "limits", "resnet18", "compile"])
+def test_trainer_options_run_end_to_end(tmp_path, overrides):
+    run = tmp_path / "run"
+    proc = run_cli("train", *TINY, *overrides, f"hydra.run.dir={run}", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = read_results(run)
+    assert all(0.0 <= metrics[f"test/{t}/accuracy"] <= 1.0 for t in ("left", "right"))
+    assert all(v == v for v in metrics.values())  # no NaN

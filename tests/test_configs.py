@@ -1,0 +1,136 @@
+"""Every shipped config composes, validates, builds, runs a forward pass and one optimizer step.
+
+Parametrized by globbing configs/, so a new experiment or group option is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.build import build_components
+from mtlrun.config import build, config_dir, config_groups, validate_train
+from mtlrun.data.loading import train_loader
+
+CONFIGS = Path(config_dir())
+# Tiny data so building every combination stays fast; given last, so they win over experiments.
+TINY = ["data.n_train=16", "data.n_val=8", "data.n_test=8", "data.batch_size=4", "data.eval_batch_size=4"]
+TINY_KEYS = {o.split("=")[0] for o in TINY}
+
+
+def compose_train(overrides=()) -> DictConfig:
+    """The real `train` config as `mtlrun train <overrides>` would see it (minus the hydra node)."""
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions are dominated by thread start-up on a small, shared CPU; restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+GROUP_OPTIONS = [f"{group}={option}" for group, options in config_groups().items() if group != "experiment"
+                 for option in options]
+CASES = [[]] + [[f"experiment={e}"] for e in EXPERIMENTS] + [[o] for o in GROUP_OPTIONS]
+
+
+def test_globs_found_the_shipped_configs():
+    assert {"smoke", "multidigits_resnet18"} <= set(EXPERIMENTS)
+    for option in ("backbone=cnn", "backbone=resnet18", "backbone=resnet34", "backbone=resnet50",
+                   "optim=adam", "optim=adamw", "optim=sgd", "scheduler=constant", "scheduler=cosine",
+                   "scheduler=multistep", "data=multidigits", "arch=hps", "tasks=multidigits",
+                   "weighting=static", "trainer=default"):
+        assert option in GROUP_OPTIONS
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], node
+
+
+def _assert_group_is(cfg: DictConfig, group: str, option: str):
+    """cfg[group] is the option's file (apart from the tiny data overrides)."""
+    expected = OmegaConf.to_container(OmegaConf.load(CONFIGS / group / f"{option}.yaml"))
+    expected.pop("defaults", None)
+    for key, value in _leaves(expected):
+        full = f"{group}.{key}"
+        if full not in TINY_KEYS:
+            assert OmegaConf.select(cfg, full) == value, full
+
+
+@pytest.mark.parametrize("overrides", CASES, ids=lambda o: o[0] if o else "default")
+def test_config_composes_builds_and_runs_one_step(overrides):
+    cfg = compose_train([*overrides, *TINY])
+
+    # the composition picked what was asked for
+    for override in overrides:
+        group, option = override.split("=")
+        if group == "experiment":
+            experiment = OmegaConf.to_container(OmegaConf.load(CONFIGS / "experiment" / f"{option}.yaml"))
+            for entry in experiment.pop("defaults", []):
+                for key, choice in entry.items():
+                    _assert_group_is(cfg, key.removeprefix("override ").strip("/"), choice)
+            for key, value in _leaves(experiment):
+                if key not in TINY_KEYS:
+                    assert OmegaConf.select(cfg, key) == value, key
+        else:
+            _assert_group_is(cfg, group, option)
+    assert cfg.data.n_train == 16 and cfg.data.batch_size == 4
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+    validate_train(cfg)
+    parts = build_components(cfg)
+    spec = parts.data.spec
+    assert set(parts.tasks) == set(cfg.tasks)
+    for name, task in parts.tasks.items():
+        assert task.name == name
+        assert task.check(spec.targets[name]) == []
+
+    train = parts.data.dataset("train")
+    assert len(train) == 16
+    batch = next(iter(train_loader(train, batch_size=cfg.data.batch_size, seed=cfg.seed, epoch=0)))
+    images = batch["inputs"]["image"]
+    assert images.shape == (4, *spec.modalities["image"])
+
+    model = parts.model
+    torch.manual_seed(0)
+    preds = model(batch["inputs"])
+    assert set(preds) == set(parts.tasks)
+    for name, task in parts.tasks.items():
+        assert preds[name].shape == (4, task.output_dim)
+        assert task.output_dim == spec.targets[name].num_classes
+
+    # one optimizer step through the configured weighting, optimizer and scheduler
+    optimizer = build(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
+    scheduler = build(cfg.scheduler, "scheduler")(optimizer, total_steps=10)
+    parts.weighting.setup(parts.tasks, model)
+    losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
+    objective = parts.weighting.backward(losses, lambda total: total.backward())
+    assert torch.isfinite(objective)
+    expected = sum(cfg.tasks[t].weight * losses[t].detach() for t in parts.tasks)
+    torch.testing.assert_close(objective, expected)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    scheduler.step()
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert changed > 0
+    assert optimizer.param_groups[0]["lr"] > 0
+
+
+def test_tiny_overrides_win_over_an_experiment():
+    cfg = compose_train(["experiment=smoke", *TINY])
+    assert cfg.data.n_train == 16 and cfg.data.eval_batch_size == 4
+    assert cfg.trainer.max_epochs == 1  # the experiment's own value
