@@ -17,7 +17,6 @@ Figures are wall-clock and noisy when other processes share the CPU; compare rat
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -77,8 +76,7 @@ def main() -> None:
         hyper = {k: v for k, v in OmegaConf.to_container(cfg.optim).items() if not k.startswith("_")}
         plain_opt = torch.optim.AdamW(model.parameters(), **hyper)
         assert plain_opt.defaults == trainer.optimizer.defaults, "the config's optimizer is not this AdamW"
-        total_steps = math.ceil(trainer.batches_per_epoch / trainer.accumulate) * int(cfg.trainer.max_epochs)
-        plain_sched = build(cfg.scheduler, "scheduler")(plain_opt, total_steps=total_steps)
+        plain_sched = build(cfg.scheduler, "scheduler")(plain_opt, total_steps=trainer.total_steps)
 
         # A fixed list of training batches, shared by both sides; data loading is not timed.
         train_set = trainer.data.dataset("train")

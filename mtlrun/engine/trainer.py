@@ -24,7 +24,7 @@ from mtlrun.engine import checkpoint, distributed
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.records import write_metrics_csv
-from mtlrun.errors import NonFiniteLossError
+from mtlrun.errors import NonFiniteLossError, UsageError
 
 log = logging.getLogger("mtlrun")
 
@@ -65,7 +65,12 @@ class Trainer:
         n_batches = count_batches(cfg.limit_train_batches, self._train_batches_available())
         self.batches_per_epoch = n_batches
         steps_per_epoch = math.ceil(n_batches / self.accumulate)
-        self.scheduler = scheduler_factory(optimizer, total_steps=steps_per_epoch * int(cfg.max_epochs))
+        self.total_steps = steps_per_epoch * int(cfg.max_epochs)
+        try:
+            self.scheduler = scheduler_factory(optimizer, total_steps=self.total_steps)
+        except TypeError as exc:  # a scheduler config whose keys its factory does not take
+            raise UsageError(f"scheduler: {exc}; a scheduler is called as f(optimizer, total_steps, "
+                             f"**scheduler config)") from exc
 
         # loop position and running state (all of it goes into checkpoints)
         self.epoch = 0
