@@ -56,4 +56,5 @@ def build_components(cfg: DictConfig) -> Components:
     validate_monitor(str(cfg.trainer.monitor), tasks)
     model = build_model(cfg, tasks, data.spec)
     weighting = build(cfg.weighting, "weighting")
+    weighting.setup(tasks, model)  # before the optimizer is built: learned weights are parameters too
     return Components(data, tasks, model, weighting)

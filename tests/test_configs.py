@@ -116,9 +116,8 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     # one optimizer step through the configured weighting, optimizer and scheduler
     optimizer = build(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
     scheduler = build(cfg.scheduler, "scheduler")(optimizer, total_steps=10)
-    parts.weighting.setup(parts.tasks, model)
     losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
-    objective = parts.weighting.backward(losses, lambda total: total.backward())
+    objective = parts.weighting.backward(losses, scale=lambda loss: loss)
     assert torch.isfinite(objective)
     expected = sum(cfg.tasks[t].weight * losses[t].detach() for t in parts.tasks)
     torch.testing.assert_close(objective, expected)

@@ -49,8 +49,8 @@ class Trainer:
         self.config = config
 
         self.model = model.to(self.device)  # the plain module: checkpoints and evaluation use it
-        self.weighting = weighting.to(self.device)
-        self.weighting.setup(tasks, self.model)
+        self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
+        self._zero = torch.zeros(1, device=self.device)
         self.optimizer = optimizer
         self.train_model = self._wrap(self.model)  # what the training step calls (DDP and/or compiled)
 
@@ -101,8 +101,8 @@ class Trainer:
         return per_rank // bs if self.data.drop_last and per_rank >= bs else math.ceil(per_rank / bs)
 
     def _reset_train_sums(self) -> None:
-        # per-task losses and the weighted objective, summed over micro-batches on the device
-        self.train_sums = torch.zeros(len(self.task_names) + 1, device=self.device)
+        # summed over micro-batches on the device: per-task losses, per-task weights, objective, regularizer
+        self.train_sums = torch.zeros(2 * len(self.task_names) + 2, device=self.device)
         self.train_count = 0
         self.first_nonfinite = torch.full((len(self.task_names),), -1, dtype=torch.long, device=self.device)
         self.skipped_steps = 0
@@ -111,26 +111,35 @@ class Trainer:
         return autocast(self.device, self.precision)
 
     # -------------------------------------------------------------------------------------- the step
-    def _backward(self, objective: torch.Tensor) -> None:
+    def _scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """What every loss goes through before backward: 1/accumulate and the fp16 loss scale."""
         if self.accumulate > 1:
-            objective = objective / self.accumulate
-        (self.scaler.scale(objective) if self.scaler else objective).backward()
+            loss = loss / self.accumulate
+        return self.scaler.scale(loss) if self.scaler else loss
 
-    def compute_losses(self, batch: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Per-task losses, and the shared representation when the weighting works on it."""
         with self.autocast():
-            preds = (model or self.train_model)(batch["inputs"])
+            if self.weighting.needs_shared:
+                preds, shared = self.train_model(batch["inputs"], return_shared=True)
+            else:
+                preds, shared = self.train_model(batch["inputs"]), None
         masks = batch.get("label_mask", {})
-        return {t: self.tasks[t].loss(preds[t], batch["targets"][t], masks.get(t)) for t in self.task_names}
+        losses = {t: self.tasks[t].loss(preds[t], batch["targets"][t], masks.get(t)) for t in self.task_names}
+        return losses, shared
 
     def training_step(self, batch: dict) -> None:
         """Forward, per-task losses, weighting.backward. Gradients accumulate until `optimizer_step`."""
-        losses = self.compute_losses(batch)
+        losses, shared = self.compute_losses(batch)
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.cfg.skip_nonfinite and not self._all_finite(stacked):
             self.skipped_steps += 1  # the one host sync a user opts into with skip_nonfinite
             return
-        objective = self.weighting.backward(losses, self._backward)
-        self.train_sums += torch.cat([stacked, objective.float().view(1)])
+        regularizer = self.model.regularizer()  # e.g. soft sharing's distance penalty; None if there is none
+        objective = self.weighting.backward(losses, scale=self._scale, shared=shared, extra=regularizer)
+        reg = regularizer.detach().float().view(1) if regularizer is not None else self._zero
+        self.train_sums += torch.cat([stacked, self.weighting.current_weights().float(),
+                                      objective.detach().float().view(1), reg])
         self.train_count += 1
         if not self.cfg.skip_nonfinite:  # remember the first bad step per task; checked at log time
             bad = ~torch.isfinite(stacked)
@@ -227,10 +236,18 @@ class Trainer:
         pin = self.data.pin_memory
         return self.device.type == "cuda" if pin is None else bool(pin)
 
-    def _running_losses(self) -> dict[str, str]:
+    def _train_means(self) -> dict[str, float]:
         means = (self.train_sums / max(1, self.train_count)).tolist()
-        shown = {t: f"{v:.3f}" for t, v in zip(self.task_names, means)}
-        shown["loss"] = f"{means[-1]:.3f}"
+        n = len(self.task_names)
+        out = {f"{t}/loss": v for t, v in zip(self.task_names, means[:n])}
+        out.update({f"{t}/weight": v for t, v in zip(self.task_names, means[n:2 * n])})
+        out["objective"], out["regularizer"] = means[2 * n], means[2 * n + 1]
+        return out
+
+    def _running_losses(self) -> dict[str, str]:
+        means = self._train_means()
+        shown = {t: f"{means[f'{t}/loss']:.3f}" for t in self.task_names}
+        shown["loss"] = f"{means['objective']:.3f}"
         return shown
 
     def _check_nonfinite(self) -> None:
@@ -278,11 +295,12 @@ class Trainer:
         return val[self.monitor_key] if higher else -val[self.monitor_key]
 
     def _train_row(self, epoch: int) -> dict:
-        means = (self.train_sums / max(1, self.train_count)).tolist()
+        means = self._train_means()  # weights: the mean over the epoch's steps
         row = {"epoch": epoch + 1, "split": "train", "step": self.global_step,
-               "lr": self.optimizer.param_groups[0]["lr"], "objective": means[-1]}
-        row.update({f"{t}/loss": v for t, v in zip(self.task_names, means)})
-        row.update({f"{t}/weight": float(w) for t, w in self.weighting.current_weights().items()})
+               "lr": self.optimizer.param_groups[0]["lr"], **means}
+        if self.model.regularizer() is None:
+            del row["regularizer"]
+        self.weighting.on_epoch_end({t: means[f"{t}/loss"] for t in self.task_names})
         if self.skipped_steps:
             row["skipped_steps"] = self.skipped_steps
         self._reset_train_sums()

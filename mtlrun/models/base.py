@@ -21,6 +21,10 @@ class MultiTaskModel(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], return_shared: bool = False):
         raise NotImplementedError
 
+    def regularizer(self) -> torch.Tensor | None:
+        """A penalty added to the training objective (e.g. soft sharing's parameter distance), or None."""
+        return None
+
     def task_modules(self, task: str) -> list[nn.Module]:
         return [self.heads[task]]
 

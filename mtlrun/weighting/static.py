@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from mtlrun.weighting.base import Weighting
 
 
@@ -9,11 +11,15 @@ class StaticWeighting(Weighting):
     def setup(self, tasks, model):
         super().setup(tasks, model)
         self.weights = {t: tasks[t].weight for t in self.task_names}  # Python floats: no device sync
+        self.register_buffer("weight_vector", torch.tensor([self.weights[t] for t in self.task_names]),
+                             persistent=False)
 
-    def backward(self, losses, backward):
+    def backward(self, losses, *, scale, shared=None, extra=None):
         objective = sum(self.weights[t] * losses[t] for t in self.task_names)
-        backward(objective)
+        if extra is not None:
+            objective = objective + extra
+        scale(objective).backward()
         return objective.detach()
 
     def current_weights(self):
-        return dict(self.weights)
+        return self.weight_vector
