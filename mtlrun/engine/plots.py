@@ -12,20 +12,21 @@ def plot_curves(rows: list[dict], tasks: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     metric_keys = [f"{t}/{m}" for t, task in tasks.items() for m in task.metric_names]
-    panels = ["loss", *metric_keys]
+    has_weights = any(f"{t}/weight" in r for r in rows for t in tasks)
+    panels = ["loss", *(["weight"] if has_weights else []), *metric_keys]
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         for split, style in (("train", "-"), ("val", "--")):
             split_rows = [r for r in rows if r.get("split") == split]
-            keys = [f"{t}/loss" for t in tasks] if panel == "loss" else [panel]
+            keys = [f"{t}/{panel}" for t in tasks] if panel in ("loss", "weight") else [panel]
             for key in keys:
                 points = [(r["epoch"], r[key]) for r in split_rows if isinstance(r.get(key), (int, float))]
                 if points:
                     xs, ys = zip(*points)
                     ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{split} {key}")
-        ax.set_title(panel)
+        ax.set_title("task weights (epoch mean)" if panel == "weight" else panel)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.lines:
