@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from mtlrun.config import build, validate_monitor
+from mtlrun.config import build, task_configs, validate_monitor
 from mtlrun.errors import ConfigError, UsageError
 
 
@@ -23,7 +23,7 @@ class Components:
 
 def build_tasks(cfg: DictConfig, spec) -> dict:
     tasks, problems = {}, []
-    for name, node in cfg.tasks.items():
+    for name, node in task_configs(cfg).items():
         if name not in spec.targets:
             problems.append(f"tasks.{name}: the data '{cfg.data._target_.rsplit('.', 1)[-1]}' has no target "
                             f"'{name}'; available: {', '.join(spec.targets)}")

@@ -1,9 +1,9 @@
-"""The `mtlrun` command: `mtlrun train|eval [hydra overrides]`.
+"""The `mtlrun` command: `mtlrun train|eval [hydra overrides]`, `mtlrun report DIR ...`.
 
-Each subcommand is a Hydra app over the same config directory, so everything Hydra offers works after the
-subcommand (`-m` sweeps, `--cfg job`, `--info`, `--config-dir`, `hydra.run.dir=...`). Errors mtlrun
+`train` and `eval` are Hydra apps over the same config directory, so everything Hydra offers works after
+the subcommand (`-m` sweeps, `--cfg job`, `--info`, `--config-dir`, `hydra.run.dir=...`). Errors mtlrun
 anticipates print one short message and exit 2 (usage) or 1 (run failure); HYDRA_FULL_ERROR=1 shows the
-traceback instead.
+traceback instead. `report` reads finished runs, composes no config, and takes plain argparse flags.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from datetime import datetime
 SUBCOMMANDS = {
     "train": ("mtlrun.train:train", "train a model (default: two-digit multidigits, small CNN, hard sharing)"),
     "eval": ("mtlrun.eval:evaluate", "evaluate a checkpoint: mtlrun eval checkpoint=PATH [split=test]"),
+    "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm% against single-task baselines"),
 }
+NOT_HYDRA = ("report",)
 USAGE_EXIT = 2
 
 
@@ -27,7 +29,8 @@ def usage() -> str:
     from mtlrun.config import config_groups
 
     lines = [f"mtlrun {__version__}: train and evaluate multi-task / multi-modal PyTorch models from configs",
-             "", "usage: mtlrun <command> [key=value ...] [group=option ...] [hydra flags]", "", "commands:"]
+             "", "usage: mtlrun <command> [key=value ...] [group=option ...] [hydra flags]",
+             "       mtlrun report DIR [DIR ...] [--stl DIR ...] [--split test] [--out DIR]", "", "commands:"]
     lines += [f"  {name:<7}{text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "config groups (pick one with group=option; the first is the default):"]
     from mtlrun.config import config_dir
@@ -45,6 +48,8 @@ def usage() -> str:
               "  mtlrun train                                    # defaults: multidigits, cnn, hps",
               "  mtlrun train backbone=resnet18 trainer.max_epochs=20 data.batch_size=256",
               "  mtlrun train -m seed=0,1,2                      # a Hydra multirun sweep",
+              "  mtlrun train -m experiment=stl_baselines seed=0,1,2   # single-task baselines",
+              "  mtlrun report outputs/multirun/...              # mean ± std over seeds, Δm% vs STL",
               "  mtlrun train resume=outputs/train/.../checkpoints/last.pt",
               "  mtlrun eval checkpoint=outputs/train/.../checkpoints/best.pt split=test",
               "  torchrun --nproc_per_node=2 -m mtlrun train      # DDP",
@@ -82,6 +87,19 @@ def _log_to_files(level: int, message: str) -> None:
             handler.handle(record)
 
 
+def _warn_unused_sweep() -> None:
+    """A config's own sweep (`hydra.sweeper.params`, e.g. experiment=stl_baselines) only applies with -m."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
+    if hydra_cfg.mode == RunMode.RUN and params:
+        sweep = " ".join(f"{k}={v}" for k, v in params.items())
+        logging.getLogger("mtlrun").warning(f"the config sweeps {sweep}, which applies only to a multirun: "
+                                            f"this single run ignores it (add -m to run the sweep)")
+
+
 def _run_guarded(fn, cfg):
     from mtlrun.engine.trainer import TrainingInterrupted
     from mtlrun.errors import MtlrunError
@@ -116,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {command!r}; valid: {', '.join(SUBCOMMANDS)} (see mtlrun --help)",
               file=sys.stderr)
         raise SystemExit(USAGE_EXIT)
+    if command in NOT_HYDRA:
+        module_name, fn_name = SUBCOMMANDS[command][0].split(":")
+        getattr(importlib.import_module(module_name), fn_name)(overrides)
+        return
 
     import hydra
     from omegaconf import OmegaConf
@@ -137,18 +159,35 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg):
         nonlocal reached
         reached = True
+        _warn_unused_sweep()
         return _run_guarded(fn, cfg)
 
     sys.argv = [f"mtlrun {command}", *overrides]
+    code = 0
     try:
         hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task)()
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
-        if not reached and exc.code == 1:
-            raise SystemExit(USAGE_EXIT) from None
-        raise
+        code = USAGE_EXIT if not reached and exc.code == 1 else exc.code
+        if not distributed.dist_info().enabled:
+            raise SystemExit(code) from None
+    if distributed.dist_info().enabled:
+        _exit_distributed(code)
+
+
+def _exit_distributed(code) -> None:
+    """Leave the process group together and exit without interpreter teardown: gloo's threads can abort
+    the process at exit ("terminate called without an active exception") after all work is done."""
+    from mtlrun.engine import distributed
+
+    try:
+        distributed.barrier()
     finally:
         distributed.destroy()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":

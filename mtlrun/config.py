@@ -15,6 +15,7 @@ log = logging.getLogger("mtlrun")
 
 PRECISIONS = ("32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RESERVED_TASK_KEYS = ("only",)  # keys of the tasks group that are settings, not tasks
 
 
 def config_dir() -> Path:
@@ -62,6 +63,26 @@ def _check_limit(cfg: DictConfig, key: str, problems: list[str]) -> None:
     problems.append(f"{key}={v}: must be null (all), an int >= 1 (batches) or a float in (0, 1] (fraction)")
 
 
+def task_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The tasks a run trains, {name: node}: every task of cfg.tasks, or the ones `tasks.only` names.
+
+    The one place that reads the tasks group: everything that iterates tasks goes through it, so the
+    reserved keys (`only`) are never mistaken for a task.
+    """
+    nodes = {str(name): node for name, node in cfg.tasks.items() if name not in RESERVED_TASK_KEYS}
+    only = cfg.tasks.get("only")
+    if only is None:
+        return nodes
+    names = [only] if isinstance(only, str) else [str(n) for n in only]
+    unknown = [n for n in names if n not in nodes]
+    if unknown or not names:
+        shown = f"[{','.join(names)}]"
+        problem = f"unknown task(s) {', '.join(unknown)}" if unknown else "selects no task"
+        raise UsageError(f"tasks.only={shown}: {problem}; valid tasks: {', '.join(nodes)} "
+                         f"(tasks.only=null trains them all)")
+    return {name: node for name, node in nodes.items() if name in names}
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Check the values a user types, all at once (torchtune style), before anything is built."""
     p: list[str] = []
@@ -94,14 +115,18 @@ def validate_train(cfg: DictConfig) -> None:
         need_int("trainer.early_stopping.patience", patience, 1)
     if str(t.get("monitor_mode", "auto")) not in ("auto", "max", "min"):
         p.append(f"trainer.monitor_mode={t.monitor_mode}: valid: auto, max, min")
-    if not isinstance(cfg.tasks, DictConfig) or len(cfg.tasks) == 0:
+    try:
+        tasks = task_configs(cfg) if isinstance(cfg.tasks, DictConfig) else {}
+    except UsageError as exc:  # tasks.only names a task the preset does not have
+        p.append(str(exc))
+        tasks = None
+    if tasks == {}:
         p.append("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits)")
-    else:
-        for name, task in cfg.tasks.items():
-            if not isinstance(task, DictConfig) or "_target_" not in task:
-                p.append(f"tasks.{name}: needs a `_target_` such as mtlrun.tasks.Classification")
-            elif "weight" in task and (not isinstance(task.weight, (int, float)) or task.weight < 0):
-                p.append(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
+    for name, task in (tasks or {}).items():
+        if not isinstance(task, DictConfig) or "_target_" not in task:
+            p.append(f"tasks.{name}: needs a `_target_` such as mtlrun.tasks.Classification")
+        elif "weight" in task and (not isinstance(task.weight, (int, float)) or task.weight < 0):
+            p.append(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
     if p:
         raise ConfigError(p)
 

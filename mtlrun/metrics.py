@@ -116,3 +116,37 @@ class RegressionMetrics(Metrics):
         abs_sum, sq_sum, n = self.sums.tolist()
         n = max(n, 1.0)
         return {"mae": abs_sum / n, "rmse": (sq_sum / n) ** 0.5}
+
+
+def delta_m(results: dict[str, float], baseline: dict[str, float], higher_is_better: dict[str, bool]) -> float:
+    """Δm% of a multi-task model against single-task baselines (CAGrad / Nash-MTL / FAMO convention).
+
+        Δm% = (1/K) Σ_k (-1)^δ_k (M_mtl,k - M_stl,k) / M_stl,k × 100,   δ_k = 1 where higher is better
+
+    over the K metrics (the three dicts share their keys, e.g. "left/accuracy"). Lower is better: a
+    negative Δm% means the multi-task model beats single-task training on average.
+    """
+    import math  # local: this function is appended to the module, whose imports stay as they are
+
+    keys = set(results)
+    if keys != set(baseline) or keys != set(higher_is_better):
+        problems = []
+        for name, other in (("baseline", baseline), ("higher_is_better", higher_is_better)):
+            if set(other) - keys:
+                problems.append(f"{name} has extra {sorted(set(other) - keys)}")
+            if keys - set(other):
+                problems.append(f"{name} lacks {sorted(keys - set(other))}")
+        raise ValueError(f"delta_m: results, baseline and higher_is_better need the same metric keys; "
+                         f"{'; '.join(problems)}")
+    if not keys:
+        raise ValueError("delta_m: no metrics given")
+    total = 0.0
+    for key in sorted(keys):
+        mtl, stl = float(results[key]), float(baseline[key])
+        if stl == 0:
+            raise ValueError(f"delta_m: the baseline of {key!r} is 0, so its relative change is undefined")
+        if not (math.isfinite(mtl) and math.isfinite(stl)):
+            raise ValueError(f"delta_m: {key!r} is not finite (result {mtl}, baseline {stl})")
+        sign = -1.0 if higher_is_better[key] else 1.0
+        total += sign * (mtl - stl) / stl
+    return 100.0 * total / len(keys)

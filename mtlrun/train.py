@@ -68,8 +68,12 @@ def train(cfg: DictConfig) -> dict:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     parts = build_components(cfg)
-    params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    optimizer = build(cfg.optim, "optim")(params)
+    # learned loss weights (UW's log-variances, GradNorm's weights) must not be pulled to 0 by weight decay
+    groups = [{"params": list(parts.model.parameters())}]
+    weighting_params = list(parts.weighting.parameters())
+    if weighting_params:
+        groups.append({"params": weighting_params, "weight_decay": 0.0})
+    optimizer = build(cfg.optim, "optim")(groups)
     scheduler_factory = build(cfg.scheduler, "scheduler")
     seed_everything(cfg.seed + dist.rank)  # each rank its own dropout/augmentation stream
     trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,

@@ -117,7 +117,7 @@ def test_user_config_dir_adds_groups(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "channels:\n  - 8\n  - 16" in (run / "config.yaml").read_text()
     state = torch.load(run / "checkpoints/best.pt", map_location="cpu", weights_only=True)
-    assert state["model"]["encoder.features.0.weight"].shape[0] == 8
+    assert state["model"]["encoder.stages.0.0.weight"].shape[0] == 8
 
 
 def test_default_run_dir_is_under_outputs(tmp_path):

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir, config_groups, validate_train
+from mtlrun.config import build, config_dir, config_groups, task_configs, validate_train
 from mtlrun.data.loading import train_loader
 
 CONFIGS = Path(config_dir())
@@ -84,7 +84,7 @@ def test_config_composes_builds_and_runs_one_step(overrides):
                 for key, choice in entry.items():
                     _assert_group_is(cfg, key.removeprefix("override ").strip("/"), choice)
             for key, value in _leaves(experiment):
-                if key not in TINY_KEYS:
+                if key not in TINY_KEYS and not key.startswith("hydra."):  # compose() drops the hydra node
                     assert OmegaConf.select(cfg, key) == value, key
         else:
             _assert_group_is(cfg, group, option)
@@ -94,7 +94,7 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     validate_train(cfg)
     parts = build_components(cfg)
     spec = parts.data.spec
-    assert set(parts.tasks) == set(cfg.tasks)
+    assert set(parts.tasks) == set(task_configs(cfg))
     for name, task in parts.tasks.items():
         assert task.name == name
         assert task.check(spec.targets[name]) == []
@@ -111,7 +111,8 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     assert set(preds) == set(parts.tasks)
     for name, task in parts.tasks.items():
         assert preds[name].shape == (4, task.output_dim)
-        assert task.output_dim == spec.targets[name].num_classes
+        info = spec.targets[name]
+        assert task.output_dim == (info.num_classes if info.kind == "classification" else info.dim)
 
     # one optimizer step through the configured weighting, optimizer and scheduler
     optimizer = build(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
@@ -119,8 +120,9 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
     objective = parts.weighting.backward(losses, scale=lambda loss: loss)
     assert torch.isfinite(objective)
-    expected = sum(cfg.tasks[t].weight * losses[t].detach() for t in parts.tasks)
-    torch.testing.assert_close(objective, expected)
+    if cfg.weighting._target_.endswith("StaticWeighting"):  # the others' objectives are their own
+        expected = sum(cfg.tasks[t].weight * losses[t].detach() for t in parts.tasks)
+        torch.testing.assert_close(objective, expected)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.step()
     scheduler.step()

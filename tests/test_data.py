@@ -166,9 +166,9 @@ def test_multidigits_spec():
     spec = MultiDigits(n_train=4, n_val=4, n_test=4).spec
     assert isinstance(spec, DataSpec)
     assert spec.modalities == {"image": (1, 16, 16)}
-    assert set(spec.targets) == {"left", "right"}
-    for info in spec.targets.values():
-        assert info == TargetInfo("classification", num_classes=10)
+    assert set(spec.targets) == {"left", "right", "sum", "parity"}  # tasks=multidigits trains left + right
+    for task in ("left", "right"):
+        assert spec.targets[task] == TargetInfo("classification", num_classes=10)
 
 
 def test_multidigits_unknown_split_is_a_usage_error():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
+from mtlrun.models.encoders.base import StagedEncoder
 from mtlrun.models.encoders.image import ResNet, SmallCNN
 from mtlrun.models.sharing.hps import HardParameterSharing
 from mtlrun.tasks import Binary, Classification, Regression
@@ -52,9 +53,10 @@ def test_resnet_output_shape_small_input(depth, features):
     enc = ResNet(in_channels=1, input_size=(16, 16), depth=depth).eval()
     assert enc.out_dim == features
     # small_input defaults on for 16 px: 3x3 stride-1 stem on 1 channel, no max-pool
-    assert enc.net.conv1.kernel_size == (3, 3) and enc.net.conv1.stride == (1, 1)
-    assert enc.net.conv1.in_channels == 1
-    assert isinstance(enc.net.maxpool, nn.Identity)
+    stem = enc.stages[0]
+    assert stem.conv1.kernel_size == (3, 3) and stem.conv1.stride == (1, 1)
+    assert stem.conv1.in_channels == 1
+    assert isinstance(stem.maxpool, nn.Identity)
     with torch.no_grad():
         assert enc(x16(2)).shape == (2, features)
 
@@ -65,9 +67,10 @@ def test_resnet_projection_and_large_input_stem():
     with torch.no_grad():
         assert enc(x16(2)).shape == (2, 32)
     big = ResNet(in_channels=2, input_size=(64, 64), depth=18).eval()
-    assert big.net.conv1.kernel_size == (7, 7) and big.net.conv1.stride == (2, 2)
-    assert big.net.conv1.in_channels == 2
-    assert isinstance(big.net.maxpool, nn.MaxPool2d)
+    stem = big.stages[0]
+    assert stem.conv1.kernel_size == (7, 7) and stem.conv1.stride == (2, 2)
+    assert stem.conv1.in_channels == 2
+    assert isinstance(stem.maxpool, nn.MaxPool2d)
     with torch.no_grad():
         assert big(torch.rand(1, 2, 64, 64)).shape == (1, 512)
 
@@ -75,6 +78,51 @@ def test_resnet_projection_and_large_input_stem():
 def test_resnet_unknown_depth_is_a_usage_error():
     with pytest.raises(UsageError, match=r"backbone\.depth=20 is not available; valid: 18, 34, 50"):
         ResNet(in_channels=1, input_size=(16, 16), depth=20)
+
+
+def _run_stages(enc, x):
+    features = []
+    for stage in enc.stages:
+        x = stage(x)
+        features.append(x)
+    return features
+
+
+@pytest.mark.parametrize("make", [lambda: SmallCNN(1, (16, 16), channels=(4, 8, 16), out_dim=12),
+                                  lambda: ResNet(1, (16, 16), depth=18), lambda: ResNet(1, (16, 16), depth=50)],
+                         ids=["cnn", "resnet18", "resnet50"])
+def test_stage_api_composes_to_forward(make):
+    enc = make().eval()
+    assert isinstance(enc, StagedEncoder) and isinstance(enc.stages, nn.ModuleList)
+    x = x16(2)
+    with torch.no_grad():
+        features = _run_stages(enc, x)
+        assert [f.shape[1] for f in features] == list(enc.stage_channels)
+        assert enc.in_channels == 1
+        torch.testing.assert_close(enc.project(features[-1]), enc(x), rtol=0, atol=0)
+
+
+def test_small_cnn_construction_leaves_batchnorm_statistics_alone():
+    enc = SmallCNN(in_channels=1, input_size=(16, 16), channels=(4, 8))
+    for bn in (m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+        assert bn.num_batches_tracked == 0
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_stages_compute_what_torchvision_computes(depth):
+    import torchvision
+
+    enc = ResNet(in_channels=1, input_size=(16, 16), depth=depth).eval()
+    reference = torchvision.models.get_model(f"resnet{depth}", weights=None)
+    reference.conv1 = nn.Conv2d(1, 64, 3, stride=1, padding=1, bias=False)
+    reference.maxpool, reference.fc = nn.Identity(), nn.Identity()
+    names = {"0": "", "1": "layer1.", "2": "layer2.", "3": "layer3.", "4": "layer4."}
+    state = {names[k.split(".")[1]] + k.split(".", 2)[2]: v for k, v in enc.state_dict().items()}
+    reference.load_state_dict(state)
+    x = x16(2)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), reference.eval()(x))
 
 
 # ----------------------------------------------------------------------------------- pretrained weights
@@ -124,11 +172,11 @@ def test_pretrained_loads_cached_weights_and_sums_rgb_stem(empty_torch_home):
     path.parent.mkdir(parents=True)
     torch.save(reference, path)
     enc = ResNet(in_channels=1, input_size=(64, 64), depth=18, pretrained=True, small_input=False)
-    state = enc.net.state_dict()
-    assert torch.equal(state["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
-    assert torch.equal(state["layer4.1.bn2.running_var"], reference["layer4.1.bn2.running_var"])
-    torch.testing.assert_close(state["conv1.weight"], reference["conv1.weight"].sum(dim=1, keepdim=True))
-    assert "fc.weight" not in state
+    state = enc.state_dict()
+    assert torch.equal(state["stages.1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
+    assert torch.equal(state["stages.4.1.bn2.running_var"], reference["layer4.1.bn2.running_var"])
+    torch.testing.assert_close(state["stages.0.conv1.weight"], reference["conv1.weight"].sum(dim=1, keepdim=True))
+    assert not any("fc" in key for key in state)
 
 
 # ------------------------------------------------------------------------------------ hard sharing

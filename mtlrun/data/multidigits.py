@@ -3,8 +3,21 @@
 Two 8x8 digits (scikit-learn's `load_digits`, shipped with the package: nothing is downloaded) are
 overlaid on a 16x16 canvas: the left one jittered near the left edge, the right one shifted 3-5 pixels to
 its right and up to 2 pixels up or down, so their boxes always overlap by at least a quarter of a digit's
-area (at least 18 of 64 pixels). Pixels are combined with max, as in MultiMNIST. Tasks: `left` and
-`right`, the class of each digit.
+area (at least 18 of 64 pixels). Pixels are combined with max, as in MultiMNIST.
+
+Targets (all always present; the `tasks` preset picks which are trained, `left` + `right` by default):
+- `left`, `right`: the class of each digit (classification, 10 classes);
+- `sum`: left + right as a raw float in 0..18 (regression, one value). Deliberately not rescaled: its MSE
+  starts near 100 while a cross-entropy starts near 2.3, which is the loss-scale imbalance that loss
+  weighting methods exist for;
+- `parity`: 1 if the left digit is odd, else 0 (binary).
+
+Partial labels: `label_fraction={task: f}` keeps the labels of a seeded fraction f of the samples of each
+split in `label_fraction_splits` (train only by default) and emits `label_mask` for those tasks. The
+labelled samples are drawn per task and split from the seed alone, so a task's mask does not depend on the
+other tasks' fractions, and a smaller fraction labels a subset of the samples a larger one labels.
+Unlabelled samples carry a placeholder target (-1 for a class, NaN for a float), so code that ignored the
+mask would fail loudly instead of training on labels that are meant to be hidden.
 
 Train, val and test draw their digits from disjoint pools of source images (a stratified split of the
 1,797 originals), so test accuracy measures generalisation to digit images never seen in training.
@@ -13,10 +26,14 @@ Everything is a pure function of the seed.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 
-from mtlrun.data.base import DataModule, DataSpec, TargetInfo, TensorDictDataset
+from mtlrun.data.base import SPLITS, DataModule, DataSpec, TargetInfo, TensorDictDataset
+from mtlrun.errors import ConfigError
 
 DIGIT = 8  # side of a source digit
 CANVAS = 16
@@ -25,6 +42,10 @@ LEFT_Y = (2, 6)
 SHIFT_X = (3, 5)  # right digit = left corner + (dx, dy)
 SHIFT_Y = (-2, 2)
 MIN_OVERLAP = DIGIT * DIGIT // 4
+TARGETS = {"left": TargetInfo("classification", num_classes=10),
+           "right": TargetInfo("classification", num_classes=10),
+           "sum": TargetInfo("regression", dim=1),
+           "parity": TargetInfo("binary", dim=1)}
 
 
 def _source_pools(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
@@ -74,21 +95,66 @@ def overlap_area(corners: np.ndarray) -> np.ndarray:
     return h * w
 
 
+def digit_targets(left: np.ndarray, right: np.ndarray) -> dict[str, torch.Tensor]:
+    """Every target of multidigits from the two digit labels (see the module docstring)."""
+    left_t, right_t = torch.from_numpy(left).long(), torch.from_numpy(right).long()
+    return {"left": left_t, "right": right_t,
+            "sum": (left_t + right_t).float().unsqueeze(1),  # [N, 1], raw 0..18
+            "parity": (left_t % 2).float()}  # [N]: the one-label binary layout
+
+
+def label_mask(n: int, fraction: float, seed: int, split: str, task: str) -> torch.Tensor:
+    """Exactly round(fraction * n) True entries, chosen from (seed, split, task) only."""
+    stream = np.random.default_rng([seed, 7_919, SPLITS.index(split), zlib.crc32(task.encode())])
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(stream.permutation(n)[: round(fraction * n)])] = True
+    return mask
+
+
+def hide_unlabelled(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    placeholder = -1 if not target.is_floating_point() else float("nan")
+    return torch.where(mask.view(-1, *[1] * (target.dim() - 1)), target, torch.full_like(target, placeholder))
+
+
 class MultiDigits(DataModule):
     name = "multidigits"
 
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 2000,
-                 source_split: tuple[float, float, float] = (0.6, 0.15, 0.25), seed: int = 0, **loader):
+                 source_split: tuple[float, float, float] = (0.6, 0.15, 0.25), seed: int = 0,
+                 label_fraction: Mapping[str, float] | None = None,
+                 label_fraction_splits: Sequence[str] = ("train",), **loader):
         super().__init__(**loader)
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.source_split = tuple(source_split)
         self.seed = seed
+        self.label_fraction = {str(k): v for k, v in dict(label_fraction or {}).items()}
+        self.label_fraction_splits = [str(s) for s in label_fraction_splits]
+        self._check_label_fraction()
+
+    def _check_label_fraction(self) -> None:
+        problems = []
+        for task, fraction in self.label_fraction.items():
+            if task not in TARGETS:
+                problems.append(f"data.label_fraction.{task}: multidigits has no target '{task}'; "
+                                f"available: {', '.join(TARGETS)}")
+            elif isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+                problems.append(f"data.label_fraction.{task}={fraction}: must be a number in [0, 1] "
+                                f"(the fraction of samples that keep their label)")
+        for split in self.label_fraction_splits:
+            if split not in SPLITS:
+                problems.append(f"data.label_fraction_splits: '{split}' is not a split; valid: {', '.join(SPLITS)}")
+        if problems:
+            raise ConfigError(problems)
 
     @property
     def spec(self) -> DataSpec:
-        return DataSpec(modalities={"image": (1, CANVAS, CANVAS)},
-                        targets={"left": TargetInfo("classification", num_classes=10),
-                                 "right": TargetInfo("classification", num_classes=10)})
+        return DataSpec(modalities={"image": (1, CANVAS, CANVAS)}, targets=dict(TARGETS))
+
+    def _label_masks(self, split: str, n: int) -> dict[str, torch.Tensor]:
+        if split not in self.label_fraction_splits:
+            return {}
+        return {task: label_mask(n, float(f), self.seed, split, task)
+                for task, f in self.label_fraction.items() if f < 1}
 
     def build(self) -> dict[str, TensorDictDataset]:
         from sklearn.datasets import load_digits
@@ -100,7 +166,9 @@ class MultiDigits(DataModule):
             # a different stream per split, all derived from the one seed
             canvas, left, right, _ = compose(digits.images, digits.target, pool, self.sizes[split],
                                              seed=self.seed * 1000 + 17 + i)
-            splits[split] = TensorDictDataset(
-                inputs={"image": torch.from_numpy(canvas)},
-                targets={"left": torch.from_numpy(left).long(), "right": torch.from_numpy(right).long()})
+            targets = digit_targets(left, right)
+            masks = self._label_masks(split, len(canvas))
+            targets.update({task: hide_unlabelled(targets[task], mask) for task, mask in masks.items()})
+            splits[split] = TensorDictDataset(inputs={"image": torch.from_numpy(canvas)}, targets=targets,
+                                              label_mask=masks or None)
         return splits

@@ -153,6 +153,24 @@ class Trainer:
                 [finite], op=torch.distributed.ReduceOp.MIN)
         return bool(finite)
 
+    def _average_gradients(self, include_model: bool) -> None:
+        """DDP: average over ranks the gradients DDP does not reduce: the weighting's own parameters
+        (e.g. UW's log-variances, which live outside the DDP-wrapped model) and, for multi-backward
+        weightings, the model's. A missing gradient counts as zero, so every rank reduces the same list."""
+        params = [p for p in self.weighting.parameters() if p.requires_grad]
+        if include_model:
+            params += [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        distributed.all_reduce_([flat])
+        flat /= self.dist.world_size
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p.grad))
+
     def optimizer_step(self) -> None:
         params = self.optimizer.param_groups
         if self.cfg.grad_clip:
@@ -209,13 +227,18 @@ class Trainer:
                 break
             batch = to_device(batch, self.device)
             boundary = (self.batches_done + 1) % self.accumulate == 0 or self.batches_done + 1 == total
-            # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window
-            sync = nullcontext() if boundary or not self.dist.enabled else self.train_model.no_sync()
+            # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window. A
+            # weighting that differentiates several times per step (per-task gradients) always runs
+            # outside DDP's reducer, which allows one backward per forward; its gradients are averaged below.
+            manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
+            sync = nullcontext() if (boundary and not manual) or not self.dist.enabled else self.train_model.no_sync()
             with sync:
                 self.training_step(batch)
             self.batches_done += 1
             bar.update(1)
             if boundary:
+                if self.dist.enabled:
+                    self._average_gradients(include_model=manual)
                 self.optimizer_step()
                 if self.global_step % log_every == 0:
                     self._check_nonfinite()

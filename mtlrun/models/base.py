@@ -14,9 +14,17 @@ class MultiTaskModel(nn.Module):
     Subclasses register task-specific modules under `self.heads[task]` (plus anything they list in
     `task_modules`), so gradient methods can tell shared parameters from task parameters, and return the
     shared representation from `forward(..., return_shared=True)` for representation-level methods.
+
+    `shared` (a tensor or a list of tensors) is what all task-specific computation reads: each task's loss
+    depends on `shared_parameters()` only through it, so the gradient of a task loss with respect to the
+    shared parameters is the gradient with respect to `shared`, backpropagated through `shared`.
+    `task_parameters(t)` are the parameters only task t uses; those of different tasks are disjoint.
     """
 
     heads: nn.ModuleDict
+    # False where no representation is shared (soft sharing): `forward(..., return_shared=True)` returns
+    # None for it and representation-level gradient methods cannot be used.
+    has_shared_representation = True
 
     def forward(self, inputs: dict[str, torch.Tensor], return_shared: bool = False):
         raise NotImplementedError

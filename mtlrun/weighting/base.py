@@ -1,4 +1,15 @@
-"""Weighting: turns {task: loss} into gradients on the parameters. The only place that calls backward."""
+"""Weighting: turns {task: loss} into gradients on the parameters. The only place that calls backward.
+
+Two families share this interface:
+- loss level (static, uw, dwa, gradnorm, rlw, gls, imtl_l, famo): one backward of a scalar objective
+  built from the losses (`LossWeighting` in loss.py, GradNorm in gradnorm.py);
+- gradient level (mgda, pcgrad, upgrad, ...): per-task gradients, combined by a torchjd aggregator
+  (gradient.py), with respect to the shared parameters or the shared representation (`grad_on`).
+
+Partial labels: a task without any labelled sample in the batch has a loss of exactly 0 (see tasks.py).
+Every weighting treats such a task as absent for that step: it gets no gradient, moves no learned state,
+and produces no NaN.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +18,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mtlrun.errors import UsageError
+
+GRAD_ON = ("parameters", "representation")
+
 
 class Weighting(nn.Module):
     """Base class. A subclass may own parameters (learned weights); they are optimised with the model.
 
     needs_shared: the trainer passes the shared representation (`model(..., return_shared=True)`) to
     `backward`, for methods that work on gradients with respect to it.
+    multi_backward: `backward` differentiates the graph more than once (per-task gradients). Under DDP
+    the trainer then runs the step under `no_sync()` and averages the gradients itself, since
+    DistributedDataParallel's reducer expects exactly one backward per forward.
     """
 
     needs_shared = False
+    multi_backward = False
 
     def setup(self, tasks: dict, model: nn.Module) -> None:
         """Called once before training with the built tasks and the (unwrapped) model."""
@@ -39,3 +58,39 @@ class Weighting(nn.Module):
 
     def on_epoch_end(self, train_losses: dict[str, float]) -> None:
         """Mean training loss per task of the epoch that ended (loss-history methods such as DWA use it)."""
+
+
+def refuse_grad_on(method: str, grad_on) -> None:
+    """Loss-level methods backpropagate one weighted loss: `weighting.grad_on` has no meaning for them."""
+    if grad_on is not None:
+        raise UsageError(f"weighting.grad_on={grad_on}: weighting={method} is loss-level (one backward of a "
+                         f"weighted sum of the losses) and takes no grad_on; it applies to gradnorm and to "
+                         f"the gradient-level methods (mgda, pcgrad, upgrad, ...). Leave it null")
+
+
+def check_grad_on(method: str, grad_on, allowed: tuple[str, ...] = GRAD_ON) -> str:
+    if grad_on not in allowed:
+        raise UsageError(f"weighting.grad_on={grad_on}: valid for weighting={method}: {', '.join(allowed)}")
+    return str(grad_on)
+
+
+def as_tensor_list(shared) -> list[torch.Tensor]:
+    """The shared representation as a list: a model may return one tensor, a list/tuple of them, or None."""
+    if shared is None:
+        return []
+    if isinstance(shared, torch.Tensor):
+        return [shared]
+    return [s for s in shared if isinstance(s, torch.Tensor)]
+
+
+def accumulate_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
+    """param.grad += grad, as autograd would (creating it on first use)."""
+    grad = grad.to(param.dtype)
+    if param.grad is None:
+        param.grad = grad.detach().clone() if grad.requires_grad else grad
+    else:
+        param.grad += grad
+
+
+def architecture_name(model: nn.Module) -> str:
+    return type(model).__name__

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from mtlrun.weighting.base import Weighting
+from mtlrun.weighting.base import Weighting, refuse_grad_on
 
 
 class StaticWeighting(Weighting):
+    def __init__(self, grad_on: str | None = None):
+        super().__init__()
+        refuse_grad_on("static", grad_on)
+
     def setup(self, tasks, model):
         super().setup(tasks, model)
         self.weights = {t: tasks[t].weight for t in self.task_names}  # Python floats: no device sync

@@ -1,20 +1,24 @@
 """Image encoders: a small CNN for CPU-sized inputs and torchvision ResNets.
 
-Each maps [B, C, H, W] to a feature vector [B, out_dim].
+Each maps [B, C, H, W] to a feature vector [B, out_dim] through the stage API of `StagedEncoder`:
+`project(stages[-1](...stages[0](x)))`, which the stage-wise sharing architectures (cross-stitch, MTAN,
+MMoE, PLE) take apart.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
+from mtlrun.models.encoders.base import StagedEncoder
 
 
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU blocks, each halving the resolution after the first, then a linear projection.
+class SmallCNN(StagedEncoder):
+    """Conv-BN-ReLU blocks (one stage each), each halving the resolution after the first, then a projection.
 
     The last feature map is flattened rather than globally pooled: on multidigits *where* a stroke is
     (left or right digit) is the whole point.
@@ -23,22 +27,24 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, input_size: tuple[int, int], channels=(32, 64, 128),
                  out_dim: int = 256, dropout: float = 0.0):
         super().__init__()
-        layers, c_in = [], in_channels
+        stages, c_in = [], in_channels
         for i, c_out in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            block = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             if i > 0:
-                layers.append(nn.MaxPool2d(2))
+                block.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*block))
             c_in = c_out
-        self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, in_channels, *input_size)).numel()
-        self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(flat, out_dim),
+        self.stages = nn.ModuleList(stages)
+        self.in_channels = in_channels
+        self.stage_channels = tuple(int(c) for c in channels)
+        with torch.no_grad():  # in eval mode, so the dry run leaves the BatchNorm statistics alone
+            x = torch.zeros(1, in_channels, *input_size)
+            for stage in self.stages.eval():
+                x = stage(x)
+            self.stages.train()
+        self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(x.numel(), out_dim),
                                      nn.ReLU(inplace=True))
         self.out_dim = out_dim
-
-    def forward(self, x):
-        return self.project(self.features(x))
 
 
 _RESNETS = {18: "resnet18", 34: "resnet34", 50: "resnet50"}
@@ -61,12 +67,14 @@ def _pretrained_state(depth: int) -> dict:
         raise UsageError(f"backbone.pretrained=true: cannot read {path}: {exc}") from exc
 
 
-class ResNet(nn.Module):
-    """torchvision ResNet-18/34/50 without its classifier.
+class ResNet(StagedEncoder):
+    """torchvision ResNet-18/34/50 without its classifier, as five stages: stem, layer1 .. layer4.
 
     `small_input` (default: inputs under 64 px) swaps the 7x7/stride-2 stem and max-pool for a 3x3/stride-1
     stem, as is usual for CIFAR-sized images; otherwise a 16 px image would shrink to nothing. With
     `pretrained`, a 1-channel input gets the RGB stem filters summed, the usual way to reuse them.
+    `project` is global average pooling (then a Linear+ReLU to `out_dim` if given), as in torchvision.
+    Inside a stage the torchvision names are kept: `stages.0.conv1` is `conv1`, `stages.1` is `layer1`.
     """
 
     def __init__(self, in_channels: int, input_size: tuple[int, int], depth: int = 18,
@@ -90,12 +98,21 @@ class ResNet(nn.Module):
             if pretrained:
                 net.conv1.weight.data.copy_(stem.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
                                             / in_channels)
+        stem = nn.Sequential(OrderedDict(conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool))
+        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+        self.stages = nn.ModuleList([stem, *layers])
+        self.in_channels = in_channels
+        self.stage_channels = (64, *(_out_channels(layer) for layer in layers))
         features = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-        self.project = nn.Identity() if out_dim is None else nn.Sequential(nn.Linear(features, out_dim),
-                                                                           nn.ReLU(inplace=True))
+        pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if out_dim is None:
+            self.project = nn.Sequential(*pool)
+        else:
+            self.project = nn.Sequential(*pool, nn.Linear(features, out_dim), nn.ReLU(inplace=True))
         self.out_dim = features if out_dim is None else out_dim
 
-    def forward(self, x):
-        return self.project(self.net(x))
+
+def _out_channels(layer: nn.Sequential) -> int:
+    block = layer[-1]
+    last_bn = block.bn3 if hasattr(block, "bn3") else block.bn2  # Bottleneck / BasicBlock
+    return last_bn.num_features

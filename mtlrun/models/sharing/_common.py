@@ -1,0 +1,69 @@
+"""Small helpers the sharing architectures have in common."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlrun.errors import UsageError
+from mtlrun.models.heads import make_head
+
+_STAGE_API = ("stages", "stage_channels", "in_channels", "project", "out_dim")
+
+
+def make_heads(tasks: dict, in_dim: int, hidden: int, dropout: float) -> nn.ModuleDict:
+    return nn.ModuleDict({name: make_head(in_dim, task.output_dim, hidden, dropout) for name, task in tasks.items()})
+
+
+def staged(encoder: nn.Module, arch: str, min_stages: int = 1) -> nn.Module:
+    """`encoder`, checked to offer the stage API (mtlrun.models.encoders.base.StagedEncoder)."""
+    missing = [a for a in _STAGE_API if not hasattr(encoder, a)]
+    if missing:
+        raise UsageError(f"arch={arch} works stage by stage, but the backbone {type(encoder).__name__} has no "
+                         f"{', '.join(missing)}; give it the stage API of "
+                         f"mtlrun.models.encoders.base.StagedEncoder, or use arch=hps / arch=soft")
+    if len(encoder.stages) < min_stages:
+        raise UsageError(f"arch={arch} needs a backbone with at least {min_stages} stages; "
+                         f"{type(encoder).__name__} has {len(encoder.stages)} (backbone.channels for the cnn)")
+    return encoder
+
+
+def check_range(key: str, value, low: int, high: int | None = None, why: str = "") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise UsageError(f"{key}={value}: must be an integer {bound}{why}")
+    return value
+
+
+def pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average over the spatial dimensions: [B, C, ...] -> [B, C] (a [B, D] vector is kept)."""
+    return x.flatten(2).mean(-1) if x.dim() > 2 else x
+
+
+def mix(weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """sum_e weights[b, e] * stacked[b, e, ...]: a gate's convex combination of expert outputs."""
+    shape = (*weights.shape, *([1] * (stacked.dim() - 2)))
+    return (weights.to(stacked.dtype).view(shape) * stacked).sum(1)
+
+
+class Gate(nn.Module):
+    """softmax(W pool(x) + b) over `num_experts` (Ma et al. 2018 gate on globally pooled features)."""
+
+    def __init__(self, in_channels: int, num_experts: int):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, num_experts)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.linear(pooled).float(), dim=-1)
+
+
+def tap(x: torch.Tensor) -> torch.Tensor:
+    """An alias of `x` for the task-specific modules to read, while the shared modules read `x` itself.
+
+    The shared representation must be a cut of the graph: no element may feed another, or a gradient
+    taken with respect to it (torch.autograd.grad(task_loss, shared)) would count the paths through the
+    later element twice. Where shared modules go on computing from a tensor the tasks also read (MTAN's
+    stage outputs, PLE's lower-level experts), the tasks read and the model returns this alias instead.
+    A view: no copy.
+    """
+    return x.view_as(x)

@@ -1,0 +1,237 @@
+"""Δm% (mtlrun.metrics.delta_m) and `mtlrun report` on hand-made run dirs, plus one real sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+
+from conftest import TINY, read_results, run_cli
+from mtlrun.cli import main as cli_main
+from mtlrun.metrics import delta_m
+
+# ------------------------------------------------------------------------------------------------ delta_m
+
+
+def test_delta_m_sign_convention_negative_means_mtl_beats_stl():
+    assert delta_m({"acc": 0.9}, {"acc": 0.8}, {"acc": True}) == pytest.approx(-12.5)  # higher acc: better
+    assert delta_m({"acc": 0.7}, {"acc": 0.8}, {"acc": True}) == pytest.approx(12.5)
+    assert delta_m({"mae": 2.0}, {"mae": 2.5}, {"mae": False}) == pytest.approx(-20.0)  # lower error: better
+    assert delta_m({"mae": 3.0}, {"mae": 2.5}, {"mae": False}) == pytest.approx(20.0)
+    assert delta_m({"acc": 0.8, "mae": 1.0}, {"acc": 0.8, "mae": 1.0}, {"acc": True, "mae": False}) == 0.0
+
+
+def test_delta_m_mixed_directions_by_hand():
+    higher = {"acc": True, "f1": True, "mae": False}
+    # acc: -(0.72 - 0.80) / 0.80 = +0.10; f1: -(0.66 - 0.60) / 0.60 = -0.10; mae: (1.3 - 1.0) / 1.0 = +0.30
+    value = delta_m({"acc": 0.72, "f1": 0.66, "mae": 1.3}, {"acc": 0.80, "f1": 0.60, "mae": 1.0}, higher)
+    assert value == pytest.approx(100 * (0.10 - 0.10 + 0.30) / 3)
+    # better on one task, equally worse on the other: they cancel
+    assert delta_m({"acc": 0.88, "mae": 1.1}, {"acc": 0.8, "mae": 1.0}, {"acc": True, "mae": False}) == \
+        pytest.approx(0.0, abs=1e-12)
+
+
+def test_delta_m_errors():
+    with pytest.raises(ValueError, match="same metric keys.*baseline lacks \\['b'\\]"):
+        delta_m({"a": 1.0, "b": 1.0}, {"a": 1.0}, {"a": True, "b": True})
+    with pytest.raises(ValueError, match="higher_is_better has extra \\['c'\\]"):
+        delta_m({"a": 1.0}, {"a": 1.0}, {"a": True, "c": True})
+    with pytest.raises(ValueError, match="baseline of 'a' is 0"):
+        delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
+    with pytest.raises(ValueError, match="no metrics"):
+        delta_m({}, {}, {})
+
+
+# --------------------------------------------------------------------------------------- fake run dirs
+CLS = {"_target_": "mtlrun.tasks.Classification", "num_classes": 10, "weight": 1.0, "auxiliary": False}
+SUM = {"_target_": "mtlrun.tasks.Regression", "dim": 1, "loss": "mse", "weight": 1.0, "auxiliary": True}
+WEIGHTINGS = {"static": "mtlrun.weighting.static.StaticWeighting", "pcgrad": "mtlrun.weighting.pcgrad.PCGrad"}
+
+
+def fake_run(path, *, seed, metrics, weighting="static", only=None, tasks=None, lr=0.002, choices=True):
+    """A run dir in the contract format: config.yaml, results.json (test and val), .hydra/hydra.yaml."""
+    path.mkdir(parents=True)
+    tasks = tasks or {"left": CLS, "right": CLS, "sum": SUM}
+    config = {"seed": seed, "resume": None,
+              "data": {"_target_": "mtlrun.data.multidigits.MultiDigits", "n_train": 10000, "num_workers": 0},
+              "arch": {"_target_": "mtlrun.models.sharing.hps.HardParameterSharing", "head_hidden": 0},
+              "tasks": {"only": only, **tasks},
+              "weighting": {"_target_": WEIGHTINGS[weighting]},
+              "optim": {"_target_": "torch.optim.AdamW", "lr": lr},
+              "trainer": {"max_epochs": 8, "device": "cpu"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    values = {f"{split}/{k}": v for k, v in metrics.items() for split in ("test", "val")}
+    values.update({f"test/{k.split('/')[0]}/loss": 1.0 for k in metrics})
+    (path / "results.json").write_text(json.dumps({"metrics": values, "best_epoch": 3}))
+    if choices:
+        (path / ".hydra").mkdir()
+        hydra = {"hydra": {"runtime": {"choices": {"weighting": weighting, "arch": "hps", "tasks": "multidigits",
+                                                   "hydra/job_logging": "mtlrun"}}}}
+        (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    return path
+
+
+def cls(task, acc, f1=None):
+    return {f"{task}/accuracy": acc, f"{task}/macro_f1": acc if f1 is None else f1}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Two methods x 3 seeds, an auxiliary `sum` task, and single-task runs of left and right (2 seeds)."""
+    multirun = tmp_path / "multirun"
+    for seed, left in enumerate((0.86, 0.88, 0.90)):
+        fake_run(multirun / str(seed), seed=seed, weighting="static",
+                 metrics={**cls("left", left, 0.88), **cls("right", 0.77), "sum/mae": 2.0, "sum/rmse": 2.5})
+    for seed in range(3):
+        fake_run(multirun / str(seed + 3), seed=seed, weighting="pcgrad",
+                 metrics={**cls("left", 0.76), **cls("right", 0.735), "sum/mae": 9.0, "sum/rmse": 9.0})
+    stl = tmp_path / "stl"
+    for seed, (acc, f1) in enumerate(((0.78, 0.75), (0.82, 0.85))):
+        fake_run(stl / str(seed), seed=seed, only=["left"], metrics=cls("left", acc, f1))
+        fake_run(stl / str(seed + 2), seed=seed, only=["right"], metrics=cls("right", 0.70))
+    return tmp_path
+
+
+def report(*argv, capsys=None):
+    cli_main(["report", *map(str, argv)])
+    return capsys.readouterr() if capsys else None
+
+
+def read_csv(path):
+    return {row["method"]: row for row in csv.DictReader(path.open())}
+
+
+def test_report_mean_std_delta_m_and_outputs(runs, capsys):
+    out = report(runs / "multirun", runs / "stl", "--out", runs / "rep", capsys=capsys)
+    md = (runs / "rep" / "report.md").read_text()
+    assert out.out.startswith(md)  # printed too
+    rows = read_csv(runs / "rep" / "report.csv")
+    assert list(rows) == ["weighting=static", "weighting=pcgrad", "STL left", "STL right"]
+
+    static = rows["weighting=static"]
+    assert (static["kind"], static["runs"], static["seeds"], static["auxiliary"]) == ("mtl", "3", "0,1,2", "sum")
+    assert float(static["left/accuracy"]) == pytest.approx(0.88)
+    assert float(static["left/accuracy std"]) == pytest.approx(0.02)  # sample std of .86 .88 .90
+    assert float(static["sum/mae"]) == pytest.approx(2.0) and static["right/accuracy std"] == "0"
+    # STL: left .80 (acc) / .80 (f1), right .70 -> every metric of static is 10 % better: Δm% = -10;
+    # per seed -9.375, -10, -10.625 (left accuracy .86 .88 .90): std 0.625. `sum` is auxiliary: left out
+    # (there is no STL run of sum, so including it would leave Δm% undefined).
+    assert float(static["delta_m"]) == pytest.approx(-10.0)
+    assert float(static["delta_m std"]) == pytest.approx(0.625)
+    # pcgrad: left 5 % worse (+5), right 5 % better (-5): Δm% = 0
+    assert float(rows["weighting=pcgrad"]["delta_m"]) == pytest.approx(0.0, abs=1e-9)
+    stl_left = rows["STL left"]
+    assert (stl_left["kind"], stl_left["seeds"]) == ("baseline", "0,1")
+    assert float(stl_left["left/accuracy"]) == pytest.approx(0.80) and stl_left["right/accuracy"] == ""
+    assert stl_left["delta_m"] == ""
+
+    # Markdown: one row per group, mean ± std, arrows, aux marked, the Δm% column and the runs
+    assert "| method | seeds | left/accuracy ↑ | left/macro_f1 ↑ | right/accuracy ↑ | right/macro_f1 ↑ | " \
+           "sum/mae ↓ (aux) | sum/rmse ↓ (aux) | Δm% ↓ |" in md
+    assert "| weighting=static | 0,1,2 | 0.8800 ± 0.0200 | 0.8800 ± 0.0000 | 0.7700 ± 0.0000 |" in md
+    assert "| -10.00 ± 0.6" in md and "| +0.00 ± 0.00 |" in md
+    assert "| STL left | 0,1 | 0.8000 ± 0.0283 | 0.8000 ± 0.0707 | - | - | - | - |  |" in md
+    assert "baselines of weighting=static: left: STL left, right: STL right" in md
+    assert "negative means the multi-task model beats single-task training" in md
+    assert str(runs / "multirun" / "0") in md and str(runs / "stl" / "3") in md
+    assert (runs / "rep" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_with_explicit_stl_and_default_out(runs, capsys):
+    report(runs / "multirun", "--stl", runs / "stl", capsys=capsys)  # default --out: the first DIR
+    rows = read_csv(runs / "multirun" / "report.csv")
+    assert list(rows) == ["weighting=static", "weighting=pcgrad", "STL left", "STL right"]
+    assert float(rows["weighting=static"]["delta_m"]) == pytest.approx(-10.0)
+    assert (runs / "multirun" / "report.md").is_file() and (runs / "multirun" / "report.png").is_file()
+
+
+def test_report_val_split_labels_from_config_and_missing_baselines(tmp_path, capsys):
+    # no .hydra dirs: groups are told apart by the config keys that differ; no single-task runs: no Δm%
+    for seed in range(2):
+        for lr in (0.001, 0.002):
+            fake_run(tmp_path / f"lr{lr}" / f"s{seed}", seed=seed, lr=lr, choices=False,
+                     metrics={**cls("left", 0.5 + lr * 100 + seed / 100), **cls("right", 0.5)})
+    out = report(tmp_path, "--split", "val", capsys=capsys)
+    rows = read_csv(tmp_path / "report.csv")
+    assert list(rows) == ["optim.lr=0.001", "optim.lr=0.002"]
+    assert float(rows["optim.lr=0.002"]["left/accuracy"]) == pytest.approx(0.705)
+    assert rows["optim.lr=0.001"]["delta_m"] == ""
+    assert "# mtlrun report (val split)" in out.out and "Δm%" not in out.out.split("\n\n")[1]
+    assert "no single-task baselines" in out.out
+
+
+def test_report_aux_only_excluded_when_auxiliary(runs, capsys):
+    # the same numbers with `sum` made a main task and an STL run of sum: now it counts in Δm%
+    main_sum = {**SUM, "auxiliary": False}
+    tasks = {"left": CLS, "right": CLS, "sum": main_sum}
+    for seed in range(2):
+        fake_run(runs / "main" / str(seed), seed=seed, tasks=tasks,
+                 metrics={**cls("left", 0.88), **cls("right", 0.77), "sum/mae": 2.0, "sum/rmse": 2.0})
+        fake_run(runs / "stl" / f"sum{seed}", seed=seed, only=["sum"], tasks=tasks,
+                 metrics={"sum/mae": 2.5, "sum/rmse": 2.5})
+    report(runs / "main", "--stl", runs / "stl", "--out", runs / "rep", capsys=capsys)
+    row = read_csv(runs / "rep" / "report.csv")["arch=hps weighting=static"]
+    # four metrics -10 % each; mae and rmse (2.0 vs 2.5) -20 % each; were sum left out, it would be -10
+    assert row["auxiliary"] == ""
+    assert float(row["delta_m"]) == pytest.approx((4 * -10 - 20 - 20) / 6)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_shared", "wrong_split"])
+def test_report_errors_exit_2_without_traceback(tmp_path, capsys, case):
+    if case == "missing":
+        args, expected = [tmp_path / "nope"], "nope: no such directory"
+    elif case == "empty":
+        (tmp_path / "empty" / "sub").mkdir(parents=True)
+        args, expected = [tmp_path / "empty"], "no runs found under"
+    elif case == "no_shared":
+        fake_run(tmp_path / "a", seed=0, metrics={**cls("left", 0.5), **cls("right", 0.5)})
+        other = {"age": {**SUM, "auxiliary": False}, "mood": CLS}
+        fake_run(tmp_path / "b", seed=0, tasks=other, metrics={"age/mae": 1.0, **cls("mood", 0.4)})
+        args, expected = [tmp_path], "share no test metric"
+    else:
+        run = fake_run(tmp_path / "a", seed=0, metrics=cls("left", 0.5))
+        (run / "results.json").write_text(json.dumps({"metrics": {"val/left/accuracy": 0.5}}))
+        args, expected = [tmp_path, "--split", "test"], "has test metrics"
+    with pytest.raises(SystemExit) as exc:
+        report(*args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and expected in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------- end to end
+def test_stl_sweep_mtl_run_and_report_end_to_end(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("experiment=")]
+    proc = run_cli("train", "-m", "experiment=[smoke,stl_baselines]", *tiny,
+                   f"hydra.sweep.dir={tmp_path / 'stl'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for job, task in ((0, "left"), (1, "right")):  # one single-task run per task
+        assert {k.split("/")[1] for k in read_results(tmp_path / "stl" / str(job))} == {task}
+    proc = run_cli("train", *TINY, f"hydra.run.dir={tmp_path / 'mtl' / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    proc = run_cli("report", "mtl", "stl", "--out", "rep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = read_csv(tmp_path / "rep" / "report.csv")
+    assert list(rows) == ["arch=hps weighting=static", "STL left", "STL right"]
+    mtl = read_results(tmp_path / "mtl" / "run")
+    stl = {**read_results(tmp_path / "stl" / "0"), **read_results(tmp_path / "stl" / "1")}
+    keys = [f"test/{t}/{m}" for t in ("left", "right") for m in ("accuracy", "macro_f1")]
+    if all(stl[k] > 0 for k in keys):  # a tiny run can score 0 macro-F1; then Δm% is rightly undefined
+        expected = delta_m({k: mtl[k] for k in keys}, {k: stl[k] for k in keys}, dict.fromkeys(keys, True))
+        assert float(rows["arch=hps weighting=static"]["delta_m"]) == pytest.approx(expected, rel=1e-4)
+        assert "Δm% ↓" in (tmp_path / "rep" / "report.md").read_text()
+    assert math.isclose(float(rows["STL left"]["left/accuracy"]), stl["test/left/accuracy"], rel_tol=1e-5)
+    assert (tmp_path / "rep" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_labels_name_the_choice_and_the_values_that_differ(tmp_path, capsys):
+    for name, weighting, lr in (("a", "static", 0.001), ("b", "static", 0.002), ("c", "pcgrad", 0.001)):
+        fake_run(tmp_path / name, seed=0, weighting=weighting, lr=lr,
+                 metrics={**cls("left", 0.5), **cls("right", 0.5)})
+    report(tmp_path, capsys=capsys)
+    assert list(read_csv(tmp_path / "report.csv")) == [
+        "weighting=static optim.lr=0.001", "weighting=static optim.lr=0.002", "weighting=pcgrad optim.lr=0.001"]
