@@ -50,6 +50,11 @@ def test_resume_refuses_changing_a_group(tmp_path):
     assert proc.returncode == 2
     assert "optim" in proc.stderr and "Traceback" not in proc.stderr
 
+    proc = run_cli("train", f"resume={first / 'checkpoints/last.pt'}", "tasks.only=[left]",
+                   f"hydra.run.dir={tmp_path / 'r2'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
+
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_last_and_resume_is_exact(tmp_path, sig, code):

@@ -363,7 +363,12 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # e.g. `resume=... tasks.only=[left]`: a different model than was saved
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(f"resume: the checkpoint's weights do not fit the model these overrides build "
+                             f"({first}); resume with the checkpoint's own tasks, backbone and arch") from exc
         self.weighting.load_state_dict(state["weighting"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
