@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.config import config_dir
 
 # A few seconds per run: tiny multidigits, one epoch, no progress bar.
 TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=160", "data.batch_size=32",
@@ -35,3 +40,19 @@ def trained_run(tmp_path_factory) -> Path:
     proc = run_cli("train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir
+
+
+def compose_config(overrides=(), config_name: str = "train") -> DictConfig:
+    """The real config as `mtlrun train <overrides>` would compose it (minus the hydra node), in-process."""
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # In-process tests run tiny convolutions, dominated by thread start-up on a small shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

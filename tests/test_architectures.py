@@ -45,13 +45,6 @@ CASES = [
 IDS = ["-".join([arch, backbone, *(o.split(".", 1)[1] for o in opts)]) for arch, backbone, opts in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread start-up on a small, shared CPU; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(overrides, seed=0):

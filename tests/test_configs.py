@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from conftest import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir, config_groups, task_configs, validate_train
 from mtlrun.data.loading import train_loader
@@ -22,20 +22,9 @@ TINY = ["data.n_train=16", "data.n_val=8", "data.n_test=8", "data.batch_size=4",
 TINY_KEYS = {o.split("=")[0] for o in TINY}
 
 
-def compose_train(overrides=()) -> DictConfig:
-    """The real `train` config as `mtlrun train <overrides>` would see it (minus the hydra node)."""
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+compose_train = compose_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread start-up on a small, shared CPU; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))

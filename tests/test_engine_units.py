@@ -10,10 +10,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mtlrun.config import apply_overrides, config_dir, validate_train
+from conftest import compose_config
+from mtlrun.config import apply_overrides, validate_train
 from mtlrun.engine import checkpoint, schedulers
 from mtlrun.engine.evaluate import count_batches
 from mtlrun.engine.records import read_metrics_csv, results_table, write_metrics_csv, write_results
@@ -21,10 +21,7 @@ from mtlrun.errors import ConfigError, UsageError
 from mtlrun.tasks import Classification, Regression
 
 
-def compose_train(overrides=()):
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+compose_train = compose_config
 
 
 # ----------------------------------------------------------------------------------------- schedulers

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir
 from mtlrun.data.loading import to_device
@@ -28,18 +28,10 @@ SMALL = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "data.batch_size=
          "backbone.channels=[8,16]", "backbone.out_dim=32", "trainer.device=cpu", "trainer.progress_bar=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_trainer(overrides, tmp_path) -> Trainer:
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[*SMALL, *overrides])
+    cfg = compose_config([*SMALL, *overrides])
     torch.manual_seed(0)
     parts = build_components(cfg)
     params = list(parts.model.parameters()) + list(parts.weighting.parameters())

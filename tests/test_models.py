@@ -15,13 +15,6 @@ from mtlrun.models.sharing.hps import HardParameterSharing
 from mtlrun.tasks import Binary, Classification, Regression
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread start-up on a small, shared CPU; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

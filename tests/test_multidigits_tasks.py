@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import TINY, read_results, run_cli
+from conftest import compose_config, TINY, read_results, run_cli
 from mtlrun.build import build_components, build_tasks
 from mtlrun.config import config_dir, task_configs, validate_train
 from mtlrun.data.base import TargetInfo
@@ -21,10 +20,7 @@ SMALL = {"n_train": 200, "n_val": 40, "n_test": 40}
 
 
 def compose_train(*overrides: str):
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[*overrides, "data.n_train=16", "data.n_val=8", "data.n_test=8",
-                                           "data.batch_size=4"])
+    return compose_config([*overrides, "data.n_train=16", "data.n_val=8", "data.n_test=8", "data.batch_size=4"])
 
 
 def targets(data: MultiDigits, split: str) -> dict[str, torch.Tensor]:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchjd.scalarization as tjs
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 from torchjd import aggregation
 
+from conftest import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir, config_groups
 from mtlrun.data.loading import train_loader
@@ -43,18 +43,10 @@ TINY = ["data.n_train=64", "data.n_val=8", "data.n_test=8", "data.batch_size=16"
         "backbone.out_dim=32"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def compose_train(*overrides):
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[*overrides, *TINY])
+    return compose_config([*overrides, *TINY])
 
 
 def build_run(method: str, *overrides):
