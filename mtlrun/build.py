@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun.config import build, task_configs, validate_monitor
+from mtlrun.config import all_task_configs, build, task_configs, validate_monitor
+from mtlrun.data.base import DataSpec, ModalityInfo
 from mtlrun.errors import ConfigError, UsageError
+from mtlrun.models.base import MultiTaskModel
+from mtlrun.models.multimodal import FusedEncoder
 
 
 @dataclass
@@ -22,8 +26,15 @@ class Components:
 
 
 def build_tasks(cfg: DictConfig, spec) -> dict:
+    """One task per entry of task_configs, checked against the data's targets.
+
+    With `tasks.from_data=true` the entries come from the data's targets; they are written into
+    cfg.tasks, so everything that reads the config afterwards (e.g. a task's weight) sees ordinary tasks.
+    """
+    if cfg.tasks.get("from_data"):
+        _expand_from_data(cfg, spec)
     tasks, problems = {}, []
-    for name, node in task_configs(cfg).items():
+    for name, node in task_configs(cfg, spec.targets).items():
         if name not in spec.targets:
             problems.append(f"tasks.{name}: the data '{cfg.data._target_.rsplit('.', 1)[-1]}' has no target "
                             f"'{name}'; available: {', '.join(spec.targets)}")
@@ -37,24 +48,88 @@ def build_tasks(cfg: DictConfig, spec) -> dict:
     return tasks
 
 
-def build_model(cfg: DictConfig, tasks: dict, spec):
-    if len(spec.modalities) != 1:
-        raise UsageError(f"the data has modalities {', '.join(spec.modalities)}; the `backbone` group builds "
-                         f"one image encoder, so pick a single-modality dataset")
-    modality, shape = next(iter(spec.modalities.items()))
+def _expand_from_data(cfg: DictConfig, spec) -> None:
+    import mtlrun.tasks
 
-    def make_encoder():
-        return build(cfg.backbone, "backbone", in_channels=shape[0], input_size=tuple(shape[1:]))
+    nodes = all_task_configs(cfg, spec.targets)
+    problems = []
+    for name in task_configs(cfg, spec.targets):  # the selected ones: tasks.only can leave a target out
+        module, _, cls = str(nodes[name].get("_target_", "")).rpartition(".")
+        if module == "mtlrun.tasks" and not hasattr(mtlrun.tasks, cls) and name in spec.targets:
+            problems.append(f"tasks.from_data: the data's target '{name}' is {spec.targets[name].kind}, which needs "
+                            f"mtlrun.tasks.{cls}; this version of mtlrun has no such task type. Give it a task "
+                            f"class with +tasks.{name}._target_=<your.TaskClass>, or leave it out with tasks.only")
+    if problems:
+        raise ConfigError(problems)
+    with open_dict(cfg.tasks):
+        for name, node in nodes.items():
+            cfg.tasks[name] = node
 
+
+def encoder_config(cfg: DictConfig, kind: str) -> tuple[DictConfig, str]:
+    """The `backbone.<kind>` node; a checkpoint from before per-modality encoders has one image backbone."""
+    backbone = cfg.backbone
+    if "_target_" in backbone and kind == "image":
+        return backbone, "backbone"
+    if kind not in backbone:
+        raise UsageError(f"backbone.{kind}: the data has a {kind} input but no {kind} encoder is configured; "
+                         f"pick one with backbone/{kind}=<option> (see `mtlrun --help`)")
+    return backbone[kind], f"backbone.{kind}"
+
+
+def build_encoder(cfg: DictConfig, modality: str, info: ModalityInfo):
+    node, key = encoder_config(cfg, info.kind)
+    encoder = build(node, key, **info.args)
+    for attr in ("out_dim", "token_dim"):
+        if not isinstance(getattr(encoder, attr, None), int):
+            raise UsageError(f"{key}: {type(encoder).__name__} (for the {modality} input) has no integer "
+                             f"`{attr}`; encoders follow mtlrun.models.encoders.base.Encoder")
+    return encoder
+
+
+def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
+    """One modality: arch(encoder). Several: arch(FusedEncoder(encoders, fusion)), or LateFusion of one
+    arch(encoder) per modality when the fusion combines predictions."""
     arch = build(cfg.arch, "arch")
-    return arch(make_encoder=make_encoder, tasks=tasks, modality=modality)
+    modalities = spec.modalities
+    if len(modalities) == 1:
+        modality, info = next(iter(modalities.items()))
+        return arch(make_encoder=lambda: build_encoder(cfg, modality, info), tasks=tasks, modality=modality)
+
+    fusion_node = cfg.fusion
+    if issubclass(_target_class(fusion_node, "fusion"), MultiTaskModel):  # late fusion of predictions
+        models = {m: arch(make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info), tasks=tasks, modality=m)
+                  for m, info in modalities.items()}
+        return build(fusion_node, "fusion", models=models, tasks=tasks)
+
+    def make_encoder() -> FusedEncoder:
+        encoders = {m: build_encoder(cfg, m, info) for m, info in modalities.items()}
+        fusion = build(fusion_node, "fusion", dims={m: e.out_dim for m, e in encoders.items()},
+                       token_dims={m: e.token_dim for m, e in encoders.items()})
+        return FusedEncoder(encoders, fusion)
+
+    return arch(make_encoder=make_encoder, tasks=tasks, modality=None)
 
 
-def build_components(cfg: DictConfig) -> Components:
+def _target_class(node: DictConfig, key: str) -> type:
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        raise UsageError(f"{key}: needs a `_target_` (the class to build), got {node!r}")
+    try:
+        return get_class(str(node._target_))
+    except Exception as exc:
+        raise UsageError(f"{key}: cannot import {node._target_}: {exc}") from exc
+
+
+def build_components(cfg: DictConfig, data_state: dict | None = None) -> Components:
+    """`data_state`: the data module's state from a checkpoint (e.g. a vocabulary), applied before anything
+    reads the data, so eval sees the inputs exactly as training did."""
     data = build(cfg.data, "data")
-    tasks = build_tasks(cfg, data.spec)
+    if data_state:
+        data.load_state_dict(data_state)
+    spec = data.spec
+    tasks = build_tasks(cfg, spec)
     validate_monitor(str(cfg.trainer.monitor), tasks)
-    model = build_model(cfg, tasks, data.spec)
+    model = build_model(cfg, tasks, spec)
     weighting = build(cfg.weighting, "weighting")
     weighting.setup(tasks, model)  # before the optimizer is built: learned weights are parameters too
     return Components(data, tasks, model, weighting)

@@ -43,10 +43,10 @@ def usage() -> str:
     for group, options in config_groups().items():
         default = defaults.get(group)
         ordered = ([default] if default in options else []) + [o for o in options if o != default]
-        lines.append(f"  {group:<11}{', '.join(ordered)}")
+        lines.append(f"  {group:<17}{', '.join(ordered)}")
     lines += ["", "examples:",
               "  mtlrun train                                    # defaults: multidigits, cnn, hps",
-              "  mtlrun train backbone=resnet18 trainer.max_epochs=20 data.batch_size=256",
+              "  mtlrun train backbone/image=resnet18 trainer.max_epochs=20 data.batch_size=256",
               "  mtlrun train -m seed=0,1,2                      # a Hydra multirun sweep",
               "  mtlrun train -m experiment=stl_baselines seed=0,1,2   # single-task baselines",
               "  mtlrun report outputs/multirun/...              # mean ± std over seeds, Δm% vs STL",

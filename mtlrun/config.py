@@ -15,7 +15,10 @@ log = logging.getLogger("mtlrun")
 
 PRECISIONS = ("32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RESERVED_TASK_KEYS = ("only",)  # keys of the tasks group that are settings, not tasks
+RESERVED_TASK_KEYS = ("only", "from_data")  # keys of the tasks group that are settings, not tasks
+# tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
+DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
+                 "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals"}
 
 
 def config_dir() -> Path:
@@ -28,9 +31,17 @@ def config_dir() -> Path:
 
 
 def config_groups() -> dict[str, list[str]]:
+    """{group: options}; nested groups by path, e.g. "backbone/image": ["cnn", "resnet18", ...]."""
     root = config_dir()
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
-            for d in sorted(root.iterdir()) if d.is_dir() and d.name != "hydra" and not d.name.startswith("_")}
+    groups = {}
+    for d in sorted(root.rglob("*")):
+        rel = d.relative_to(root)
+        if not d.is_dir() or rel.parts[0] == "hydra" or any(part.startswith("_") for part in rel.parts):
+            continue
+        options = sorted(p.stem for p in d.glob("*.yaml"))
+        if options:
+            groups[rel.as_posix()] = options
+    return groups
 
 
 def build(node: DictConfig, key: str, **kwargs):
@@ -63,13 +74,14 @@ def _check_limit(cfg: DictConfig, key: str, problems: list[str]) -> None:
     problems.append(f"{key}={v}: must be null (all), an int >= 1 (batches) or a float in (0, 1] (fraction)")
 
 
-def task_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+def task_configs(cfg: DictConfig, targets: dict | None = None) -> dict[str, DictConfig]:
     """The tasks a run trains, {name: node}: every task of cfg.tasks, or the ones `tasks.only` names.
 
     The one place that reads the tasks group: everything that iterates tasks goes through it, so the
-    reserved keys (`only`) are never mistaken for a task.
+    reserved keys (`only`, `from_data`) are never mistaken for a task. With `tasks.from_data=true`, see
+    all_task_configs (`targets`: the data's {name: TargetInfo}; None builds the data module to ask it).
     """
-    nodes = {str(name): node for name, node in cfg.tasks.items() if name not in RESERVED_TASK_KEYS}
+    nodes = all_task_configs(cfg, targets)
     only = cfg.tasks.get("only")
     if only is None:
         return nodes
@@ -81,6 +93,37 @@ def task_configs(cfg: DictConfig) -> dict[str, DictConfig]:
         raise UsageError(f"tasks.only={shown}: {problem}; valid tasks: {', '.join(nodes)} "
                          f"(tasks.only=null trains them all)")
     return {name: node for name, node in nodes.items() if name in names}
+
+
+def all_task_configs(cfg: DictConfig, targets: dict | None = None) -> dict[str, DictConfig]:
+    """Every task of the tasks group, `tasks.only` aside.
+
+    With `tasks.from_data=true`: one task per target of the data, in the data's order, of the default type
+    for its kind (DEFAULT_TASKS) with weight 1; an entry of the tasks group with the same name is merged
+    over it (e.g. `+tasks.digit.weight=0.5`), or replaces it when it has its own `_target_`.
+    """
+    nodes = {str(name): node for name, node in cfg.tasks.items() if name not in RESERVED_TASK_KEYS}
+    if not cfg.tasks.get("from_data"):
+        return nodes
+    if targets is None:
+        targets = build(cfg.data, "data").full_spec.targets
+    generated = {name: _task_from_data(info, nodes.get(name)) for name, info in targets.items()}
+    return {**generated, **{name: node for name, node in nodes.items() if name not in targets}}
+
+
+def _task_from_data(info, override: DictConfig | None) -> DictConfig:
+    """The default task node for a data target (TargetInfo), with the user's entry merged over it."""
+    if override is not None and "_target_" in override:
+        return override
+    node = {"_target_": f"mtlrun.tasks.{DEFAULT_TASKS.get(info.kind, info.kind)}"}
+    if info.kind in ("classification", "segmentation"):
+        node["num_classes"] = info.num_classes
+    elif info.kind == "multilabel":
+        node["num_labels"] = info.dim
+    elif info.kind == "regression":
+        node["dim"] = info.dim
+    node.update(weight=1.0, auxiliary=False)
+    return OmegaConf.merge(node, override) if override is not None else OmegaConf.create(node)
 
 
 def validate_train(cfg: DictConfig) -> None:
@@ -115,20 +158,38 @@ def validate_train(cfg: DictConfig) -> None:
         need_int("trainer.early_stopping.patience", patience, 1)
     if str(t.get("monitor_mode", "auto")) not in ("auto", "max", "min"):
         p.append(f"trainer.monitor_mode={t.monitor_mode}: valid: auto, max, min")
-    try:
-        tasks = task_configs(cfg) if isinstance(cfg.tasks, DictConfig) else {}
-    except UsageError as exc:  # tasks.only names a task the preset does not have
-        p.append(str(exc))
-        tasks = None
-    if tasks == {}:
-        p.append("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits)")
-    for name, task in (tasks or {}).items():
-        if not isinstance(task, DictConfig) or "_target_" not in task:
-            p.append(f"tasks.{name}: needs a `_target_` such as mtlrun.tasks.Classification")
-        elif "weight" in task and (not isinstance(task.weight, (int, float)) or task.weight < 0):
-            p.append(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
+    _check_tasks(cfg, p)
     if p:
         raise ConfigError(p)
+
+
+def _check_tasks(cfg: DictConfig, p: list[str]) -> None:
+    """The tasks group's own values. With from_data the tasks come from the data, which is not built here:
+    the entries are checked as overrides, and tasks.only when build_tasks knows the data's targets."""
+    if not isinstance(cfg.tasks, DictConfig):
+        p.append("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits)")
+        return
+    from_data = cfg.tasks.get("from_data", False)
+    if not isinstance(from_data, bool):
+        p.append(f"tasks.from_data={from_data}: must be true (one task per data target) or false")
+        from_data = False
+    if from_data:
+        tasks = {str(n): t for n, t in cfg.tasks.items() if n not in RESERVED_TASK_KEYS}
+    else:
+        try:
+            tasks = task_configs(cfg)
+        except UsageError as exc:  # tasks.only names a task the preset does not have
+            p.append(str(exc))
+            return
+        if not tasks:
+            p.append("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits, or tasks=from_data "
+                     "for one task per target of the data)")
+    for name, task in tasks.items():
+        if not isinstance(task, DictConfig) or ("_target_" not in task and not from_data):
+            p.append(f"tasks.{name}: needs a `_target_` such as mtlrun.tasks.Classification")
+        elif "weight" in task and (isinstance(task.weight, bool) or not isinstance(task.weight, (int, float))
+                                   or task.weight < 0):
+            p.append(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
 
 
 def validate_monitor(monitor: str, tasks: dict) -> None:
@@ -150,7 +211,7 @@ def apply_overrides(base: dict, current: DictConfig, overrides: list[str], allow
     cfg = OmegaConf.create(base)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith("hydra.") or key in ("resume", "checkpoint", *skip):
+        if key.startswith("hydra.") or key in ("resume", "checkpoint") or key.split(".")[0] in skip:
             continue
         value = OmegaConf.select(current, key, default=None)
         if isinstance(value, (DictConfig, ListConfig)) and "." not in key:

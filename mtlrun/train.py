@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict:
     if dist.is_main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
-    parts = build_components(cfg)
+    parts = build_components(cfg, data_state=(resume_state or {}).get("data"))
     # learned loss weights (UW's log-variances, GradNorm's weights) must not be pulled to 0 by weight decay
     groups = [{"params": list(parts.model.parameters())}]
     weighting_params = list(parts.weighting.parameters())

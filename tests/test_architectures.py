@@ -63,7 +63,7 @@ def built(request):
     """Built once per case and shared by the tests that do not change the weights. Module scope makes
     pytest run all tests of one case together, so only one case's models are alive at a time."""
     arch, backbone, options = request.param
-    return build([f"arch={arch}", f"backbone={backbone}", *options])
+    return build([f"arch={arch}", f"backbone/image={backbone}", *options])
 
 
 def as_list(shared):
@@ -241,7 +241,7 @@ def test_cross_stitch_mixes_streams():
 
 def test_cross_stitch_needs_two_stages():
     with pytest.raises(UsageError, match="arch=cross_stitch needs a backbone with at least 2 stages"):
-        build(["arch=cross_stitch", "backbone.channels=[8]"])
+        build(["arch=cross_stitch", "backbone.image.channels=[8]"])
 
 
 # ---------------------------------------------------------------------------------------------- mtan
@@ -307,7 +307,7 @@ def test_ple_with_identical_experts_is_one_expert_chain(levels):
 
 
 def test_ple_levels_split_the_stages_after_the_bottom():
-    model, _, _ = build(["arch=ple", "backbone=resnet18", "arch.num_levels=3"])
+    model, _, _ = build(["arch=ple", "backbone/image=resnet18", "arch.num_levels=3"])
     # resnet18: stem | layer1 .. layer4; stem shared, levels get [layer1, layer2], [layer3], [layer4 + pool]
     assert len(model.bottom) == 1
     assert [len(level.shared_experts[0]) for level in model.levels] == [2, 1, 2]

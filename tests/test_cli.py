@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import TINY, read_results, run_cli
 
@@ -29,7 +30,7 @@ def test_no_command_or_unknown_command_is_usage_error(tmp_path):
 def test_console_script_and_hydra_cfg_flag(tmp_path):
     exe = shutil.which("mtlrun")
     assert exe, "the mtlrun console script is not installed"
-    proc = run_cli("train", "--cfg", "job", "backbone=resnet18", "trainer.max_epochs=3", cwd=tmp_path,
+    proc = run_cli("train", "--cfg", "job", "backbone/image=resnet18", "trainer.max_epochs=3", cwd=tmp_path,
                    launcher=[exe])
     assert proc.returncode == 0, proc.stderr
     assert "_target_: mtlrun.models.encoders.image.ResNet" in proc.stdout
@@ -107,15 +108,15 @@ def test_multirun_sweep(tmp_path):
 
 
 def test_user_config_dir_adds_groups(tmp_path):
-    groups = tmp_path / "myconf" / "backbone"
+    groups = tmp_path / "myconf" / "backbone" / "image"
     groups.mkdir(parents=True)
     (groups / "tiny.yaml").write_text("_target_: mtlrun.models.encoders.image.SmallCNN\n"
                                       "channels: [8, 16]\nout_dim: 32\ndropout: 0.0\n")
     run = tmp_path / "run"
-    proc = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "backbone=tiny", *TINY,
+    proc = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "backbone/image=tiny", *TINY,
                    f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "channels:\n  - 8\n  - 16" in (run / "config.yaml").read_text()
+    assert OmegaConf.load(run / "config.yaml").backbone.image.channels == [8, 16]
     state = torch.load(run / "checkpoints/best.pt", map_location="cpu", weights_only=True)
     assert state["model"]["encoder.stages.0.0.weight"].shape[0] == 8
 
@@ -132,7 +133,7 @@ def test_default_run_dir_is_under_outputs(tmp_path):
     ["trainer.precision=16"],
     ["trainer.accumulate=3", "trainer.grad_clip=1.0", "optim=sgd", "scheduler=multistep"],
     ["trainer.limit_train_batches=2", "trainer.limit_eval_batches=0.5", "trainer.early_stopping.patience=1"],
-    ["backbone=resnet18", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    ["backbone/image=resnet18", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
     ["trainer.compile=true", "data.n_train=128"],
 ], ids=["bf16", "fp16", "accumulate-clip-sgd", "limits", "resnet18", "compile"])
 def test_trainer_options_run_end_to_end(tmp_path, overrides):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from mtlrun.data.base import DataSpec, TargetInfo, TensorDictDataset, collate
+from mtlrun.data.base import DataSpec, ModalityInfo, TargetInfo, TensorDictDataset, collate
 from mtlrun.data.loading import eval_loader, train_loader
 from mtlrun.data.multidigits import MultiDigits, _source_pools, compose, overlap_area
 
@@ -165,7 +165,7 @@ def test_multidigits_split_sizes_dtypes_and_splits_differ():
 def test_multidigits_spec():
     spec = MultiDigits(n_train=4, n_val=4, n_test=4).spec
     assert isinstance(spec, DataSpec)
-    assert spec.modalities == {"image": (1, 16, 16)}
+    assert spec.modalities == {"image": ModalityInfo("image", (1, 16, 16), {"in_channels": 1, "input_size": (16, 16)})}
     assert set(spec.targets) == {"left", "right", "sum", "parity"}  # tasks=multidigits trains left + right
     for task in ("left", "right"):
         assert spec.targets[task] == TargetInfo("classification", num_classes=10)

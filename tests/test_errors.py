@@ -10,7 +10,7 @@ from conftest import TINY, run_cli
 
 @pytest.mark.parametrize("overrides, fragments", [
     (["data=nope"], ["data/nope", "multidigits"]),
-    (["backbone=vgg"], ["backbone/vgg", "resnet18"]),
+    (["backbone/image=vgg"], ["backbone/image/vgg", "resnet18"]),
     (["trainer.max_epochs=-1", "data.batch_size=0"],
      ["trainer.max_epochs=-1", "data.batch_size=0", "2 problem(s)"]),
     (["trainer.precision=8"], ["trainer.precision=8", "32, bf16, 16"]),
@@ -25,8 +25,8 @@ from conftest import TINY, run_cli
      ["tasks.left", "binary task", "classification"]),
     (["trainer.monitor=val/left/acc"], ["trainer.monitor=val/left/acc", "val/left/accuracy"]),
     (["trainer.maxepochs=3"], ["maxepochs"]),
-    (["backbone._target_=mtlrun.nothing.Here"], ["backbone", "mtlrun.nothing.Here"]),
-    (["backbone=resnet18", "backbone.depth=20"], ["backbone.depth=20", "18, 34, 50"]),
+    (["backbone.image._target_=mtlrun.nothing.Here"], ["backbone", "mtlrun.nothing.Here"]),
+    (["backbone/image=resnet18", "backbone.image.depth=20"], ["backbone.image.depth=20", "18, 34, 50"]),
 ], ids=["unknown-data", "unknown-backbone", "negative-epochs-and-batch-0", "precision", "device-name",
         "device-missing", "limit", "class-count", "unknown-task", "task-args", "task-kind", "monitor", "unknown-key",
         "bad-target", "resnet-depth"])
@@ -49,11 +49,11 @@ def test_full_error_shows_traceback(tmp_path):
 
 
 def test_pretrained_weights_missing_says_where_to_put_them(tmp_path):
-    proc = run_cli("train", *TINY, "backbone=resnet18", "backbone.pretrained=true",
+    proc = run_cli("train", *TINY, "backbone/image=resnet18", "backbone.image.pretrained=true",
                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "th")})
     assert proc.returncode == 2
     assert str(tmp_path / "th" / "hub" / "checkpoints" / "resnet18-") in proc.stderr
-    assert "backbone.pretrained=false" in proc.stderr and "Traceback" not in proc.stderr
+    assert "backbone.image.pretrained=false" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "corrupt", "foreign"])

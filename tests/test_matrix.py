@@ -25,7 +25,8 @@ CONFIGS = Path(config_dir())
 ARCHS = sorted(p.stem for p in (CONFIGS / "arch").glob("*.yaml"))
 WEIGHTINGS = sorted(p.stem for p in (CONFIGS / "weighting").glob("*.yaml"))
 SMALL = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "data.batch_size=16", "data.eval_batch_size=16",
-         "backbone.channels=[8,16]", "backbone.out_dim=32", "trainer.device=cpu", "trainer.progress_bar=false"]
+         "backbone.image.channels=[8,16]", "backbone.image.out_dim=32", "trainer.device=cpu",
+         "trainer.progress_bar=false"]
 
 
 

@@ -69,7 +69,7 @@ def test_resnet_projection_and_large_input_stem():
 
 
 def test_resnet_unknown_depth_is_a_usage_error():
-    with pytest.raises(UsageError, match=r"backbone\.depth=20 is not available; valid: 18, 34, 50"):
+    with pytest.raises(UsageError, match=r"backbone\.image\.depth=20 is not available; valid: 18, 34, 50"):
         ResNet(in_channels=1, input_size=(16, 16), depth=20)
 
 

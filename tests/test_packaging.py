@@ -37,7 +37,7 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
                            cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where) == venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
         "site-packages" / "mtlrun" / "configs"
-    proc = subprocess.run([bin_dir / "mtlrun", "train", "--cfg", "job", "backbone=resnet34"], cwd=elsewhere,
+    proc = subprocess.run([bin_dir / "mtlrun", "train", "--cfg", "job", "backbone/image=resnet34"], cwd=elsewhere,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "depth: 34" in proc.stdout

@@ -39,8 +39,8 @@ GRADIENT_LEVEL = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "
 ALL = LOSS_LEVEL + GRADIENT_LEVEL
 # Methods that take grad_on: the gradient-level ones, and GradNorm (where its gradient norms are taken).
 WITH_GRAD_ON = GRADIENT_LEVEL + ["gradnorm"]
-TINY = ["data.n_train=64", "data.n_val=8", "data.n_test=8", "data.batch_size=16", "backbone.channels=[8,16]",
-        "backbone.out_dim=32"]
+TINY = ["data.n_train=64", "data.n_val=8", "data.n_test=8", "data.batch_size=16", "backbone.image.channels=[8,16]",
+        "backbone.image.out_dim=32"]
 
 
 

@@ -25,10 +25,33 @@ class TargetInfo:
     dim: int | None = None  # multilabel: number of labels; regression: number of outputs
 
 
+MODALITY_KINDS = ("image", "text", "audio", "tabular")
+
+
+@dataclass(frozen=True)
+class ModalityInfo:
+    """What the data says about one input, so its encoder (`backbone.<kind>`) can be built for it.
+
+    Input layouts by kind (per sample; batches add a leading B):
+    - image: float [C, H, W]. args: in_channels, input_size (H, W)
+    - text: long [L] token ids, 0 = padding, 1 = unknown. args: vocab_size, max_len
+    - audio: float [T] waveform. args: sample_rate
+    - tabular: float [N + K]: N numeric features, then K categorical codes stored as floats
+      (0 = missing/unknown, 1..cardinality). args: num_numeric, cardinalities (list of K ints)
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    args: dict = field(default_factory=dict, hash=False, compare=True)
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    modalities: dict[str, tuple[int, ...]]  # per-sample shape of each input
+    modalities: dict[str, ModalityInfo]
     targets: dict[str, TargetInfo] = field(default_factory=dict)
+
+    def shape(self, modality: str) -> tuple[int, ...]:
+        return self.modalities[modality].shape
 
 
 class TensorDictDataset(Dataset):
@@ -71,17 +94,33 @@ def collate(samples):
 
 
 class DataModule:
-    """Holds the splits of one dataset and the loader settings from the `data` config group."""
+    """Holds the splits of one dataset and the loader settings from the `data` config group.
+
+    Subclasses implement `build()` (the splits) and `full_spec` (every input and target the data has).
+    `modalities` (null = all) keeps a subset of the inputs: the model is built for, and the batches carry,
+    only those. `modality_dropout` is applied by the trainer (mtlrun.data.modality.drop_modalities).
+    `state_dict()` is what must travel in the checkpoint for `mtlrun eval` to read the data exactly as
+    training did (e.g. a text vocabulary or class list built from the training split).
+    """
 
     name = "data"
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool | None = None, drop_last: bool = True):
+                 pin_memory: bool | None = None, drop_last: bool = True,
+                 modalities: Sequence[str] | None = None, modality_dropout: float = 0.0):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.drop_last = drop_last
+        self.modalities = None if modalities is None else [str(m) for m in modalities]
+        if isinstance(modality_dropout, bool) or not isinstance(modality_dropout, (int, float)) \
+                or not 0 <= modality_dropout < 1:
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"data.modality_dropout={modality_dropout}: must be a number in [0, 1) (the "
+                             f"probability that a sample loses each modality during training)")
+        self.modality_dropout = float(modality_dropout)
         self._splits: dict[str, Dataset] | None = None
 
     def build(self) -> dict[str, Dataset]:
@@ -89,8 +128,33 @@ class DataModule:
         raise NotImplementedError
 
     @property
-    def spec(self) -> DataSpec:
+    def full_spec(self) -> DataSpec:
         raise NotImplementedError
+
+    @property
+    def spec(self) -> DataSpec:
+        full = self.full_spec
+        return DataSpec({m: full.modalities[m] for m in self.selected_modalities()}, full.targets)
+
+    def selected_modalities(self) -> list[str]:
+        available = list(self.full_spec.modalities)
+        if self.modalities is None:
+            return available
+        from mtlrun.errors import UsageError
+
+        unknown = [m for m in self.modalities if m not in available]
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            problem = f"has no modality {', '.join(map(repr, unknown))}" if unknown else "needs distinct names"
+            raise UsageError(f"data.modalities={self.modalities}: the data {problem}; available: "
+                             f"{', '.join(available)} (pick one or more, e.g. data.modalities=[{available[0]}])")
+        return [m for m in available if m in self.modalities]  # the data's order, whatever the config's
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:
@@ -98,5 +162,20 @@ class DataModule:
 
             raise UsageError(f"split={split!r} is not a split; valid: {', '.join(SPLITS)}")
         if self._splits is None:
-            self._splits = self.build()
+            keep = self.selected_modalities()
+            self._splits = {name: select_modalities(ds, keep) for name, ds in self.build().items()}
         return self._splits[split]
+
+
+def select_modalities(dataset: Dataset, keep: Sequence[str]) -> Dataset:
+    """`dataset` with only the inputs (and modality masks) of `keep`."""
+    if isinstance(dataset, TensorDictDataset):
+        inputs = dataset.tensors["inputs"]
+        if set(inputs) == set(keep):
+            return dataset
+        masks = dataset.tensors.get("modality_mask", {})
+        return TensorDictDataset({m: inputs[m] for m in keep}, dataset.tensors["targets"],
+                                 dataset.tensors.get("label_mask"), {m: masks[m] for m in keep if m in masks})
+    if hasattr(dataset, "select_modalities"):
+        return dataset.select_modalities(keep)
+    raise TypeError(f"{type(dataset).__name__} cannot drop modalities: give it select_modalities(keep)")

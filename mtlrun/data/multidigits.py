@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from mtlrun.data.base import SPLITS, DataModule, DataSpec, TargetInfo, TensorDictDataset
+from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
 from mtlrun.errors import ConfigError
 
 DIGIT = 8  # side of a source digit
@@ -147,8 +147,9 @@ class MultiDigits(DataModule):
             raise ConfigError(problems)
 
     @property
-    def spec(self) -> DataSpec:
-        return DataSpec(modalities={"image": (1, CANVAS, CANVAS)}, targets=dict(TARGETS))
+    def full_spec(self) -> DataSpec:
+        image = ModalityInfo("image", (1, CANVAS, CANVAS), {"in_channels": 1, "input_size": (CANVAS, CANVAS)})
+        return DataSpec(modalities={"image": image}, targets=dict(TARGETS))
 
     def _label_masks(self, split: str, n: int) -> dict[str, torch.Tensor]:
         if split not in self.label_fraction_splits:

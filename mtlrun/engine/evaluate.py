@@ -22,8 +22,10 @@ def count_batches(limit, available: int) -> int:
 @torch.no_grad()
 def evaluate_split(model: nn.Module, tasks: dict, dataset, *, device: torch.device, batch_size: int,
                    precision: str = "32", limit_batches=None, num_workers: int = 0, pin_memory: bool = False,
-                   dist: distributed.DistInfo | None = None) -> dict[str, float]:
-    """{"<task>/loss": ..., "<task>/<metric>": ...} over `dataset` (or its first `limit_batches` batches)."""
+                   dist: distributed.DistInfo | None = None, transform=None) -> dict[str, float]:
+    """{"<task>/loss": ..., "<task>/<metric>": ...} over `dataset` (or its first `limit_batches` batches).
+
+    `transform(batch) -> batch`, if given, is applied to every batch on the device (robustness noise)."""
     dist = dist or distributed.dist_info()
     loader = eval_loader(dataset, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size,
                          num_workers=num_workers, pin_memory=pin_memory)
@@ -39,8 +41,10 @@ def evaluate_split(model: nn.Module, tasks: dict, dataset, *, device: torch.devi
         if i >= limit:
             break
         batch = to_device(batch, device)
+        if transform is not None:
+            batch = transform(batch)
         with autocast(device, precision):
-            preds = model(batch["inputs"])
+            preds = model(batch["inputs"], modality_mask=batch.get("modality_mask"))
         masks = batch.get("label_mask", {})
         for j, t in enumerate(names):
             target, mask = batch["targets"][t], masks.get(t)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mtlrun import __version__
 from mtlrun.data.loading import to_device, train_loader
+from mtlrun.data.modality import drop_modalities
 from mtlrun.engine import checkpoint, distributed
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
@@ -62,6 +63,10 @@ class Trainer:
         self.accumulate = int(cfg.accumulate)
 
         self.train_set = data.dataset("train")
+        self.modality_dropout = float(getattr(data, "modality_dropout", 0.0))
+        if self.modality_dropout and len(data.spec.modalities) < 2:
+            log.warning(f"data.modality_dropout={self.modality_dropout} has no effect: the model reads one "
+                        f"modality ({', '.join(data.spec.modalities)}), and a sample never loses all of them")
         n_batches = count_batches(cfg.limit_train_batches, self._train_batches_available())
         self.batches_per_epoch = n_batches
         steps_per_epoch = math.ceil(n_batches / self.accumulate)
@@ -119,11 +124,14 @@ class Trainer:
 
     def compute_losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Per-task losses, and the shared representation when the weighting works on it."""
+        if self.modality_dropout:
+            batch = drop_modalities(batch, self.modality_dropout)
+        modality_mask = batch.get("modality_mask")
         with self.autocast():
             if self.weighting.needs_shared:
-                preds, shared = self.train_model(batch["inputs"], return_shared=True)
+                preds, shared = self.train_model(batch["inputs"], return_shared=True, modality_mask=modality_mask)
             else:
-                preds, shared = self.train_model(batch["inputs"]), None
+                preds, shared = self.train_model(batch["inputs"], modality_mask=modality_mask), None
         masks = batch.get("label_mask", {})
         losses = {t: self.tasks[t].loss(preds[t], batch["targets"][t], masks.get(t)) for t in self.task_names}
         return losses, shared
@@ -352,6 +360,7 @@ class Trainer:
         return {
             "mtlrun_version": __version__, "format": checkpoint.FORMAT, "config": self.config,
             "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
+            "data": self.data.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": distributed.gather_objects(checkpoint.rng_state()),

@@ -26,8 +26,20 @@ class MultiTaskModel(nn.Module):
     # None for it and representation-level gradient methods cannot be used.
     has_shared_representation = True
 
-    def forward(self, inputs: dict[str, torch.Tensor], return_shared: bool = False):
+    # the input the encoder reads: one modality's tensor, or None for every modality through a
+    # FusedEncoder (which then gets a MultiModalInput: the inputs and the modality mask)
+    modality: str | None
+
+    def forward(self, inputs: dict[str, torch.Tensor], return_shared: bool = False,
+                modality_mask: dict[str, torch.Tensor] | None = None):
         raise NotImplementedError
+
+    def encoder_input(self, inputs: dict[str, torch.Tensor], modality_mask: dict[str, torch.Tensor] | None):
+        if self.modality is not None:
+            return inputs[self.modality]
+        from mtlrun.models.multimodal import MultiModalInput
+
+        return MultiModalInput(inputs, modality_mask)
 
     def regularizer(self) -> torch.Tensor | None:
         """A penalty added to the training objective (e.g. soft sharing's parameter distance), or None."""

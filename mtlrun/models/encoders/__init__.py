@@ -1,4 +1,5 @@
-from mtlrun.models.encoders.base import StagedEncoder
+from mtlrun.models.encoders.base import Encoded, Encoder, StagedEncoder
+from mtlrun.models.encoders.dense import DenseEncoder, ResNetDense, SegNetLite
 from mtlrun.models.encoders.image import ResNet, SmallCNN
 
-__all__ = ["ResNet", "SmallCNN", "StagedEncoder"]
+__all__ = ["DenseEncoder", "Encoded", "Encoder", "ResNet", "ResNetDense", "SegNetLite", "SmallCNN", "StagedEncoder"]

@@ -58,13 +58,13 @@ def _pretrained_state(depth: int) -> dict:
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.is_file():
         raise UsageError(
-            f"backbone.pretrained=true: the torchvision weights for resnet{depth} are not in the local torch "
+            f"backbone.image.pretrained=true: the torchvision weights for resnet{depth} are not in the local torch "
             f"cache. mtlrun never downloads at run time; fetch {weights.url} and put it at {path} "
-            f"(or point TORCH_HOME at a cache that has it), or set backbone.pretrained=false")
+            f"(or point TORCH_HOME at a cache that has it), or set backbone.image.pretrained=false")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated download, wrong file
-        raise UsageError(f"backbone.pretrained=true: cannot read {path}: {exc}") from exc
+        raise UsageError(f"backbone.image.pretrained=true: cannot read {path}: {exc}") from exc
 
 
 class ResNet(StagedEncoder):
@@ -83,7 +83,7 @@ class ResNet(StagedEncoder):
         import torchvision
 
         if depth not in _RESNETS:
-            raise UsageError(f"backbone.depth={depth} is not available; valid: {', '.join(map(str, _RESNETS))}")
+            raise UsageError(f"backbone.image.depth={depth} is not available; valid: {', '.join(map(str, _RESNETS))}")
         net = torchvision.models.get_model(_RESNETS[depth], weights=None)
         if pretrained:
             net.load_state_dict(_pretrained_state(depth))

@@ -6,13 +6,10 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.models.heads import make_head
+from mtlrun.models.checks import check_range  # noqa: F401 (re-exported for the archs)
+from mtlrun.models.heads import make_heads  # noqa: F401 (re-exported for the archs)
 
 _STAGE_API = ("stages", "stage_channels", "in_channels", "project", "out_dim")
-
-
-def make_heads(tasks: dict, in_dim: int, hidden: int, dropout: float) -> nn.ModuleDict:
-    return nn.ModuleDict({name: make_head(in_dim, task.output_dim, hidden, dropout) for name, task in tasks.items()})
 
 
 def staged(encoder: nn.Module, arch: str, min_stages: int = 1) -> nn.Module:
@@ -24,15 +21,8 @@ def staged(encoder: nn.Module, arch: str, min_stages: int = 1) -> nn.Module:
                          f"mtlrun.models.encoders.base.StagedEncoder, or use arch=hps / arch=soft")
     if len(encoder.stages) < min_stages:
         raise UsageError(f"arch={arch} needs a backbone with at least {min_stages} stages; "
-                         f"{type(encoder).__name__} has {len(encoder.stages)} (backbone.channels for the cnn)")
+                         f"{type(encoder).__name__} has {len(encoder.stages)} (backbone.image.channels for the cnn)")
     return encoder
-
-
-def check_range(key: str, value, low: int, high: int | None = None, why: str = "") -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise UsageError(f"{key}={value}: must be an integer {bound}{why}")
-    return value
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -67,3 +57,22 @@ def tap(x: torch.Tensor) -> torch.Tensor:
     A view: no copy.
     """
     return x.view_as(x)
+
+
+def check_gate_input(modality: str | None, shared_stages: int, arch: str) -> None:
+    """Gates read the pooled bottom features, or the raw input with no shared bottom: with several
+    modalities there is no single raw input to pool, only the fused features of stage 0."""
+    if modality is None and shared_stages == 0:
+        raise UsageError(f"arch={arch} with arch.shared_stages=0 gates on the raw input, but the data has several "
+                         f"modalities (no single input to gate on); use arch.shared_stages >= 1 so the gates "
+                         f"read the fused features")
+
+
+def check_raw_gate_input(x, arch: str) -> None:
+    """With no shared bottom the gates pool the raw input, which only means something for a feature map
+    [B, C, H, W]: an image. A waveform or token ids would be pooled into nonsense, so refuse them."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UsageError(f"arch={arch} with arch.shared_stages=0 gates on the raw input, which must be an image "
+                         f"[B, C, H, W]; this input is {shape}. Use arch.shared_stages >= 1 so the gates read "
+                         f"encoder features")

@@ -38,7 +38,7 @@ class CrossStitchUnit(nn.Module):
 
 
 class CrossStitch(MultiTaskModel):
-    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str,
+    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str | None,
                  self_weight: float = 0.9, per_channel: bool = False, head_hidden: int = 0,
                  head_dropout: float = 0.0):
         super().__init__()
@@ -48,14 +48,14 @@ class CrossStitch(MultiTaskModel):
         first = next(iter(self.encoders.values()))
         self.units = nn.ModuleList([CrossStitchUnit(len(tasks), c, float(self_weight), bool(per_channel))
                                     for c in first.stage_channels[:-1]])
-        self.heads = make_heads(tasks, first.out_dim, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, first, head_hidden, head_dropout)
 
     def task_modules(self, task):
         encoder = self.encoders[task]
         return [self.heads[task], encoder.stages[-1], encoder.project]
 
-    def forward(self, inputs, return_shared=False):
-        x = inputs[self.modality]
+    def forward(self, inputs, return_shared=False, modality_mask=None):
+        x = self.encoder_input(inputs, modality_mask)
         encoders = list(self.encoders.values())
         streams = [x] * len(encoders)
         for i, unit in enumerate(self.units):

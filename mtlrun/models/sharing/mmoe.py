@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import Gate, check_range, make_heads, mix, pool, staged
+from mtlrun.models.sharing._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
+                                             mix, pool, staged)
 
 
 def expert_from(encoder: nn.Module, first_stage: int) -> nn.Sequential:
@@ -29,7 +30,7 @@ def expert_from(encoder: nn.Module, first_stage: int) -> nn.Sequential:
 
 
 class MMoE(MultiTaskModel):
-    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str, num_experts: int = 3,
+    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str | None, num_experts: int = 3,
                  shared_stages: int = 1, head_hidden: int = 0, head_dropout: float = 0.0):
         super().__init__()
         self.modality = modality
@@ -38,19 +39,23 @@ class MMoE(MultiTaskModel):
         check_range("arch.num_experts", num_experts, 1)
         check_range("arch.shared_stages", shared_stages, 0, num_stages,
                     f" (the backbone {type(encoder).__name__} has {num_stages} stages)")
+        check_gate_input(modality, shared_stages, "mmoe")
         self.shared_stages = shared_stages
         self.bottom = nn.Sequential(*encoder.stages[:shared_stages])
         copies = [encoder] + [staged(make_encoder(), "mmoe") for _ in range(num_experts - 1)]
         self.experts = nn.ModuleList([expert_from(e, shared_stages) for e in copies])
         gate_in = encoder.stage_channels[shared_stages - 1] if shared_stages else encoder.in_channels
         self.gates = nn.ModuleDict({name: Gate(gate_in, num_experts) for name in tasks})
-        self.heads = make_heads(tasks, encoder.out_dim, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout)
 
     def task_modules(self, task):
         return [self.heads[task], self.gates[task]]
 
-    def forward(self, inputs, return_shared=False):
-        bottom = self.bottom(inputs[self.modality])
+    def forward(self, inputs, return_shared=False, modality_mask=None):
+        x = self.encoder_input(inputs, modality_mask)
+        if not self.shared_stages:
+            check_raw_gate_input(x, "mmoe")
+        bottom = self.bottom(x)
         experts = torch.stack([expert(bottom) for expert in self.experts], dim=1)  # [B, E, D]
         pooled = pool(bottom)
         preds = {name: self.heads[name](mix(gate(pooled), experts)) for name, gate in self.gates.items()}

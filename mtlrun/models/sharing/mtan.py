@@ -5,8 +5,9 @@ For task t and stage j with shared output f_j:
     mask_j^t = sigmoid(BN(conv1x1(ReLU(BN(conv1x1([f_j, g_j^t(a_{j-1}^t)]))))))   (f_j alone at j = 0)
     a_j^t    = mask_j^t * f_j
 
-where g_j^t (conv3x3-BN-ReLU, then max-pooled to f_j's resolution) carries the task's previous attended
-features to stage j. Task t's prediction is head_t(project_t(a_last^t)), with its own copy of the encoder's
+where g_j^t (conv3x3-BN-ReLU, then max-pooled to f_j's resolution, or bilinearly upsampled to it in the
+decoder stages of a dense encoder, as in the paper's SegNet) carries the task's previous attended features
+to stage j. Task t's prediction is head_t(project_t(a_last^t)), with its own copy of the encoder's
 projection. As in the paper the mask reads the shared features it multiplies; we have stage outputs only,
 so f_j plays both the paper's u_j (first layer of block j) and p_j (last layer).
 
@@ -32,6 +33,15 @@ def _conv_bn(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out)]
 
 
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Max-pool down to `size` (encoder stages), or upsample bilinearly (decoder stages of a dense encoder)."""
+    if x.shape[-2:] == size:
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_max_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class TaskAttention(nn.Module):
     """One task's attention over all stages of the shared encoder."""
 
@@ -53,16 +63,14 @@ class TaskAttention(nn.Module):
             if attended is None:
                 mask_in = f
             else:
-                carried = self.bridges[j - 1](attended)
-                if carried.shape[-2:] != f.shape[-2:]:
-                    carried = F.adaptive_max_pool2d(carried, f.shape[-2:])
+                carried = _resize(self.bridges[j - 1](attended), f.shape[-2:])
                 mask_in = torch.cat([f, carried], dim=1)
             attended = self.masks[j](mask_in) * f
         return attended
 
 
 class MTAN(MultiTaskModel):
-    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str, reduction: int = 4,
+    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str | None, reduction: int = 4,
                  head_hidden: int = 0, head_dropout: float = 0.0):
         super().__init__()
         self.modality = modality
@@ -73,13 +81,13 @@ class MTAN(MultiTaskModel):
         projects = [encoder.project] + [staged(make_encoder(), "mtan").project for _ in names[1:]]
         self.projects = nn.ModuleDict(dict(zip(names, projects)))
         self.attention = nn.ModuleDict({name: TaskAttention(encoder.stage_channels, reduction) for name in names})
-        self.heads = make_heads(tasks, encoder.out_dim, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout)
 
     def task_modules(self, task):
         return [self.heads[task], self.attention[task], self.projects[task]]
 
-    def forward(self, inputs, return_shared=False):
-        x, features = inputs[self.modality], []
+    def forward(self, inputs, return_shared=False, modality_mask=None):
+        x, features = self.encoder_input(inputs, modality_mask), []
         for stage in self.stages:
             x = stage(x)
             features.append(x)

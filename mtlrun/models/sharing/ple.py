@@ -25,7 +25,8 @@ from torch import nn
 
 from mtlrun.errors import UsageError
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import Gate, check_range, make_heads, mix, pool, staged, tap
+from mtlrun.models.sharing._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
+                                             mix, pool, staged, tap)
 
 
 def split_stages(first: int, num_stages: int, num_levels: int) -> list[list[int]]:
@@ -54,7 +55,7 @@ class PLELevel(nn.Module):
 
 
 class PLE(MultiTaskModel):
-    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str, num_levels: int = 1,
+    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str | None, num_levels: int = 1,
                  num_shared_experts: int = 1, num_task_experts: int = 1, shared_stages: int = 1,
                  head_hidden: int = 0, head_dropout: float = 0.0):
         super().__init__()
@@ -72,6 +73,7 @@ class PLE(MultiTaskModel):
             raise UsageError(f"arch.num_levels={num_levels}: a level needs at least one encoder stage, and "
                              f"{left} of the backbone's {num_stages} stages are left after "
                              f"arch.shared_stages={shared_stages}")
+        check_gate_input(modality, shared_stages, "ple")
         self.shared_stages = shared_stages
         self.bottom = nn.Sequential(*first.stages[:shared_stages])
         # one encoder per expert slot; slot s's expert at every level is a piece of encoder s
@@ -92,7 +94,7 @@ class PLE(MultiTaskModel):
                             for k, t in enumerate(names)}
             self.levels.append(PLELevel([expert(s) for s in range(num_shared_experts)], task_experts,
                                         in_channels, last))
-        self.heads = make_heads(tasks, first.out_dim, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, first, head_hidden, head_dropout)
 
     def task_modules(self, task):
         modules = [self.heads[task], self.levels[-1].task_experts[task], self.levels[-1].task_gates[task]]
@@ -100,8 +102,11 @@ class PLE(MultiTaskModel):
             modules.append(self.levels[-2].task_gates[task])
         return modules
 
-    def forward(self, inputs, return_shared=False):
-        x = self.bottom(inputs[self.modality])
+    def forward(self, inputs, return_shared=False, modality_mask=None):
+        x = self.encoder_input(inputs, modality_mask)
+        if not self.shared_stages:
+            check_raw_gate_input(x, "ple")
+        x = self.bottom(x)
         graph = _Graph(constant=x if self.shared_stages == 0 else None)
         names = list(self.heads)
         task_in = dict.fromkeys(names, x)

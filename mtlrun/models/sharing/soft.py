@@ -23,20 +23,19 @@ from mtlrun.models.sharing._common import make_heads
 class SoftParameterSharing(MultiTaskModel):
     has_shared_representation = False
 
-    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str,
+    def __init__(self, make_encoder: Callable[[], nn.Module], tasks: dict, modality: str | None,
                  lambda_: float = 1e-3, head_hidden: int = 0, head_dropout: float = 0.0):
         super().__init__()
         self.modality = modality
         self.lambda_ = float(lambda_)
         self.encoders = nn.ModuleDict({name: make_encoder() for name in tasks})
-        out_dim = next(iter(self.encoders.values())).out_dim
-        self.heads = make_heads(tasks, out_dim, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, next(iter(self.encoders.values())), head_hidden, head_dropout)
 
     def task_modules(self, task):
         return [self.heads[task], self.encoders[task]]
 
-    def forward(self, inputs, return_shared=False):
-        x = inputs[self.modality]
+    def forward(self, inputs, return_shared=False, modality_mask=None):
+        x = self.encoder_input(inputs, modality_mask)
         preds = {name: self.heads[name](encoder(x)) for name, encoder in self.encoders.items()}
         return (preds, None) if return_shared else preds
 

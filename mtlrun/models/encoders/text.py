@@ -1,0 +1,135 @@
+"""Text encoders: a recurrent (GRU / LSTM) and a Transformer encoder over token ids.
+
+Both read the text layout of mtlrun.data.base.ModalityInfo: LongTensor [B, L] of token ids, right-padded
+with 0, 1 for an unknown token (mtlrun.data.text.Tokenizer writes it). Padding never changes the result:
+the same text padded to a different length gives the same vector, and a text that is all padding (an
+empty string) gives a finite one. `encode` offers the per-position outputs as tokens, with
+`token_mask = ids != 0`, for the attention fusions.
+
+These are plain `Encoder`s, not `StagedEncoder`s: a sequence model has no stack of 4-D feature maps for the
+stage-wise architectures (cross-stitch, MTAN, MMoE, PLE) to take apart; use arch=hps or arch=soft with them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mtlrun.errors import UsageError
+from mtlrun.models.checks import check_dropout, check_range
+from mtlrun.models.encoders.base import Encoded, Encoder
+
+_KEY = "backbone.text"
+_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def _check_data(vocab_size, max_len) -> None:
+    # data-derived (ModalityInfo.args), so the message names the data rather than a backbone option
+    for name, value, low in (("vocab_size", vocab_size, 2), ("max_len", max_len, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UsageError(f"the text data gives {name}={value}; a text encoder needs an integer >= {low} "
+                             f"(vocab_size counts <pad> and <unk>)")
+
+
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `tokens` [B, L, D] over the positions where `mask` [B, L] is True; 0 for a row with none."""
+    count = mask.sum(1, keepdim=True).clamp(min=1).to(tokens.dtype)
+    return tokens.sum(1) / count
+
+
+class RNNText(Encoder):
+    """Embedding -> (bi)GRU / LSTM over the packed sequences -> masked mean of the outputs -> Linear + ReLU.
+
+    The sequences are packed, so the recurrence stops at each text's last real token: trailing padding is
+    never fed to it (and the backward direction starts from the real end). A text's length is the position
+    of its last non-padding id, so a 0 inside a text is read as an (all-zero) padding embedding rather
+    than cutting the text short; it is still left out of the mean and of `token_mask`.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, cell: str = "gru", embed_dim: int = 64, hidden: int = 128,
+                 layers: int = 1, bidirectional: bool = True, dropout: float = 0.0, out_dim: int = 128):
+        super().__init__()
+        _check_data(vocab_size, max_len)
+        if cell not in _CELLS:
+            raise UsageError(f"{_KEY}.cell={cell}: valid cells are {', '.join(_CELLS)}")
+        if not isinstance(bidirectional, bool):
+            raise UsageError(f"{_KEY}.bidirectional={bidirectional}: must be true or false")
+        for option, value in (("embed_dim", embed_dim), ("hidden", hidden), ("layers", layers), ("out_dim", out_dim)):
+            check_range(f"{_KEY}.{option}", value, 1)
+        dropout = check_dropout(f"{_KEY}.dropout", dropout)
+        self.vocab_size, self.max_len, self.cell = vocab_size, max_len, cell
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        # torch applies the RNN's own dropout between layers only (and warns when there is one layer)
+        self.rnn = _CELLS[cell](embed_dim, hidden, num_layers=layers, batch_first=True,
+                                    bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.token_dim = hidden * (2 if bidirectional else 1)
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.token_dim, out_dim), nn.ReLU(inplace=True))
+        self.out_dim = out_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encode(ids).vector
+
+    def encode(self, ids: torch.Tensor) -> Encoded:
+        ids = ids.long()
+        length = ids.shape[1]
+        mask = ids != 0
+        positions = torch.arange(1, length + 1, device=ids.device)
+        lengths = (mask * positions).amax(1)  # position of the last real token; 0 for all padding
+        # pack_padded_sequence rejects length 0: an all-padding row runs one step on the padding embedding,
+        # and that step is masked out below, so the row's vector is the projection of zeros (finite)
+        packed = pack_padded_sequence(self.embed(ids), lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        tokens = out * mask.unsqueeze(-1).to(out.dtype)
+        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+
+
+class TransformerText(Encoder):
+    """Token + learned positional embeddings -> pre-LN TransformerEncoder -> masked mean -> Linear + ReLU.
+
+    Padding positions are masked out as attention keys (src_key_padding_mask), so they change nothing at
+    the real positions. Pre-LN (norm_first) trains stably without a learning-rate warm-up, which the
+    schedulers here do not all offer; a final LayerNorm closes the stack. Inputs may be shorter than
+    `max_len` (the size of the positional table), not longer.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int = 64, heads: int = 4, layers: int = 2,
+                 ff: int = 128, dropout: float = 0.1, out_dim: int = 128):
+        super().__init__()
+        _check_data(vocab_size, max_len)
+        for option, value in (("dim", dim), ("heads", heads), ("layers", layers), ("ff", ff), ("out_dim", out_dim)):
+            check_range(f"{_KEY}.{option}", value, 1)
+        if dim % heads:
+            raise UsageError(f"{_KEY}.heads={heads}: must divide {_KEY}.dim={dim} (each head gets dim / heads "
+                             f"channels); e.g. heads={max(h for h in range(1, heads + 1) if dim % h == 0)}")
+        dropout = check_dropout(f"{_KEY}.dropout", dropout)
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.position = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, batch_first=True, norm_first=True)
+        # nested tensors would only speed up inference, and they are not available with norm_first
+        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out_dim), nn.ReLU(inplace=True))
+        self.token_dim = dim
+        self.out_dim = out_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encode(ids).vector
+
+    def encode(self, ids: torch.Tensor) -> Encoded:
+        ids = ids.long()
+        length = ids.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"TransformerText got sequences of length {length}, longer than its positional "
+                             f"table (max_len={self.max_len} from the data)")
+        mask = ids != 0
+        x = self.embed(ids) + self.position.weight[:length]
+        # A row that is all padding would attend over no key at all (softmax of -inf only: NaN). Let its
+        # first position attend to itself; its outputs are masked out of the tokens and the mean anyway.
+        key_padding = ~mask
+        key_padding[:, 0] &= mask.any(1)
+        h = self.encoder(x, src_key_padding_mask=key_padding)
+        tokens = h * mask.unsqueeze(-1).to(h.dtype)
+        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
