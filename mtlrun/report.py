@@ -50,6 +50,7 @@ class Run:
     metrics: dict[str, float]  # "<task>/<metric>" on the reported split; losses left out
     choices: dict[str, str]  # Hydra group choices from .hydra/hydra.yaml ({} when the run has none)
     tasks: list[str]
+    robustness: dict | None = None  # an eval run's corruption sweep (results.json "robustness")
 
     @property
     def seed(self):
@@ -140,7 +141,8 @@ def load_run(path: Path, split: str) -> tuple[Run | None, str]:
                        if not str(k).startswith("hydra/") and v is not None}
         except (KeyError, TypeError, yaml.YAMLError):
             choices = {}
-    return Run(path, config, metrics, choices, tasks), ""
+    sweep = results.get("robustness")
+    return Run(path, config, metrics, choices, tasks, sweep if isinstance(sweep, dict) else None), ""
 
 
 def collect_runs(dirs: list[str], split: str, what: str) -> list[Run]:
@@ -488,6 +490,44 @@ def plot_report(path: Path, mtl: list[Group], baselines: list[Group], columns: l
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------ robustness
+def render_robustness(groups: list[Group], split: str, out: Path) -> str:
+    """For eval runs with a corruption sweep: each group's mean curve per metric, its area under the curve
+    (mean ± std over seeds), and robustness.png with one line per group. Empty when no run has a sweep."""
+    swept = [g for g in groups if all(r.robustness for r in g.runs)]
+    if not swept:
+        return ""
+    kinds = {(r.robustness.get("modality"), r.robustness.get("noise"), tuple(r.robustness.get("levels", ())))
+             for g in swept for r in g.runs}
+    if len(kinds) > 1:
+        shown = "; ".join(f"{m} {n} {list(lv)}" for m, n, lv in sorted(kinds, key=str))
+        raise UsageError(f"the runs hold different robustness sweeps ({shown}); report one sweep at a time")
+    modality, noise, levels = kinds.pop()
+    keys = [k for k in swept[0].runs[0].robustness.get("metrics", {})
+            if k.startswith(f"{split}/") and not k.endswith("/loss")]
+    lines = ["", f"## Robustness: {noise} on {modality} ({split} split)", "",
+             "| method | metric | " + " | ".join(f"{v:g}" for v in levels) + " | AUC |",
+             "|" + "|".join(["---"] * (len(levels) + 3)) + "|"]
+    curves = {}
+    for group in swept:
+        curves[group.label] = {}
+        for key in keys:
+            runs = [r.robustness["metrics"][key] for r in group.runs if key in r.robustness.get("metrics", {})]
+            if not runs:
+                continue
+            mean_curve = [sum(v) / len(v) for v in zip(*runs)]
+            curves[group.label][key.split("/", 1)[1]] = mean_curve
+            aucs = [r.robustness["auc"][key] for r in group.runs if key in r.robustness.get("auc", {})]
+            lines.append(f"| {group.label.replace('|', '/')} | {key.split('/', 1)[1]} | "
+                         + " | ".join(f"{v:.4f}" for v in mean_curve) + f" | {_cell(aucs, '.4f')} |")
+    lines += ["", "Mean over seeds at each corruption level; AUC: area under the metric-level curve divided by "
+                  "the level range (mean ± std over seeds)."]
+    from mtlrun.engine.plots import plot_robustness
+
+    plot_robustness(curves, list(levels), f"{noise} on {modality} ({split})", out / "robustness.png")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -549,11 +589,14 @@ def report(args: argparse.Namespace) -> dict:
     out = Path(args.out if args.out is not None else args.dirs[0]).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(args.split, mtl, baselines, columns, directions, aux_tasks, notes, has_delta)
+    markdown += render_robustness([*mtl, *baselines], args.split, out)
     (out / "report.md").write_text(markdown)
     (out / "report.csv").write_text(render_csv(mtl, baselines, columns))
     plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks)
     print(markdown)
-    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+    extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
+        else ""
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}{extra}")
     return {"mtl": mtl, "baselines": baselines, "columns": columns, "out": out}
 
 

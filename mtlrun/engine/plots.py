@@ -36,3 +36,33 @@ def plot_curves(rows: list[dict], tasks: dict, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_robustness(curves: dict[str, dict[str, list[float]]], levels: list[float], title: str,
+                    path: str | os.PathLike) -> None:
+    """One panel per metric, one line per run: metric against corruption level.
+
+    `curves`: {label: {metric key: [value at each level]}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(k for run in curves.values() for k in run))
+    cols = min(3, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for label, run in curves.items():
+            if key in run:
+                ax.plot(levels, run[key], marker="o", markersize=3, label=label)
+        ax.set_title(key)
+        ax.set_xlabel("corruption level")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
