@@ -8,6 +8,7 @@ Every accumulator keeps its state as tensors on the training device and is updat
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class Metrics:
@@ -116,6 +117,156 @@ class RegressionMetrics(Metrics):
         abs_sum, sq_sum, n = self.sums.tolist()
         n = max(n, 1.0)
         return {"mae": abs_sum / n, "rmse": (sq_sum / n) ** 0.5}
+
+
+# ------------------------------------------------------------------------------- dense (per-pixel)
+# Dense predictions are [B, C, H, W] at the target's resolution; which pixels count is read from the
+# target itself (see mtlrun.tasks: segmentation ignore_index, depth > 0, normals with a non-zero norm)
+# and from the sample-level label mask.
+
+
+def _pixel_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """The sample-level label mask [B] broadcast to the pixels of `like` [B, H, W]."""
+    return None if mask is None else mask.view(-1, *[1] * (like.dim() - 1))
+
+
+class SegmentationMetrics(Metrics):
+    """Mean IoU and pixel accuracy from a C x C confusion matrix (rows: target, columns: prediction).
+
+    The matrix is summed over the whole split (and across DDP ranks) before anything is divided, so mIoU
+    is the split-level IoU of each class averaged over the classes that occur in the target or in the
+    prediction anywhere in the split (a class absent from both has no IoU and is left out), as in
+    MTAN / LibMTL. Ignored pixels (target == ignore_index) and unlabelled samples are not counted.
+    """
+
+    names = ("miou", "pixel_accuracy")
+    higher_is_better = {"miou": True, "pixel_accuracy": True}
+
+    def __init__(self, num_classes: int, ignore_index: int = -1):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def reset(self, device):
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=device)
+
+    def update(self, pred, target, mask):
+        c = self.num_classes
+        target = target.long()
+        valid = target != self.ignore_index
+        if mask is not None:
+            valid &= _pixel_mask(mask, target)
+        cell = target * c + pred.argmax(dim=1)
+        cell = torch.where(valid, cell, c * c)  # overflow bin, dropped: no host sync, no boolean indexing
+        self.confusion += torch.bincount(cell.flatten(), minlength=c * c + 1)[: c * c].view(c, c)
+
+    def states(self):
+        return [self.confusion]
+
+    def compute(self):
+        cm = self.confusion.double()
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        present = union > 0
+        iou = tp[present] / union[present]
+        return {"miou": iou.mean().item() if present.any() else 0.0,
+                "pixel_accuracy": (tp.sum() / cm.sum().clamp_min(1)).item()}
+
+
+class DepthMetrics(Metrics):
+    """Absolute and relative error over the valid pixels (target > 0) of the split.
+
+    abs_err = mean |pred - gt|, rel_err = mean |pred - gt| / gt, both pooled over every valid pixel of the
+    split (not averaged per batch or per image)."""
+
+    names = ("abs_err", "rel_err")
+    higher_is_better = {"abs_err": False, "rel_err": False}
+
+    def reset(self, device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum |e|, sum |e| / gt, valid pixels
+
+    def update(self, pred, target, mask):
+        target = target.float()
+        valid = target > 0  # False for a NaN placeholder too
+        if mask is not None:
+            valid &= _pixel_mask(mask, target)
+        gt = torch.where(valid, target, 1.0)
+        err = torch.where(valid, (pred.float().view_as(gt) - gt).abs(), 0.0)
+        self.sums += torch.stack([err.sum(dtype=torch.float64), (err / gt).sum(dtype=torch.float64),
+                                  valid.sum().double()])
+
+    def states(self):
+        return [self.sums]
+
+    def compute(self):
+        abs_sum, rel_sum, n = self.sums.tolist()
+        n = max(n, 1.0)
+        return {"abs_err": abs_sum / n, "rel_err": rel_sum / n}
+
+
+class NormalsMetrics(Metrics):
+    """Angular error (degrees) between the L2-normalised prediction and the target normal.
+
+    Over every valid pixel (target norm > 0) of the split: `mean_angle`, `median_angle`, and the fractions
+    of pixels with an error below 11.25, 22.5 and 30 degrees (`within_*`). The mean and the fractions are
+    exact (sums and counts). The median comes from a histogram of the errors with BIN_DEGREES-wide bins
+    over [0, 180] kept on the device, so it can be summed across batches and ranks: it is the lower median
+    (the ((n - 1) // 2)-th smallest error, as torch.median) located to its bin and linearly interpolated
+    within it, so it is within one bin (0.1 degree) of the exact value.
+    """
+
+    BIN_DEGREES = 0.1
+    THRESHOLDS = (11.25, 22.5, 30.0)
+    names = ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30")
+    higher_is_better = {"mean_angle": False, "median_angle": False, "within_11_25": True, "within_22_5": True,
+                        "within_30": True}
+
+    @property
+    def num_bins(self) -> int:
+        return round(180 / self.BIN_DEGREES)
+
+    def reset(self, device):
+        self.histogram = torch.zeros(self.num_bins, dtype=torch.long, device=device)
+        # sum of angles, valid pixels, then one count per threshold
+        self.sums = torch.zeros(2 + len(self.THRESHOLDS), dtype=torch.float64, device=device)
+
+    def update(self, pred, target, mask):
+        angle, valid = normal_angles(pred, target, mask)
+        bins = (angle / self.BIN_DEGREES).long().clamp_(0, self.num_bins - 1)
+        bins = torch.where(valid, bins, self.num_bins)  # overflow bin for invalid pixels, dropped
+        self.histogram += torch.bincount(bins.flatten(), minlength=self.num_bins + 1)[: self.num_bins]
+        angle = torch.where(valid, angle, 0.0)
+        within = [(valid & (angle < t)).sum() for t in self.THRESHOLDS]
+        self.sums += torch.stack([angle.sum(dtype=torch.float64), valid.sum(), *within]).double()
+
+    def states(self):
+        return [self.histogram, self.sums]
+
+    def median_from_histogram(self) -> float:
+        counts = self.histogram.double().cpu()
+        n = counts.sum().item()
+        if n == 0:
+            return 0.0
+        k = (n - 1) // 2  # 0-based rank of the lower median
+        cumulative = counts.cumsum(0)
+        b = int(torch.searchsorted(cumulative, torch.tensor(k + 1, dtype=torch.float64)).item())
+        before = cumulative[b].item() - counts[b].item()
+        return (b + (k - before + 0.5) / counts[b].item()) * self.BIN_DEGREES
+
+    def compute(self):
+        angle_sum, n, *within = self.sums.tolist()
+        out = {"mean_angle": angle_sum / max(n, 1.0), "median_angle": self.median_from_histogram()}
+        out.update({name: count / max(n, 1.0) for name, count in zip(self.names[2:], within)})
+        return out
+
+
+def normal_angles(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None):
+    """(angle in degrees [B, H, W], valid [B, H, W]) between normalised pred [B, 3, H, W] and target."""
+    target = target.float()
+    valid = target.square().sum(1) > 0  # False for a NaN placeholder too
+    if mask is not None:
+        valid &= _pixel_mask(mask, valid)
+    target = torch.where(valid.unsqueeze(1), target, 0.0)
+    cos = (F.normalize(pred.float(), dim=1) * F.normalize(target, dim=1)).sum(1)
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))), valid
 
 
 def delta_m(results: dict[str, float], baseline: dict[str, float], higher_is_better: dict[str, bool]) -> float:

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from mtlrun.data.base import TargetInfo
-from mtlrun.metrics import ClassificationMetrics, Metrics, MultilabelMetrics, RegressionMetrics
+from mtlrun.metrics import (
+    ClassificationMetrics,
+    DepthMetrics,
+    Metrics,
+    MultilabelMetrics,
+    NormalsMetrics,
+    RegressionMetrics,
+    SegmentationMetrics,
+)
 
 
 def fill_unlabelled(target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -30,6 +38,7 @@ def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
 
 class Task:
     kind = ""
+    dense = False  # True: the prediction is a map [B, output_dim, H, W] at the input image's resolution
 
     def __init__(self, weight: float = 1.0, auxiliary: bool = False):
         self.weight = float(weight)
@@ -82,11 +91,7 @@ class Classification(Task):
 
     def check(self, info):
         problems = super().check(info)
-        if not problems and info.num_classes != self.num_classes:
-            problems.append(f"tasks.{self.name}.num_classes={self.num_classes} but the data has "
-                            f"{info.num_classes} classes (labels 0..{info.num_classes - 1}) for "
-                            f"'{self.name}'; set tasks.{self.name}.num_classes={info.num_classes}")
-        return problems
+        return problems or _class_count_problems(self, info)
 
 
 class Multilabel(Task):
@@ -153,3 +158,105 @@ class Regression(Task):
             problems.append(f"tasks.{self.name}.dim={self.dim} but the data's target '{self.name}' has "
                             f"{info.dim} values per sample")
         return problems
+
+
+# ----------------------------------------------------------------------------- dense (per-pixel) tasks
+# Prediction [B, output_dim, H, W] at the input image's resolution. Which pixels count is read from the
+# target (the layouts are those of mtlrun.data.scenes and mtlrun.data.nyuv2):
+#   segmentation: long [B, H, W], class ids 0..C-1, `ignore_index` (-1) = no label at that pixel
+#   depth:        float [B, 1, H, W], valid where > 0 (0 = no measurement)
+#   normals:      float [B, 3, H, W] unit vectors, valid where the norm is > 0
+# and from `label_mask` [B] (whole samples without a label). Each loss is the mean over the valid pixels of
+# the labelled samples of the batch, pooled (a sample weighs by its number of valid pixels, as in MTAN and
+# LibMTL); a batch with no valid pixel gives exactly 0 (no NaN, zero gradient). Losses are computed in
+# float32, also under bf16/fp16 autocast.
+
+
+def _valid_pixels(valid: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return valid if mask is None else valid & mask.view(-1, *[1] * (valid.dim() - 1))
+
+
+def _pixel_mean(per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of `per_pixel` over `valid` (same shape); 0 when nothing is valid. `where`, not a product, so
+    an inf/NaN at an invalid pixel cannot leak in."""
+    return torch.where(valid, per_pixel, 0.0).sum() / valid.sum().clamp_min(1)
+
+
+class DenseTask(Task):
+    dense = True
+
+    def check(self, info):
+        problems = super().check(info)
+        if not problems and info.dim is not None and info.dim != self.output_dim:
+            problems.append(f"tasks.{self.name}: a {self.kind} task predicts {self.output_dim} channel(s) per "
+                            f"pixel but the data's target '{self.name}' has {info.dim}")
+        return problems
+
+
+class Segmentation(DenseTask):
+    """Per-pixel classification: cross-entropy over the pixels whose target is not `ignore_index`;
+    metrics mIoU and pixel accuracy (mtlrun.metrics.SegmentationMetrics)."""
+
+    kind = "segmentation"
+
+    def __init__(self, num_classes: int, ignore_index: int = -1, **kw):
+        super().__init__(**kw)
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.output_dim = self.num_classes
+
+    def loss(self, pred, target, mask):
+        valid = _valid_pixels(target != self.ignore_index, mask)
+        target = torch.where(valid, target, 0)  # any class id: those pixels are dropped below
+        per_pixel = F.cross_entropy(pred.float(), target.long(), reduction="none")
+        return _pixel_mean(per_pixel, valid)
+
+    def metrics(self):
+        return SegmentationMetrics(self.num_classes, self.ignore_index)
+
+    def check(self, info):
+        problems = super().check(info)
+        return problems or _class_count_problems(self, info)
+
+
+class Depth(DenseTask):
+    """Per-pixel depth: L1 over the valid pixels (target > 0); metrics abs_err and rel_err."""
+
+    kind = "depth"
+    output_dim = 1
+
+    def loss(self, pred, target, mask):
+        target = target.float()
+        valid = _valid_pixels(target > 0, mask)  # a NaN placeholder compares False
+        target = torch.where(valid, target, 0.0)  # before the subtraction: NaN would poison the gradient
+        return _pixel_mean((pred.float().view_as(target) - target).abs(), valid)
+
+    def metrics(self):
+        return DepthMetrics()
+
+
+class Normals(DenseTask):
+    """Per-pixel surface normals: 1 - cosine similarity between the L2-normalised prediction and the
+    target over the valid pixels (target norm > 0); metrics: angular errors (NormalsMetrics)."""
+
+    kind = "normals"
+    output_dim = 3
+
+    def loss(self, pred, target, mask):
+        target = target.float()
+        valid = _valid_pixels(target.square().sum(1) > 0, mask)
+        target = torch.where(valid.unsqueeze(1), target, 0.0)
+        cos = (F.normalize(pred.float(), dim=1) * F.normalize(target, dim=1)).sum(1)
+        return _pixel_mean(1 - cos, valid)
+
+    def metrics(self):
+        return NormalsMetrics()
+
+
+def _class_count_problems(task: Task, info: TargetInfo) -> list[str]:
+    """A classification-like task whose num_classes differs from the data's."""
+    if info.num_classes == task.num_classes:
+        return []
+    return [f"tasks.{task.name}.num_classes={task.num_classes} but the data has {info.num_classes} classes "
+            f"(labels 0..{info.num_classes - 1}) for '{task.name}'; set tasks.{task.name}.num_classes="
+            f"{info.num_classes}"]

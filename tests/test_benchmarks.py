@@ -1,9 +1,16 @@
-"""Keep benchmarks/overhead.py runnable: a tiny run must finish and print a positive ratio (no timing checks)."""
+"""Keep the benchmark scripts runnable and their figures right (no timing checks)."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config
+from mtlrun.build import build_components
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
 
@@ -16,3 +23,29 @@ def test_overhead_script_runs_and_prints_a_ratio():
     assert line is not None, proc.stdout
     match = re.search(r"ratio[^:]*:\s*([0-9]+(?:\.[0-9]+)?)", line)
     assert match and float(match.group(1)) > 0, line
+
+
+def test_constant_baseline_scores_the_train_statistics_on_test():
+    """benchmarks/constant_baseline.py: the global depth predictor is the train median, scored as L1 on test."""
+    overrides = ["experiment=scenes_hps", "data.n_train=24", "data.n_val=4", "data.n_test=12", "data.image_size=16",
+                 "data.eval_batch_size=5"]
+    script = SCRIPT.parent / "constant_baseline.py"
+    proc = subprocess.run([sys.executable, str(script), *overrides, "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(proc.stdout)
+    assert set(results) == {"global", "per_pixel"}
+
+    data = build_components(compose_config(overrides)).data
+    train = data.dataset("train").__getitems__(list(range(24)))["targets"]
+    test = data.dataset("test").__getitems__(list(range(12)))["targets"]
+    median = train["depth"][train["depth"] > 0].median()
+    valid = test["depth"] > 0
+    assert results["global"]["depth/abs_err"] == pytest.approx((test["depth"][valid] - median).abs().mean().item(),
+                                                               rel=1e-5)
+    majority = torch.bincount(train["segmentation"][train["segmentation"] >= 0].flatten(), minlength=5).argmax()
+    labelled = test["segmentation"] >= 0
+    accuracy = (test["segmentation"][labelled] == majority).double().mean().item()
+    assert results["global"]["segmentation/pixel_accuracy"] == pytest.approx(accuracy, rel=1e-6)
+    # the per-pixel layout prior is the stronger of the two on these scenes
+    assert results["per_pixel"]["segmentation/pixel_accuracy"] > results["global"]["segmentation/pixel_accuracy"]

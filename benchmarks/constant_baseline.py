@@ -1,0 +1,113 @@
+"""The best input-independent predictors of a config's tasks, measured like a trained model.
+
+A trained model should beat what can be predicted without looking at the input. For each task this
+fits two constant predictors on the train split and scores them on a split with mtlrun's own evaluation
+(mtlrun.engine.evaluate.evaluate_split: the same losses and metrics as `mtlrun eval`):
+  * global: one prediction for every sample and pixel: the most frequent class (classification,
+    segmentation), the per-label rate (binary, multilabel), the median (depth: L1-optimal) or mean
+    (regression) target, the normalised mean normal (normals);
+  * per_pixel (dense tasks only): the same statistic at every pixel position separately, i.e. the layout
+    prior of the data (floor at the bottom, wall at the top) and the stronger of the two.
+Labels that are masked or invalid (ignore_index, depth 0, zero normals) are left out of every statistic.
+
+Run:  python benchmarks/constant_baseline.py experiment=scenes_hps [--split test] [more overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from mtlrun.build import build_components
+from mtlrun.config import config_dir
+from mtlrun.engine.evaluate import evaluate_split
+from mtlrun.tasks import Binary, Classification, Depth, Multilabel, Normals, Regression, Segmentation
+
+
+class ConstantModel(nn.Module):
+    """Returns the same prediction for every sample (a per-task tensor broadcast over the batch)."""
+
+    def __init__(self, predictions: dict[str, torch.Tensor]):
+        super().__init__()
+        self.predictions = predictions
+
+    def forward(self, inputs, modality_mask=None):
+        batch = len(next(iter(inputs.values())))
+        return {t: p.expand(batch, *p.shape) for t, p in self.predictions.items()}
+
+
+def _stack(dataset, task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    items = dataset.__getitems__(list(range(len(dataset))))
+    mask = items.get("label_mask", {}).get(task)
+    return items["targets"][task], mask
+
+
+def fit(task, targets: torch.Tensor, mask: torch.Tensor | None, per_pixel: bool) -> torch.Tensor:
+    """The constant prediction for `task` from its train targets (a tensor without the batch dimension)."""
+    if mask is not None:
+        targets = targets[mask]
+    if isinstance(task, Segmentation):
+        c = task.num_classes
+        valid = targets != task.ignore_index
+        one_hot = torch.zeros(*targets.shape, c)
+        one_hot[valid] = nn.functional.one_hot(targets[valid].long(), c).float()
+        counts = one_hot.sum(0) if per_pixel else one_hot.sum(dim=(0, 1, 2)).expand(*targets.shape[1:], c)
+        return torch.log(counts + 1e-3).permute(2, 0, 1)  # logits [C, H, W]: argmax = most frequent class
+    if isinstance(task, Depth):
+        valid = targets > 0
+        if per_pixel:
+            filled = torch.where(valid, targets, torch.nan)
+            return filled.nanmedian(dim=0).values.nan_to_num(targets[valid].median().item())
+        return targets[valid].median().expand(targets.shape[1:])
+    if isinstance(task, Normals):
+        valid = (targets.norm(dim=1, keepdim=True) > 0).float()
+        total = (targets * valid).sum(0) if per_pixel else (targets * valid).sum(dim=(0, 2, 3))[:, None, None]
+        mean = total.expand(targets.shape[1:])
+        return mean / mean.norm(dim=0, keepdim=True).clamp_min(1e-6)
+    if isinstance(task, Classification):
+        counts = torch.bincount(targets.long(), minlength=task.num_classes).float()
+        return torch.log(counts + 1e-3)
+    if isinstance(task, (Binary, Multilabel)):
+        rate = targets.float().mean(0).clamp(1e-4, 1 - 1e-4)
+        return torch.log(rate / (1 - rate))  # logits
+    if isinstance(task, Regression):
+        return targets.float().mean(0)
+    raise SystemExit(f"no constant predictor for {type(task).__name__} (task {task.name})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("overrides", nargs="*", help="mtlrun train overrides, e.g. experiment=scenes_hps")
+    p.add_argument("--split", default="test", help="split to score (default test)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args()
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose(config_name="train", overrides=args.overrides)
+    parts = build_components(cfg)
+    train, scored = parts.data.dataset("train"), parts.data.dataset(args.split)
+    results = {}
+    for kind in ("global", "per_pixel"):
+        dense = [t for t, task in parts.tasks.items() if task.dense]
+        if kind == "per_pixel" and not dense:
+            continue
+        predictions = {t: fit(task, *_stack(train, t), per_pixel=kind == "per_pixel" and task.dense)
+                       for t, task in parts.tasks.items()}
+        results[kind] = evaluate_split(ConstantModel(predictions), parts.tasks, scored, device=torch.device("cpu"),
+                                       batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    kinds = list(results)
+    print(f"constant predictors fitted on train, scored on {args.split} ({' '.join(args.overrides)})")
+    print(f"{'metric':<34}" + "".join(f"{k:>12}" for k in kinds))
+    for name in results["global"]:
+        print(f"{name:<34}" + "".join(f"{results[k][name]:>12.4f}" for k in kinds))
+
+
+if __name__ == "__main__":
+    main()
