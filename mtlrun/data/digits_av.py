@@ -207,6 +207,9 @@ class DigitsAV(DataModule):
         # standardise numeric columns and the ink target with the training split's statistics
         train_stats = raw["train"]["stats"]
         mean, std = train_stats.mean(0), train_stats.std(0) + 1e-8
+        extra = len(NUMERIC) - len(mean)  # the distractor columns are drawn standardised
+        self.numeric_mean = np.concatenate([mean, np.zeros(extra)])
+        self.numeric_std = np.concatenate([std, np.ones(extra)])
         ink_cuts = np.quantile(raw["train"]["clean_ink"], [0.25, 0.5, 0.75])
         for split in SPLITS:
             r = raw[split]
@@ -220,6 +223,13 @@ class DigitsAV(DataModule):
             self._fitted = True
         self._raw = raw
         return raw
+
+    def raw_splits(self) -> dict[str, dict]:
+        """Per split, the arrays before tokenising: digits, clean_ink, image [N, 1, 8, 8], audio [N, 2048],
+        text (list of str), tabular [N, 10] (numeric standardised with `numeric_mean` / `numeric_std`,
+        then pen and ink quartile codes from 1), pen, ink (the standardised target), ...; written to files
+        by examples/make_digits_av_table.py."""
+        return self._generate()
 
     def build(self) -> dict[str, TensorDictDataset]:
         raw = self._generate()
