@@ -238,7 +238,9 @@ def difference_labels(groups: list[Group]) -> list[str]:
     parts: list[list[str]] = [[] for _ in groups]
     chosen = {}  # top-level node -> each group's choice, where the choice differs between groups
     for top in dict.fromkeys(k.split(".", 1)[0] for k in differing):
-        choices = [_choice(g, top) for g in groups]
+        # a config without the node at all (e.g. `~fusion` for one modality) chose "none"
+        choices = [_choice(g, top) or (None if any(k.startswith(f"{top}.") for k in g.leaves) else "none")
+                   for g in groups]
         if None not in choices and len(set(choices)) > 1:
             chosen[top] = choices
             for label, choice in zip(parts, choices):
@@ -570,7 +572,7 @@ def report(args: argparse.Namespace) -> dict:
     label_groups(mtl, baselines)
     columns, directions = metric_columns([*mtl, *baselines])
     notes = []
-    for group in mtl:
+    for group in mtl if baselines else []:  # without any baseline one note below says so for all groups
         group.baseline_for, mismatch = match_baselines(group, baselines)
         notes += mismatch
         compute_delta(group, directions)
@@ -578,8 +580,8 @@ def report(args: argparse.Namespace) -> dict:
     if unknown:
         notes.append(f"direction unknown (left out of Δm%): {', '.join(unknown)}")
     if mtl and not baselines:
-        notes.append("no single-task baselines: run `mtlrun train -m experiment=stl_baselines` with the same "
-                     "overrides, or pass --stl DIR")
+        notes.append("no single-task baselines, so no Δm%: run `mtlrun train -m experiment=stl_baselines` with "
+                     "the same overrides, or pass --stl DIR")
     # (aux) in a column title where every multi-task group has the task as auxiliary, else on the cells
     having = lambda t: [g for g in (mtl or baselines) if t in g.tasks]  # noqa: E731
     aux_tasks = {c.split("/")[0] for c in columns if having(c.split("/")[0])

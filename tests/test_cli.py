@@ -16,7 +16,8 @@ from conftest import TINY, read_results, run_cli
 def test_help_lists_commands_and_groups(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for text in ("train", "eval", "backbone", "cnn, resnet18, resnet34, resnet50", "experiment", "smoke"):
+    for text in ("train", "eval", "backbone/image   cnn, resnet18, resnet34, resnet50", "backbone/text    gru",
+                 "fusion           concat, ", "experiment", "smoke", "robustness.modality=image"):
         assert text in proc.stdout
 
 

@@ -160,7 +160,26 @@ def test_report_val_split_labels_from_config_and_missing_baselines(tmp_path, cap
     assert float(rows["optim.lr=0.002"]["left/accuracy"]) == pytest.approx(0.705)
     assert rows["optim.lr=0.001"]["delta_m"] == ""
     assert "# mtlrun report (val split)" in out.out and "Δm%" not in out.out.split("\n\n")[1]
-    assert "no single-task baselines" in out.out
+    assert "no single-task baselines, so no Δm%" in out.out
+    assert "no baseline for" not in out.out  # one note for all groups, not one per group
+
+
+def test_report_labels_a_config_without_the_group_as_none(tmp_path, capsys):
+    """Single-modality runs (`~fusion`: no fusion node) next to fused runs: `fusion=none` vs `fusion=Concat`."""
+    for seed in range(2):
+        for name, fusion, modalities in (("fused", {"_target_": "mtlrun.models.fusion.Concat", "dim": 128}, None),
+                                         ("image", None, ["image"])):
+            run = fake_run(tmp_path / name / f"s{seed}", seed=seed, choices=False,
+                           metrics={**cls("left", 0.9 if fusion else 0.5), **cls("right", 0.5)})
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["data"]["modalities"] = modalities
+            if fusion:
+                config["fusion"] = fusion
+            (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    report(tmp_path, capsys=capsys)
+    rows = read_csv(tmp_path / "report.csv")
+    assert set(rows) == {"fusion=Concat data.modalities=null", "fusion=none data.modalities=[image]"}
+    assert float(rows["fusion=Concat data.modalities=null"]["left/accuracy"]) == pytest.approx(0.9)
 
 
 def test_report_aux_only_excluded_when_auxiliary(runs, capsys):
