@@ -455,3 +455,20 @@ def test_digits_av_example_writes_digits_av_and_trains_from_the_files(tmp_path):
         "image", "audio", "text", "tabular"}
     assert state["data"]["classes"]["parity"] == ["even", "odd"]
     assert {"test/digit/accuracy", "test/parity/f1", "test/ink_total/mae"} <= set(read_results(run))
+
+
+def test_standardized_regression_uses_train_statistics_and_keeps_them_in_the_state(every_type):
+    size = {**TARGETS["size"], "standardize": True}
+    data = table(every_type[0], inputs={"stats": INPUTS["stats"]}, targets={"size": size})
+    raw = table(every_type[0], inputs={"stats": INPUTS["stats"]}, targets={"size": TARGETS["size"]})
+    # train rows 0, 2, 3 have both columns (row 1 has no h): w = 0, 2, 3 and h = 0, 4, 6
+    w, h = np.array([0.0, 2.0, 3.0]), np.array([0.0, 4.0, 6.0])
+    stats = data.state_dict()["targets"]["size"]
+    assert stats["mean"] == pytest.approx([w.mean(), h.mean()]) and stats["std"] == pytest.approx([w.std(), h.std()])
+    for split in ("train", "test"):  # val and test are scaled with the train split's statistics
+        expected = (whole(raw, split)["targets"]["size"] - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+        torch.testing.assert_close(whole(data, split)["targets"]["size"], expected.float(), equal_nan=True)
+    assert raw.state_dict()["targets"] == {}
+
+    with pytest.raises(ConfigError, match=r"data.targets.size.standardize='yes': must be true"):
+        _ = table(every_type[0], targets={"size": {**TARGETS["size"], "standardize": "yes"}}).spec

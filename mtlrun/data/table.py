@@ -78,7 +78,7 @@ TARGET_TYPES = {
     "classification": {"column": REQUIRED, "unknown": "error"},
     "binary": {"column": REQUIRED, "positive": None, "unknown": "error"},
     "multilabel": {"column": REQUIRED, "sep": "|", "none": None, "unknown": "error"},
-    "regression": {"column": None, "columns": None},
+    "regression": {"column": None, "columns": None, "standardize": False},
     "segmentation": {"column": REQUIRED, "num_classes": REQUIRED, "ignore_index": 255, "size": None},
     "depth": {"column": REQUIRED, "png_scale": 0.001, "size": None},
 }
@@ -454,6 +454,8 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
         elif o["columns"] is not None:
             need(isinstance(o["columns"], (list, tuple)) and o["columns"] and all(is_column(c) for c in o["columns"]),
                  "columns", "must be a non-empty list of column names")
+        need(isinstance(o["standardize"], bool), "standardize",
+             "must be true (targets as (value - train mean) / train std) or false (raw values)")
     elif f.type == "segmentation":
         need(_is_int(o["num_classes"]) and o["num_classes"] >= 2, "num_classes", "must be an integer >= 2")
         need(o["ignore_index"] is None or (_is_int(o["ignore_index"]) and o["ignore_index"] >= 0), "ignore_index",
@@ -750,7 +752,9 @@ class Table(DataModule):
         return self._prepare().state
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"classes", "categories", "numeric", "tokenizers", "sizes"}
+        expected = {"classes", "categories", "numeric", "tokenizers", "sizes", "targets"}
+        if isinstance(state, dict) and set(state) == expected - {"targets"}:
+            state = {**state, "targets": {}}  # written before regression targets could be standardised
         if not isinstance(state, dict) or set(state) != expected:
             raise UsageError(f"data=table: the checkpoint's data state has keys {sorted(state or {})}, expected "
                              f"{sorted(expected)}; it was not written by this data module")
@@ -791,7 +795,7 @@ class _Builder:
         self.t = table
         self.loaded = table._loaded
         self.problems = _Problems()
-        self.state = {"classes": {}, "categories": {}, "numeric": {}, "tokenizers": {}, "sizes": {}}
+        self.state = {"classes": {}, "categories": {}, "numeric": {}, "tokenizers": {}, "sizes": {}, "targets": {}}
         self.cardinalities: dict[str, list[int]] = {}  # tabular input -> categories per categorical column
         self.vocab: dict[str, tuple[int, int]] = {}  # text input -> (vocab_size, max_len)
 
@@ -991,6 +995,15 @@ class _Builder:
         present = np.all(np.stack([p for _, p in cols], axis=1), axis=1)
         if not self._train_has_some(f, present, train, f.column):
             return None
+        if f.options["standardize"]:  # the train split's mean and std per column, kept in the checkpoint
+
+            def fit():
+                x = values[train][present[train]]
+                std = x.std(axis=0)
+                return {"mean": x.mean(axis=0).tolist(), "std": np.where(std > 1e-12, std, 1.0).tolist()}
+
+            stats = self._fitted("targets", f.name, fit)
+            values = (values - np.asarray(stats["mean"])) / np.asarray(stats["std"])
         target = torch.from_numpy(values).float()
         target[torch.from_numpy(~present)] = float("nan")
         return target, present
