@@ -896,24 +896,28 @@ class _Builder:
                 codes[row] = code
         return codes
 
-    def _classification(self, f: FieldSpec, train: np.ndarray):
+    def _label_column(self, f: FieldSpec, train: np.ndarray):
+        """(labels, present) of a label column, or None when it cannot be read or train has no label."""
         labels = _labels(self.m, f.column, self.problems)
         if labels is None:
             return None
         present = np.array([v is not None for v in labels])
         if not self._train_has_some(f, present, train, f.column):
             return None
+        return labels, present
+
+    def _classification(self, f: FieldSpec, train: np.ndarray):
+        if (column := self._label_column(f, train)) is None:
+            return None
+        labels, present = column
         classes = self._fitted("classes", f.name, lambda: _sorted_labels(labels[i] for i in train if present[i]))
         codes = self._labels_to_codes(f, labels, present, classes)
         return torch.from_numpy(codes), present
 
     def _binary(self, f: FieldSpec, train: np.ndarray):
-        labels = _labels(self.m, f.column, self.problems)
-        if labels is None:
+        if (column := self._label_column(f, train)) is None:
             return None
-        present = np.array([v is not None for v in labels])
-        if not self._train_has_some(f, present, train, f.column):
-            return None
+        labels, present = column
 
         def fit():
             seen = {labels[i] for i in train if present[i]}
