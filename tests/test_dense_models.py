@@ -4,8 +4,9 @@ the heads chosen per task, and every sharing architecture on them.
 Small fake tasks stand in for mtlrun.tasks' dense types (tested in test_dense_tasks.py), so these tests
 need nothing of a task but `output_dim`, `dense = True` and a loss. Every arch of configs/arch x both
 backbones, built from the shipped YAMLs, with a segmentation-like (5 classes), a depth-like (1 channel)
-and a vector classification task: prediction shapes at 32 x 32 and at sizes that halve to odd ones, the model contract checks of test_architectures
-(parameter partition, gradients factorizing through the shared representation), one optimizer step.
+and a vector classification task: prediction shapes at 32 x 32 and at sizes that halve to odd ones, the
+model contract checks of test_architectures (parameter partition, gradients factorizing through the
+shared representation), one optimizer step.
 """
 
 from __future__ import annotations
