@@ -40,12 +40,6 @@ class ConstantModel(nn.Module):
         return {t: p.expand(batch, *p.shape) for t, p in self.predictions.items()}
 
 
-def _stack(dataset, task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    items = dataset.__getitems__(list(range(len(dataset))))
-    mask = items.get("label_mask", {}).get(task)
-    return items["targets"][task], mask
-
-
 def fit(task, targets: torch.Tensor, mask: torch.Tensor | None, per_pixel: bool) -> torch.Tensor:
     """The constant prediction for `task` from its train targets (a tensor without the batch dimension)."""
     if mask is not None:
@@ -90,12 +84,13 @@ def main() -> None:
         cfg = compose(config_name="train", overrides=args.overrides)
     parts = build_components(cfg)
     train, scored = parts.data.dataset("train"), parts.data.dataset(args.split)
+    whole = train.__getitems__(list(range(len(train))))  # read once: the targets of every task
+    labelled = whole.get("label_mask", {})
     results = {}
     for kind in ("global", "per_pixel"):
-        dense = [t for t, task in parts.tasks.items() if task.dense]
-        if kind == "per_pixel" and not dense:
+        if kind == "per_pixel" and not any(task.dense for task in parts.tasks.values()):
             continue
-        predictions = {t: fit(task, *_stack(train, t), per_pixel=kind == "per_pixel" and task.dense)
+        predictions = {t: fit(task, whole["targets"][t], labelled.get(t), per_pixel=kind == "per_pixel" and task.dense)
                        for t, task in parts.tasks.items()}
         results[kind] = evaluate_split(ConstantModel(predictions), parts.tasks, scored, device=torch.device("cpu"),
                                        batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size))

@@ -25,9 +25,6 @@ class TargetInfo:
     dim: int | None = None  # multilabel: number of labels; regression: number of outputs
 
 
-MODALITY_KINDS = ("image", "text", "audio", "tabular")
-
-
 @dataclass(frozen=True)
 class ModalityInfo:
     """What the data says about one input, so its encoder (`backbone.<kind>`) can be built for it.

@@ -8,7 +8,17 @@ Draws come from torch's global RNG (on the batch's device), which checkpoints ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+
+def full_mask(inputs: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None,
+              modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The modality mask with an all-True entry for every modality the batch does not mask."""
+    mask = mask or {}
+    return {m: mask[m] if mask.get(m) is not None else
+            torch.ones(len(inputs[m]), dtype=torch.bool, device=inputs[m].device) for m in modalities}
 
 
 def drop_modalities(batch: dict, p: float) -> dict:
@@ -16,11 +26,8 @@ def drop_modalities(batch: dict, p: float) -> dict:
     names = list(inputs)
     if p <= 0 or len(names) < 2:
         return batch
-    first = inputs[names[0]]
-    size, device = len(first), first.device
-    given = batch.get("modality_mask") or {}
-    had = torch.stack([given[m] if m in given else torch.ones(size, dtype=torch.bool, device=device)
-                       for m in names], dim=1)  # [B, M]
+    had = torch.stack(list(full_mask(inputs, batch.get("modality_mask"), names).values()), dim=1)  # [B, M]
+    size, device = had.shape[0], had.device
     keep = had & (torch.rand(size, len(names), device=device) >= p)
     # rows that lost everything get back the modality with the largest random score among those they had
     rescue = torch.rand(size, len(names), device=device).masked_fill(~had, -1.0).argmax(dim=1)

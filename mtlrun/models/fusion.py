@@ -124,7 +124,7 @@ def _present(mask: dict[str, torch.Tensor], modalities: Sequence[str]) -> torch.
 # ------------------------------------------------------------------------------------------------- base
 
 class Fusion(nn.Module):
-    needs_tokens = False  # True: `encoded[m].tokens` is read (the FusedEncoder then calls encoder.encode)
+    needs_tokens = False  # True: `encoded[m].tokens` is read (token_dims must then cover every modality)
     min_modalities = 1  # fusions that combine one modality with another need 2
     name = "fusion"  # the option's name in the `fusion` config group, for messages
     out_dim: int

@@ -15,14 +15,14 @@ learned per-task modality weights renormalised over the present ones. A missing 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from mtlrun.data.modality import full_mask
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.encoders.base import Encoded, StagedEncoder
+from mtlrun.models.encoders.base import StagedEncoder
 
 
 class MultiModalInput(NamedTuple):
@@ -30,32 +30,18 @@ class MultiModalInput(NamedTuple):
     mask: dict[str, torch.Tensor] | None  # {modality: BoolTensor[B]}; a modality not in it is present
 
 
-def full_mask(inputs: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None,
-              modalities: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The modality mask with an all-True entry for every modality the batch does not mask."""
-    mask = mask or {}
-    out = {}
-    for m in modalities:
-        given = mask.get(m)
-        out[m] = given if given is not None else torch.ones(len(inputs[m]), dtype=torch.bool,
-                                                            device=inputs[m].device)
-    return out
-
-
 class EncodeAndFuse(nn.Module):
     def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
-        self.has_dense = any(getattr(enc, "dense", False) for enc in encoders.values())
 
     def forward(self, x: MultiModalInput) -> torch.Tensor:
         inputs = x.inputs
-        # a dense (encoder-decoder) backbone's output is a map; fusions read its pooled vector from encode()
-        if self.fusion.needs_tokens or self.has_dense:
-            encoded = {m: enc.encode(inputs[m]) for m, enc in self.encoders.items()}
-        else:
-            encoded = {m: Encoded(enc(inputs[m]), None, None) for m, enc in self.encoders.items()}
+        # encode(), not forward(): its vector is the one a fusion combines for every encoder (a dense
+        # backbone's forward is a map), and its tokens (views or already computed) are there for those
+        # fusions that read them
+        encoded = {m: enc.encode(inputs[m]) for m, enc in self.encoders.items()}
         fused = self.fusion(encoded, full_mask(inputs, x.mask, list(self.encoders)))
         return fused[:, :, None, None]
 
