@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from conftest import TINY, read_results, run_cli
+import pytest
+import torch
+
+from conftest import TINY, compose_config, read_results, run_cli
+from mtlrun.build import build_components
+from mtlrun.engine.trainer import unused_parameters
 
 
 def test_torchrun_two_processes(tmp_path):
@@ -34,3 +39,50 @@ def test_torchrun_two_processes(tmp_path):
             assert measured[key] == ddp[key]
             assert abs(measured[key] * n - round(measured[key] * n)) < 1e-9  # a count over exactly n samples
             assert abs(measured[f"{split}/{task}/loss"] - ddp[f"{split}/{task}/loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("fusion", ["concat", "early"])
+def test_torchrun_multimodal_with_parameters_a_fusion_leaves_unused(tmp_path, fusion):
+    """concat reads vectors (the tabular encoder's token parameters stay unused), early reads tokens (the
+    encoders' vector heads stay unused): DDP must be told, or its second step fails."""
+    args = ["experiment=digits_av", f"fusion={fusion}", "data.n_train=64", "data.n_val=16", "data.n_test=16",
+            "data.batch_size=16", "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "mtlrun"]
+    proc = run_cli("train", *args, cwd=tmp_path, launcher=launcher, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "world size 2" in proc.stdout and "DDP runs with find_unused_parameters" in proc.stdout
+    assert "test/digit/accuracy" in read_results(tmp_path / "run")
+
+
+def test_unused_parameter_probe_names_them_and_leaves_the_rng_alone():
+    parts = build_components(compose_config(["experiment=digits_av", "data.n_train=8", "data.n_val=4",
+                                             "data.n_test=4"]))
+    batch = parts.data.dataset("train").__getitems__([0, 1])
+    model = parts.model.train()
+    unused = unused_parameters(model, batch, torch.device("cpu"))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert unused == ["encoder.stages.0.encoders.tabular.numeric_weight",
+                      "encoder.stages.0.encoders.tabular.token_bias"]  # concat reads vectors, not tokens
+    single = build_components(compose_config(["data.n_train=8", "data.n_val=4", "data.n_test=4"]))
+    assert unused_parameters(single.model, single.data.dataset("train").__getitems__([0, 1]),
+                             torch.device("cpu")) == []
+
+
+def test_unused_parameter_probe_restores_the_rng_a_model_draws_from():
+    class Noisy(torch.nn.Module):  # a model that samples even in eval mode
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, modality_mask=None):
+            return {"y": self.used(inputs["x"] + torch.rand_like(inputs["x"]))}
+
+    model = Noisy()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    unused = unused_parameters(model, {"inputs": {"x": torch.zeros(2, 2)}}, torch.device("cpu"))
+    assert unused == ["spare.weight", "spare.bias"]
+    assert torch.equal(torch.rand(4), expected)

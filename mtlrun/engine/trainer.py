@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mtlrun import __version__
-from mtlrun.data.loading import to_device, train_loader
+from mtlrun.data.loading import eval_loader, to_device, train_loader
 from mtlrun.data.modality import drop_modalities
 from mtlrun.engine import checkpoint, distributed
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
@@ -95,7 +95,12 @@ class Trainer:
             if self.cfg.get("sync_batchnorm", False):
                 wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
+            probe = next(iter(eval_loader(self.data.dataset("train"), batch_size=2)))
+            unused = unused_parameters(model, to_device(probe, self.device), self.device)
+            if unused:  # DDP must then not wait for their gradients (it would fail the second step)
+                log.info(f"{len(unused)} parameter(s) take no part in the predictions (e.g. {unused[0]}): "
+                         f"DDP runs with find_unused_parameters")
+            wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids, find_unused_parameters=bool(unused))
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -435,3 +440,24 @@ class Trainer:
         if flag.item():
             self._stop_signal = int(flag.item())
         return self._stop_signal is not None
+
+
+def unused_parameters(model: nn.Module, batch: dict, device: torch.device) -> list[str]:
+    """Names of the trainable parameters no prediction depends on, e.g. an encoder's token-only parameters
+    under a fusion that reads vectors, or its vector head under `fusion=early`, which reads tokens.
+
+    One forward of `batch` in eval mode and one autograd.grad; the RNG state is restored, so a run is the
+    same with or without this probe. Which parameters take part depends on the config, not the batch.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            preds = model(batch["inputs"], modality_mask=batch.get("modality_mask"))
+            total = sum(p.float().sum() for p in preds.values())
+            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+        finally:
+            model.train(was_training)
+    return [n for (n, _), g in zip(named, grads) if g is None]
