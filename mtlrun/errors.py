@@ -27,3 +27,19 @@ class NonFiniteLossError(MtlrunError):
     """Training produced NaN/inf; the run stops before the broken weights reach a checkpoint."""
 
     exit_code = 1
+
+
+class WriteError(MtlrunError):
+    """An OS error (disk full, permissions, read-only file system) while writing a run's file. Files are
+    written through a temp file and os.replace, so the previous version is untouched."""
+
+    exit_code = 1
+
+    def __init__(self, path, error: OSError):
+        import os
+
+        self.path, self.error = path, error
+        reason = error.strerror or str(error) or type(error).__name__
+        before = (f"the previous {path.name} is intact" if os.path.exists(path)
+                  else f"no earlier {path.name} existed")
+        super().__init__(f"{reason[0].lower()}{reason[1:]} writing {path}; {before}")

@@ -13,20 +13,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlrun.errors import UsageError
+from mtlrun.errors import UsageError, WriteError
 
 FORMAT = 1
 REQUIRED = ("mtlrun_version", "format", "config", "model")
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
-    """Write via a temp file in the same directory and os.replace, so a crash never leaves half a file."""
+    """Write via a temp file in the same directory, fsync, then os.replace: a crash or a full disk never
+    leaves half a file, and the previous file stays as it was until the new one is complete.
+
+    torch.save is given a Python file object: with a path, a full disk surfaces as an opaque
+    "enforce fail at inline_container.cc" RuntimeError instead of ENOSPC.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(state, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -9,14 +9,22 @@ import math
 import os
 from pathlib import Path
 
+from mtlrun.errors import WriteError
+
 LEADING = ("epoch", "split", "step")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Temp file + os.replace: readers see the old text or the new one, never a part; errors name the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:

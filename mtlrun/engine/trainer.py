@@ -30,8 +30,11 @@ from mtlrun.errors import NonFiniteLossError, UsageError
 log = logging.getLogger("mtlrun")
 
 class TrainingInterrupted(Exception):
-    def __init__(self, signum: int, path: Path | None):
-        self.signum, self.path = signum, path
+    """A stop asked for by SIGINT/SIGTERM. `path`: the checkpoint saved on the way out, or None when a
+    second signal stopped the run before it could save (`last_good`: the newest checkpoint on disk)."""
+
+    def __init__(self, signum: int, path: Path | None, last_good: Path | None = None):
+        self.signum, self.path, self.last_good = signum, path, last_good
         super().__init__(signal.Signals(signum).name)
 
 
@@ -87,6 +90,7 @@ class Trainer:
         self.epochs_since_best = 0
         self._reset_train_sums()
         self._stop_signal: int | None = None
+        self._saving = False  # a checkpoint is being written: a second signal waits for it
 
     # ----------------------------------------------------------------------------------------- set-up
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -159,6 +163,12 @@ class Trainer:
             self.first_nonfinite = torch.where((self.first_nonfinite < 0) & bad, self.global_step + 1,
                                                self.first_nonfinite)
 
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        return self._all_finite(torch.stack([torch.isfinite(g).all() for g in grads]))
+
     def _all_finite(self, stacked: torch.Tensor) -> bool:
         finite = torch.isfinite(stacked).all().to(torch.int32)
         if self.dist.enabled:  # every rank must take the same decision or DDP's all-reduce hangs
@@ -186,6 +196,11 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         params = self.optimizer.param_groups
+        if self.cfg.skip_nonfinite and not self.scaler and not self._grads_finite():
+            # a finite loss can still give inf gradients; the fp16 scaler makes this check itself
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if self.cfg.grad_clip:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
@@ -205,11 +220,13 @@ class Trainer:
             self.load_state(resume)
         start = time.perf_counter()
         previous = self._install_signal_handlers()
+        stopping = False
         try:
             for epoch in range(self.epoch, int(self.cfg.max_epochs)):
                 self.epoch = epoch
                 self._train_epoch(epoch)
                 if self._should_stop(at_log_step=True):
+                    stopping = True
                     raise TrainingInterrupted(self._stop_signal, self._save_last())
                 train_row = self._train_row(epoch)
                 val = self.evaluate("val")
@@ -218,9 +235,14 @@ class Trainer:
                     log.info(f"early stopping: no improvement of {self.monitor_key} for "
                              f"{self.epochs_since_best} epochs")
                     break
+        except TrainingInterrupted:
+            stopping = True
+            raise
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                # on the way out after a stop signal, further signals are ignored: the process is about to exit
+                # with 128 + signal, and a late one must not turn that into a traceback
+                signal.signal(sig, signal.SIG_IGN if stopping else handler)
         log.info(f"training took {time.perf_counter() - start:.1f}s; best epoch {self.best_epoch}")
         return {"best_epoch": self.best_epoch, "best_value": self.best_value}
 
@@ -261,8 +283,8 @@ class Trainer:
         bar.close()
         self._check_nonfinite()
         if self.skipped_steps:
-            log.warning(f"epoch {epoch + 1}: skipped {self.skipped_steps} of "
-                        f"{self.skipped_steps + self.train_count} batches with a non-finite loss")
+            log.warning(f"epoch {epoch + 1}: skipped {self.skipped_steps} step(s) with a non-finite loss or "
+                        f"gradient ({self.train_count} batch(es) trained)")
             if self.train_count == 0:
                 raise NonFiniteLossError(
                     f"every batch of epoch {epoch + 1} had a non-finite loss (the weights are no longer "
@@ -401,24 +423,58 @@ class Trainer:
         self.epochs_since_best = state["epochs_since_best"]
         self.history = list(state["history"])
 
+    def _nonfinite_weights(self) -> list[str]:
+        """Names of model/weighting tensors holding NaN or inf: one host sync per checkpoint. DDP keeps the
+        weights identical on every rank, so every rank reaches the same answer without communicating."""
+        named = [(n, t) for module in (self.model, self.weighting)
+                 for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_floating_point()]
+        if not named:
+            return []
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named])
+        if bool(finite.all()):
+            return []
+        return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+
     def _save_last(self, best: bool = False) -> Path:
+        """last.pt, then best.pt when this epoch is the best. last.pt records the best epoch, so if the run
+        dies between the two writes, resume sees that last.pt is itself the best and restores best.pt from
+        it (train._restore_best). No checkpoint ever holds non-finite weights."""
+        bad = self._nonfinite_weights()
+        if bad:
+            last = self._last_good()
+            kept = f"{last} is the last good checkpoint" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"the weights are no longer finite after {self.global_step} step(s) (e.g. {', '.join(bad[:3])}); "
+                f"nothing was saved, {kept}. Try a lower optim.lr or trainer.grad_clip=1.0")
         state = self.state_dict()  # collective under DDP (RNG states): every rank builds it
         path = self.ckpt_dir / "last.pt"
         if self.dist.is_main:
-            checkpoint.save(path, state)
-            if best:
-                checkpoint.save(self.ckpt_dir / "best.pt", state)
-            write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+            self._saving = True
+            try:
+                checkpoint.save(path, state)
+                if best:
+                    checkpoint.save(self.ckpt_dir / "best.pt", state)
+                write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+            finally:
+                self._saving = False
         distributed.barrier()
         return path
+
+    def _last_good(self) -> Path | None:
+        path = self.ckpt_dir / "last.pt"
+        return path if path.is_file() else None
 
     # --------------------------------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> dict:
         previous = {}
 
         def request_stop(signum, frame):
-            if self._stop_signal is not None:  # a second Ctrl-C: stop now, without a checkpoint
-                raise KeyboardInterrupt
+            if self._stop_signal is not None:  # a second signal: stop now, but never in the middle of a save
+                if self._saving:
+                    log.warning(f"{signal.Signals(signum).name} received again: stopping once the checkpoint "
+                                f"being written is complete")
+                    return
+                raise TrainingInterrupted(self._stop_signal, None, self._last_good())
             self._stop_signal = signum
             if self.dist.is_main:
                 log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint after this step")
