@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
+
+from mtlrun.engine.records import atomic_write_bytes
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Rendered in memory, then written atomically: a full disk is a WriteError, never half a PNG."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_curves(rows: list[dict], tasks: dict, path: str | os.PathLike) -> None:
@@ -34,8 +47,7 @@ def plot_curves(rows: list[dict], tasks: dict, path: str | os.PathLike) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_robustness(curves: dict[str, dict[str, list[float]]], levels: list[float], title: str,
@@ -64,5 +76,4 @@ def plot_robustness(curves: dict[str, dict[str, list[float]]], levels: list[floa
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

@@ -15,11 +15,15 @@ LEADING = ("epoch", "split", "step")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Temp file + os.replace: readers see the old text or the new one, never a part; errors name the file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Temp file + os.replace: readers see the old file or the new one, never a part; errors name the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
         raise WriteError(path, exc) from exc
