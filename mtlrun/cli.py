@@ -104,6 +104,13 @@ def _warn_unused_sweep() -> None:
                                             f"this single run ignores it (add -m to run the sweep)")
 
 
+def _sweep_job(fn):
+    """In a multirun a job's error is recorded in its dir and the sweep goes on (mtlrun/sweep.py)."""
+    from mtlrun import sweep
+
+    return (lambda cfg: sweep.run_job(fn, cfg)) if sweep.is_multirun() else fn
+
+
 def _run_guarded(fn, cfg):
     from mtlrun.engine.trainer import TrainingInterrupted
     from mtlrun.errors import MtlrunError
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from omegaconf import OmegaConf
 
+    from mtlrun import sweep
     from mtlrun.config import config_dir
     from mtlrun.engine import distributed
 
@@ -164,19 +172,20 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal reached
         reached = True
         _warn_unused_sweep()
-        return _run_guarded(fn, cfg)
+        return _run_guarded(_sweep_job(fn), cfg)
 
     sys.argv = [f"mtlrun {command}", *overrides]
-    code = 0
+    code, exited = 0, False
     try:
         hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task)()
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
-        code = USAGE_EXIT if not reached and exc.code == 1 else exc.code
-        if not distributed.dist_info().enabled:
-            raise SystemExit(code) from None
+        code, exited = (USAGE_EXIT if not reached and exc.code == 1 else exc.code), True
+    code = sweep.finish(code)  # a multirun with failed jobs: their summary, and a non-zero exit
     if distributed.dist_info().enabled:
         _exit_distributed(code)
+    if exited or code:
+        raise SystemExit(code) from None
 
 
 def _exit_distributed(code) -> None:

@@ -13,6 +13,10 @@ closest to the group's (fewest differing keys outside `tasks`), averaged over it
 `mtlrun.metrics.delta_m` over every metric of the non-auxiliary tasks, computed per seed of the
 multi-task group: the mean is the Δm% of the mean metrics, the std its spread over seeds.
 
+A failed multirun job (a dir holding `error.json`, mtlrun/sweep.py) is listed with its overrides and error
+under "Failed jobs" in the printed report, report.md and report.csv (kind `failed`); it counts in no
+statistic.
+
 Writes `report.md`, `report.csv` and `report.png` into `--out` (default: the first DIR, so a report stays
 next to the runs it describes and never overwrites a file in the working directory).
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from mtlrun.config import RESERVED_TASK_KEYS
 from mtlrun.errors import MtlrunError, UsageError
+from mtlrun.sweep import ERROR_FILE, headline, read_error
 
 # Keys that never change what a run trains or measures: they do not split runs into groups.
 IGNORED = ("seed", "resume", "checkpoint", "split", "trainer.device", "trainer.progress_bar",
@@ -55,6 +60,13 @@ class Run:
     @property
     def seed(self):
         return self.config.get("seed")
+
+
+@dataclass
+class FailedJob:
+    path: Path
+    overrides: list[str]
+    error: str  # its first line (and first listed problem)
 
 
 @dataclass(eq=False)  # identity: a group is one object, compared with `is` / `in`
@@ -87,10 +99,10 @@ class Group:
 
 # ------------------------------------------------------------------------------------------ reading runs
 def find_run_dirs(root: Path) -> list[Path]:
-    """Run dirs at or under `root`; a run dir is not searched further."""
+    """Run dirs (finished or failed) at or under `root`; a run dir is not searched further."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if "results.json" in filenames and "config.yaml" in filenames:
+        if ERROR_FILE in filenames or ("results.json" in filenames and "config.yaml" in filenames):
             found.append(Path(dirpath))
             dirnames.clear()
             continue
@@ -145,7 +157,16 @@ def load_run(path: Path, split: str) -> tuple[Run | None, str]:
     return Run(path, config, metrics, choices, tasks, sweep if isinstance(sweep, dict) else None), ""
 
 
-def collect_runs(dirs: list[str], split: str, what: str) -> list[Run]:
+def load_failure(path: Path) -> FailedJob:
+    """A failed job's record; its error.json wins over a results.json left by an earlier run in the dir."""
+    record = read_error(path) or {}
+    overrides = record.get("overrides")
+    return FailedJob(path, [str(o) for o in overrides] if isinstance(overrides, list) else [],
+                     headline(record.get("error") or f"{ERROR_FILE} unreadable"))
+
+
+def collect_runs(dirs: list[str], split: str, what: str) -> tuple[list[Run], list[FailedJob]]:
+    """The finished runs under `dirs`, and the failed jobs among them."""
     paths: list[Path] = []
     for d in dirs:
         root = Path(d).expanduser()
@@ -157,16 +178,20 @@ def collect_runs(dirs: list[str], split: str, what: str) -> list[Run]:
         raise UsageError(f"no runs found under {', '.join(dirs)} ({what}): a run dir holds results.json "
                          f"and config.yaml (written by mtlrun train / mtlrun eval)")
     runs = []
-    for path in unique:
+    failed = [load_failure(p) for p in unique if (p / ERROR_FILE).is_file()]
+    for path in [p for p in unique if not (p / ERROR_FILE).is_file()]:
         run, reason = load_run(path, split)
         if run is None:
             print(f"warning: skipped {path}: {reason}", file=sys.stderr)
         else:
             runs.append(run)
+    if not runs and failed:
+        listed = "\n".join(f"  - {f.path}: {f.error}" for f in failed)
+        raise UsageError(f"no finished run under {', '.join(dirs)}, only {len(failed)} failed job(s):\n{listed}")
     if not runs:
         raise UsageError(f"none of the {len(unique)} run(s) under {', '.join(dirs)} has {split} metrics; "
                          f"try --split val or --split test")
-    return runs
+    return runs, failed
 
 
 # -------------------------------------------------------------------------------------------- grouping
@@ -427,13 +452,27 @@ def render_markdown(split: str, mtl: list[Group], baselines: list[Group], column
     return "\n".join(lines) + "\n"
 
 
-def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str]) -> str:
+def render_failures(failed: list[FailedJob]) -> str:
+    """The failed jobs, each with its overrides and the first line of its error (the rest: its error.json)."""
+    if not failed:
+        return ""
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = ["", f"## Failed jobs ({len(failed)}, left out of every statistic above)", ""]
+    for job in failed:
+        overrides = " ".join(job.overrides) or "no overrides"
+        lines.append(f"- `{job.path}` `{esc(overrides)}`: {esc(job.error)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str],
+               failed: list[FailedJob] = ()) -> str:
+    """One row per group, then one per failed job (kind `failed`, its overrides as method, `error`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["method", "kind", "runs", "seeds", "auxiliary"]
     for c in columns:
         header += [c, f"{c} std"]
-    writer.writerow([*header, "delta_m", "delta_m std", "run_dirs"])
+    writer.writerow([*header, "delta_m", "delta_m std", "run_dirs", "error"])
     num = lambda v: "" if v is None else f"{v:.10g}"  # noqa: E731
     for group in [*mtl, *baselines]:
         row = [group.label, "baseline" if group in baselines else "mtl", len(group.runs), _seeds(group),
@@ -441,7 +480,10 @@ def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str]) -> 
         for c in columns:
             row += [num(x) for x in mean_std(group.values(c))]
         row += [num(x) for x in mean_std(group.delta or [])]
-        writer.writerow([*row, ";".join(str(r.path) for r in group.runs)])
+        writer.writerow([*row, ";".join(str(r.path) for r in group.runs), ""])
+    for job in failed:
+        writer.writerow([" ".join(job.overrides), "failed", 0, "", "", *[""] * (2 * len(columns) + 2),
+                         str(job.path), job.error])
     return buf.getvalue()
 
 
@@ -553,10 +595,11 @@ def parser() -> argparse.ArgumentParser:
 
 def report(args: argparse.Namespace) -> dict:
     ignore = (*IGNORED, *args.ignore)
-    runs = collect_runs(args.dirs, args.split, "DIR")
+    runs, failed = collect_runs(args.dirs, args.split, "DIR")
     groups = group_runs(runs, ignore)
     if args.stl:
-        baseline_runs = collect_runs(args.stl, args.split, "--stl")
+        baseline_runs, stl_failed = collect_runs(args.stl, args.split, "--stl")
+        failed = list({f.path.resolve(): f for f in [*failed, *stl_failed]}.values())
         known = {r.path.resolve() for r in baseline_runs}
         baselines = group_runs(baseline_runs, ignore)
         mtl = [g for g in groups if not all(r.path.resolve() in known for r in g.runs)]
@@ -592,14 +635,15 @@ def report(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(args.split, mtl, baselines, columns, directions, aux_tasks, notes, has_delta)
     markdown += render_robustness([*mtl, *baselines], args.split, out)
+    markdown += render_failures(failed)
     (out / "report.md").write_text(markdown)
-    (out / "report.csv").write_text(render_csv(mtl, baselines, columns))
+    (out / "report.csv").write_text(render_csv(mtl, baselines, columns, failed))
     plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks)
     print(markdown)
     extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
         else ""
     print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}{extra}")
-    return {"mtl": mtl, "baselines": baselines, "columns": columns, "out": out}
+    return {"mtl": mtl, "baselines": baselines, "columns": columns, "out": out, "failed": failed}
 
 
 def main(argv: list[str] | None = None) -> dict:

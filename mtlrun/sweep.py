@@ -1,0 +1,191 @@
+"""Multirun sweeps (`mtlrun train -m ...`) that survive a failing job.
+
+Hydra 1.3's BasicLauncher runs the jobs one after another in this process. Its `run_job` catches an
+Exception raised by a job and marks it FAILED, but BasicSweeper then re-raises the first failure, with a
+traceback, once the batch has run (the whole sweep unless `max_batch_size` is set), and a SystemExit (how the
+single-run path ends on an error) is no Exception: it leaves the launcher at once and ends the sweep. So a
+multirun job handles its own failure here: it writes ERROR_FILE into its job dir, prints one `error:` line
+and returns normally, and `finish` prints a summary after the sweep and picks the exit code. An interrupt
+(TrainingInterrupted: SIGINT / SIGTERM) is not a job failure: it still ends the whole sweep.
+
+Under torchrun every rank runs the same sweep; after each job the ranks exchange their outcome, so all of
+them count the job as failed when any rank failed, and only rank 0 writes and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ERROR_FILE = "error.json"  # a failed job's record; results.json stays the record of a successful run
+USAGE_EXIT, FAILURE_EXIT = 2, 1
+
+
+@dataclass
+class JobOutcome:
+    num: int
+    job_dir: str
+    overrides: list[str] = field(default_factory=list)
+    error: str | None = None  # the message; None when the job succeeded
+    error_type: str = ""
+    exit_code: int = 0
+    interrupted: str = ""  # the signal that stopped the job, and with it the sweep
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+_outcomes: list[JobOutcome] = []  # this process's multirun jobs, in the order they ran
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def headline(message: str) -> str:
+    """The first line of an error; for a list of problems (`...:` then `  - ...`) also the first problem."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        head += f" {lines[1].removeprefix('- ')}" + (" ..." if len(lines) > 2 else "")
+    return head
+
+
+def run_job(fn, cfg):
+    """Run one multirun job: its result, or None after recording its failure (an interrupt passes)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mtlrun.engine import distributed
+    from mtlrun.engine.trainer import TrainingInterrupted
+    from mtlrun.errors import MtlrunError
+
+    hydra_cfg = HydraConfig.get()
+    outcome = JobOutcome(num=int(hydra_cfg.job.num), job_dir=str(hydra_cfg.runtime.output_dir),
+                         overrides=[str(o) for o in hydra_cfg.overrides.task])
+    error_path = Path(outcome.job_dir) / ERROR_FILE
+    main_rank = distributed.dist_info().is_main
+    result, trace = None, None
+    try:
+        if main_rank:
+            error_path.unlink(missing_ok=True)  # left by an earlier sweep into the same dir
+        result = fn(cfg)
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        outcome.interrupted = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+        _outcomes.append(outcome)
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of one job is recorded and the sweep goes on
+        # strings only: the exception's frames would keep the failed job's model and tensors alive
+        outcome.error, outcome.error_type = str(exc) or type(exc).__name__, type(exc).__name__
+        outcome.exit_code = exc.exit_code if isinstance(exc, MtlrunError) else FAILURE_EXIT
+        if not isinstance(exc, MtlrunError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            trace = "".join(traceback.format_exception(exc))
+    outcome = _agree(outcome)
+    _outcomes.append(outcome)
+    if outcome.failed and main_rank:
+        _report_failure(outcome, error_path, trace)
+    return result
+
+
+def _agree(outcome: JobOutcome) -> JobOutcome:
+    """Under torchrun: the first failing rank's outcome on every rank (this one's without DDP)."""
+    from mtlrun.engine import distributed
+
+    if not distributed.dist_info().enabled:
+        return outcome
+    failed = [o for o in distributed.gather_objects(outcome) if o.failed]
+    return JobOutcome(**{**asdict(failed[0]), "job_dir": outcome.job_dir}) if failed else outcome
+
+
+def _report_failure(outcome: JobOutcome, error_path: Path, trace: str | None) -> None:
+    from mtlrun import __version__
+
+    record = {"status": "failed", "job": outcome.num, "overrides": outcome.overrides, "error": outcome.error,
+              "error_type": outcome.error_type, "exit_code": outcome.exit_code, "mtlrun_version": __version__}
+    message = f"error: job {outcome.num} failed: {outcome.error}"
+    if trace:
+        sys.stderr.write(trace)
+    print(message, file=sys.stderr)
+    _log_to_files(f"{trace or ''}{message}")
+    try:
+        tmp = error_path.with_name(f".{ERROR_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, error_path)
+    except OSError as exc:
+        print(f"warning: could not write {error_path}: {exc}", file=sys.stderr)
+
+
+def _log_to_files(message: str) -> None:
+    """The job's log file gets the error too, without repeating it on the console."""
+    record = logging.LogRecord("mtlrun", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _varying(outcomes: list[JobOutcome]) -> dict[int, str]:
+    """Each job's overrides that differ between the jobs of the sweep (all of them for a single job)."""
+    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in job.overrides) for job in outcomes]
+    keys = {k for overrides in parsed for k in overrides}
+    varying = {k for k in keys if len({overrides.get(k) for overrides in parsed}) > 1}
+    return {job.num: " ".join(o for o in job.overrides if len(outcomes) == 1 or o.split("=", 1)[0] in varying)
+            for job in outcomes}
+
+
+def summary(outcomes: list[JobOutcome]) -> str:
+    failed = [o for o in outcomes if o.failed]
+    stopped = [o for o in outcomes if o.interrupted]
+    shown = _varying(outcomes)
+    lines = [f"sweep: {len(outcomes)} job(s) ran, {len(outcomes) - len(failed) - len(stopped)} succeeded, "
+             f"{len(failed)} failed"]
+    for job in stopped:
+        lines[0] += f", job {job.num} stopped by {job.interrupted} (the later jobs did not run)"
+    for job in failed:
+        lines.append(f"  job {job.num} [{shown[job.num] or 'no overrides'}]: {headline(job.error)}")
+    if failed:
+        lines.append(f"  each failed job's {ERROR_FILE} has the whole error, e.g. "
+                     f"{Path(failed[0].job_dir) / ERROR_FILE}")
+    return "\n".join(lines)
+
+
+def exit_code(outcomes: list[JobOutcome]) -> int:
+    """0 when every job succeeded, 2 when every failure was a usage error, else 1."""
+    failed = [o for o in outcomes if o.failed]
+    if not failed:
+        return 0
+    return USAGE_EXIT if all(o.exit_code == USAGE_EXIT for o in failed) else FAILURE_EXIT
+
+
+def finish(code) -> int | str | None:
+    """After Hydra returns (or exits): print the summary when a job failed; the process's exit code.
+
+    An exit that is already non-zero (an interrupt, a usage error before any job) keeps its code."""
+    from mtlrun.engine import distributed
+
+    outcomes = list(_outcomes)
+    _outcomes.clear()
+    if not any(o.failed for o in outcomes):
+        return code
+    if distributed.dist_info().is_main:
+        print(summary(outcomes), file=sys.stderr)
+    return code if code not in (0, None) else exit_code(outcomes)
+
+
+def read_error(job_dir: Path) -> dict | None:
+    """A failed job's record (ERROR_FILE in its dir), or None when it has none or it is unreadable."""
+    try:
+        record = json.loads((Path(job_dir) / ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
