@@ -4,6 +4,10 @@ Training shuffles with a DistributedSampler seeded by (seed, epoch), so the orde
 function of the config: a resumed run sees exactly the batches the uninterrupted run would have seen, and
 `skip_batches` drops the ones a mid-epoch checkpoint already consumed. Evaluation shards the split without
 padding (rank r takes samples r, r+W, ...), so every sample is counted exactly once across ranks.
+
+An mtlrun error in a worker process (e.g. data=table naming a file that cannot be read) reaches the caller as
+the same error, with the same message, as with num_workers=0: torch would re-raise it with the worker's
+traceback as its message, so workers send it back as data instead (`_Failed`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from mtlrun.data.base import collate
+from mtlrun.errors import ConfigError, MtlrunError, UsageError
 
 
 class _SkipFirst(Sampler):
@@ -38,9 +43,60 @@ class _Shard(Sampler):
         return len(self.indices)
 
 
+class _Failed:
+    """An MtlrunError raised while a worker built a batch, as the batch (type, message, exit code)."""
+
+    def __init__(self, error: MtlrunError):
+        self.kind, self.message, self.exit_code = type(error), str(error), error.exit_code
+
+    def error(self) -> MtlrunError:
+        kind = UsageError if issubclass(self.kind, ConfigError) else self.kind  # ConfigError takes a list
+        try:
+            error = kind(self.message)
+        except TypeError:
+            error = UsageError(self.message) if self.exit_code == UsageError.exit_code else MtlrunError(self.message)
+        error.exit_code = self.exit_code
+        return error
+
+
+class _CarryErrors(Dataset):
+    """The dataset as a worker reads it: an MtlrunError becomes a `_Failed` batch."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices):
+        try:
+            if hasattr(self.dataset, "__getitems__"):
+                return self.dataset.__getitems__(indices)
+            return [self.dataset[i] for i in indices]
+        except MtlrunError as error:
+            return _Failed(error)
+
+
+def _collate(items):
+    return items if isinstance(items, _Failed) else collate(items)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers' mtlrun errors are raised in the caller as they were raised in the worker."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, _Failed):
+                raise batch.error()
+            yield batch
+
+
 def _loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+    if num_workers == 0:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=0,
+                          pin_memory=pin_memory, persistent_workers=False)
+    return _Loader(_CarryErrors(dataset), batch_sampler=batch_sampler, collate_fn=_collate, num_workers=num_workers,
+                   pin_memory=pin_memory, persistent_workers=False)
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, rank: int = 0,

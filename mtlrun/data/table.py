@@ -1,8 +1,9 @@
 """`data=table`: your own data from one manifest, a table of file paths, texts, numbers and labels.
 
-The manifest is a CSV file (header row, UTF-8), JSON Lines (one object per line; `.jsonl` / `.ndjson`) or,
-when pyarrow is installed (mtlrun does not depend on it), Parquet. Each declared input becomes a modality
-and each declared target a task's labels (configs/data/table.yaml lists every key):
+The manifest is a CSV file (header row), JSON Lines (one object per line; `.jsonl` / `.ndjson`), both in
+`encoding` (UTF-8 by default), or, when pyarrow is installed (mtlrun does not depend on it), Parquet. Each
+declared input becomes a modality and each declared target a task's labels (configs/data/table.yaml lists
+every key):
 
     inputs:                                     # name: {type, column(s), options}
       image: {type: image, column: image_path, size: [64, 64], channels: 3}
@@ -38,18 +39,23 @@ missing only when all its cells are empty; a single empty numeric cell reads as 
 Validation runs before the model is built and lists every problem at once, each naming the manifest, the
 row (data rows count from 1; the file line is given for CSV and JSON Lines) and the column. `validate:
 files` (default) parses every cell and checks that every referenced file exists (one directory listing per
-folder); `validate: full` also decodes every file. `cache: true` decodes every file once at start-up and
-keeps the tensors in memory, which validates them as fully as `full`.
+folder) inside data.root (unless `allow_outside_root`: no `..`, absolute path or symbolic link leading out);
+`validate: full` also decodes every file. `cache: true` decodes every file once at start-up and keeps the
+tensors in memory, which validates them as fully as `full`. A label option read by YAML as a boolean
+(`positive: yes`) stands for the one label of its column that reads as that boolean (yes / y / true / on / 1).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import math
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +94,9 @@ SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "p
 VALIDATE = ("files", "full")
 UNKNOWN = ("error", "missing")
 MAX_SHOWN = 10  # problems shown per column and kind before "... and N more"
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform takes (a C long)
+# What a YAML boolean in an option that names a label (`positive: yes` is read as True) stands for.
+BOOLEAN_WORDS = {True: ("yes", "y", "true", "on", "1"), False: ("no", "n", "false", "off", "0")}
 
 
 def _plain(value):
@@ -166,19 +175,61 @@ def _empty(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def read_manifest(path: str, problems: _Problems) -> Manifest:
+def read_manifest(path: str, problems: _Problems, encoding: str = "utf-8") -> Manifest:
     """Read a CSV / JSON Lines / Parquet manifest; malformed rows are added to `problems` and skipped."""
     fmt = SUFFIXES.get(Path(path).suffix.lower())
     if fmt == "csv":
-        return _read_csv(path, problems)
+        return _read_csv(path, problems, encoding)
     if fmt == "jsonl":
-        return _read_jsonl(path, problems)
+        return _read_jsonl(path, problems, encoding)
     return _read_parquet(path)
 
 
-def _read_csv(path: str, problems: _Problems) -> Manifest:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
+def _lines(path: str, encoding: str, problems: _Problems, newline: str | None = None):
+    """The text lines of a manifest; a byte that is not `encoding` stops the read with its line (a problem)."""
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # skips the BOM Excel writes
+    with open(path, newline=newline, encoding=codec) as f:
+        try:
+            yield from f
+            return
+        except UnicodeDecodeError:
+            pass
+    problems.add(_undecodable(path, encoding, codec))
+    problems.raise_if_any()
+
+
+def _undecodable(path: str, encoding: str, codec: str) -> str:
+    """Where the first byte that `codec` cannot decode is (read again as a whole: this runs only on failure)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode(codec)
+        where, bad = "", "a byte"
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode(codec, errors="replace")
+        line, character = before.count("\n") + 1, len(before) - before.rfind("\n")
+        where = f" line {line}, character {character}"
+        bad = data[exc.start:exc.end]
+        bad = f"byte{'s' if len(bad) > 1 else ''} " + " ".join(f"0x{b:02x}" for b in bad)
+    return (f"{path}{where}: {bad} is not valid {encoding} (data.encoding={encoding}); set data.encoding to the "
+            f"file's encoding, e.g. data.encoding=latin-1 (or cp1252 for files saved by Excel on Windows), or "
+            f"save the file as UTF-8")
+
+
+@contextmanager
+def _csv_cells_of_any_size():
+    """csv refuses cells over 128 KiB (field_size_limit); a long text reads from JSON Lines, so from CSV too.
+
+    The limit is process-wide state: raised for this read only, then restored."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv(path: str, problems: _Problems, encoding: str) -> Manifest:
+    with _csv_cells_of_any_size():
+        reader = csv.reader(_lines(path, encoding, problems, newline=""))
         header = next(reader, None)
         if header is None:
             raise ConfigError([f"{path}: the file is empty; a CSV manifest starts with a header row of column names"])
@@ -211,27 +262,26 @@ def _check_header(path: str, header: list[str], problems: _Problems) -> None:
         seen.add(name)
 
 
-def _read_jsonl(path: str, problems: _Problems) -> Manifest:
+def _read_jsonl(path: str, problems: _Problems, encoding: str) -> Manifest:
     records, lines, numbers, columns, number = [], [], [], {}, 0
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            number += 1
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.add(f"{path} row {number} (line {line_number}): not valid JSON ({exc.msg} at character "
-                             f"{exc.colno})", group=("json", path))
-                continue
-            if not isinstance(record, dict):
-                problems.add(f"{path} row {number} (line {line_number}): a JSON Lines manifest holds one object "
-                             f"per line, got a {type(record).__name__}", group=("json", path))
-                continue
-            records.append(record)
-            lines.append(line_number)
-            numbers.append(number)
-            columns.update(dict.fromkeys(record))
+    for line_number, line in enumerate(_lines(path, encoding, problems), start=1):
+        if not line.strip():
+            continue
+        number += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.add(f"{path} row {number} (line {line_number}): not valid JSON ({exc.msg} at character "
+                         f"{exc.colno})", group=("json", path))
+            continue
+        if not isinstance(record, dict):
+            problems.add(f"{path} row {number} (line {line_number}): a JSON Lines manifest holds one object "
+                         f"per line, got a {type(record).__name__}", group=("json", path))
+            continue
+        records.append(record)
+        lines.append(line_number)
+        numbers.append(number)
+        columns.update(dict.fromkeys(record))
     cells = {c: [None if _empty(r.get(c)) else r.get(c) for r in records] for c in columns}
     return Manifest(path, list(columns), cells, np.array(numbers), np.array(lines))
 
@@ -275,6 +325,15 @@ def _canon(value) -> tuple[str | None, object]:
     if isinstance(value, (list, tuple)):
         return "list", list(value)
     return "object", value
+
+
+def _means(flag: bool, label) -> bool:
+    """Whether a label (a canonical cell value) reads as the boolean `flag`: yes / True / 1 / y for True."""
+    if isinstance(label, bool):
+        return label == flag
+    if _is_number(label):
+        return label == int(flag)
+    return isinstance(label, str) and label.strip().lower() in BOOLEAN_WORDS[flag]
 
 
 def _labels(manifest: Manifest, column: str, problems: _Problems) -> list | None:
@@ -444,7 +503,7 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
                                                  f"train split never has becomes)")
         if f.type == "multilabel":
             need(isinstance(o["sep"], str) and o["sep"] != "", "sep", "must be a non-empty separator string")
-            need(o["none"] is None or isinstance(o["none"], str), "none",
+            need(o["none"] is None or isinstance(o["none"], (str, bool)), "none",
                  "must be null or the cell text that means an empty label set")
         if f.type == "binary" and isinstance(o["positive"], (list, dict)):
             problems.append(f"{key}.positive={o['positive']!r}: must be null or one label value")
@@ -704,7 +763,8 @@ class Table(DataModule):
     name = "table"
 
     def __init__(self, path: str | None = None, root: str | None = None, inputs=None, targets=None, split=None,
-                 validate: str = "files", cache: bool = False, augment=None, **loader):
+                 validate: str = "files", cache: bool = False, augment=None, encoding: str = "utf-8",
+                 allow_outside_root: bool = False, **loader):
         super().__init__(**loader)
         problems: list[str] = []
         if not isinstance(path, str) or not path.strip():
@@ -729,6 +789,11 @@ class Table(DataModule):
                             f"(also decodes every file)")
         if not isinstance(cache, bool):
             problems.append(f"data.cache={cache!r}: must be true or false")
+        if not isinstance(allow_outside_root, bool):
+            problems.append(f"data.allow_outside_root={allow_outside_root!r}: must be true or false")
+        if not _is_text_encoding(encoding):
+            problems.append(f"data.encoding={encoding!r}: not a text encoding Python knows; e.g. utf-8, latin-1, "
+                            f"cp1252, utf-16")
         self.augment = _parse_augment(augment, problems)
         if self.augment and not any(f.type == "image" for f in self.inputs):
             problems.append("data.augment: flips and crops act on images; this data has no image input")
@@ -737,6 +802,7 @@ class Table(DataModule):
         self.path = str(Path(path).expanduser())
         self.root = Path(root).expanduser() if root else Path(self.path).parent
         self.validate, self.cache = validate, cache
+        self.encoding, self.allow_outside_root = encoding, allow_outside_root
         self._loaded: dict | None = None
         self._prepared: _Prepared | None = None
 
@@ -766,6 +832,14 @@ class Table(DataModule):
         if self._prepared is None:
             self._prepared = _Builder(self).run()
         return self._prepared
+
+
+def _is_text_encoding(name) -> bool:
+    try:
+        io.TextIOWrapper(io.BytesIO(), encoding=name)  # what open() takes: no hex or base64 codecs
+    except (LookupError, TypeError):
+        return False
+    return isinstance(name, str)  # None would mean the locale's encoding
 
 
 def _parse_augment(node, problems: list[str]) -> Augment:
@@ -801,7 +875,7 @@ class _Builder:
 
     def run(self) -> _Prepared:
         t, p = self.t, self.problems
-        m = read_manifest(t.path, p)
+        m = read_manifest(t.path, p, t.encoding)
         self.m = m
         if m.rows == 0:
             p.add(f"{t.path}: the manifest has no data rows")
@@ -906,11 +980,36 @@ class _Builder:
             return None
         return labels, present
 
+    def _boolean_label(self, f: FieldSpec, option: str, labels: Sequence):
+        """The one label of the column that a YAML boolean option means (`positive: yes` reads as True), or
+        None and a problem when no label or several labels mean it."""
+        flag = f.options[option]
+        matches = _sorted_labels(v for v in labels if v is not None and _means(flag, v))
+        if len(matches) == 1:
+            log.info(f"{f.key}.{option}: YAML read it as the boolean {str(flag).lower()}; it matches the label "
+                     f"{matches[0]!r} of column '{f.column}'")
+            return matches[0]
+        if matches:
+            found = f"several labels that mean {str(flag).lower()}: {', '.join(map(repr, matches))}"
+        else:
+            shown = _sorted_labels(v for v in labels if v is not None)
+            found = (f"no label that means {str(flag).lower()} (labels: "
+                     f"{', '.join(map(repr, shown[:6]))}{', ...' if len(shown) > 6 else ''})")
+        example = matches[0] if matches else BOOLEAN_WORDS[flag][0]
+        self.problems.add(f"{f.key}.{option}={str(flag).lower()}: YAML reads an unquoted yes / no / true / false / "
+                          f"on / off as a boolean, and column '{f.column}' of {self.m.path} has {found}; quote the "
+                          f"label as the column writes it, e.g. {option}: \"{example}\"")
+        return None
+
     def _classification(self, f: FieldSpec, train: np.ndarray):
         if (column := self._label_column(f, train)) is None:
             return None
         labels, present = column
         classes = self._fitted("classes", f.name, lambda: _sorted_labels(labels[i] for i in train if present[i]))
+        if self.loaded is None and len(classes) == 1:
+            log.warning(f"{f.key}: every labelled row of the train split has the class {classes[0]!r} (column "
+                        f"'{f.column}' of {self.m.path}); the task has a single class to learn, so it learns "
+                        f"nothing useful; training continues")
         codes = self._labels_to_codes(f, labels, present, classes)
         return torch.from_numpy(codes), present
 
@@ -922,6 +1021,10 @@ class _Builder:
         def fit():
             seen = {labels[i] for i in train if present[i]}
             positive = f.options["positive"]
+            if isinstance(positive, bool):
+                positive = self._boolean_label(f, "positive", labels)
+                if positive is None:
+                    return []
             if positive is not None:
                 positive = _canon(positive)[1]
                 seen.add(positive)
@@ -949,6 +1052,10 @@ class _Builder:
 
     def _multilabel(self, f: FieldSpec, train: np.ndarray):
         m, sep, none = self.m, f.options["sep"], f.options["none"]
+        if isinstance(none, bool):
+            none = self._boolean_label(f, "none", [c.strip() for c in m.cells[f.column] if isinstance(c, str)])
+            if none is None:
+                return None
         sets, present = [], np.zeros(m.rows, dtype=bool)
         for row, cell in enumerate(m.cells[f.column]):
             if cell is None:
@@ -1076,10 +1183,12 @@ class _Builder:
         return ids, present
 
     def _files(self, f: FieldSpec, train: np.ndarray, suffixes: Sequence[str] = ()):
-        """Resolved paths ('' where empty) and presence; every non-empty cell must name an existing file."""
+        """Resolved paths ('' where empty) and presence; every non-empty cell must name an existing file, inside
+        data.root unless data.allow_outside_root."""
         m, root = self.m, self.t.root
         paths = np.full(m.rows, "", dtype=object)
         present = np.zeros(m.rows, dtype=bool)
+        top = os.path.abspath(root)
         for row, cell in enumerate(m.cells[f.column]):
             if cell is None:
                 continue
@@ -1089,10 +1198,24 @@ class _Builder:
             path = Path(cell.strip()).expanduser()
             paths[row] = str(path if path.is_absolute() else root / path)
             present[row] = True
-        exists = _existing(paths[present])
+            if not self.t.allow_outside_root and not _inside(os.path.abspath(paths[row]), top):
+                self._outside(row, f, cell, top, "")
+        exists, links = _existing(paths[present])
         missing = np.flatnonzero(present)[~exists]
         for row in missing:
             self.problems.add(f"{m.at(int(row), f.column)}: file not found: {paths[row]}", group=("missing", f.key))
+        if not self.t.allow_outside_root:  # a path inside the root may still lead out through a symlink
+            real_top, real_folders = os.path.realpath(top), {}
+            for row, link in zip(np.flatnonzero(present)[exists], links[exists]):
+                full = os.path.abspath(paths[row])
+                if not _inside(full, top):
+                    continue  # reported above
+                folder, name = os.path.split(full)
+                if folder not in real_folders:
+                    real_folders[folder] = os.path.realpath(folder)
+                real = os.path.realpath(full) if link else os.path.join(real_folders[folder], name)
+                if not _inside(real, real_top):
+                    self._outside(int(row), f, m.cells[f.column][row], top, f" through a symbolic link to {real}")
         if len(missing) and len(missing) == present.sum():
             self.problems.add(f"{f.key}: none of the {len(missing)} files of column '{f.column}' exists; relative "
                               f"paths start at data.root (null: the manifest's folder, here {root.resolve()})")
@@ -1103,6 +1226,12 @@ class _Builder:
                                       f"{' or '.join(suffixes)}", group=("suffix", f.key))
         self._train_has_some(f, present, train, f.column)
         return paths.astype(str), present
+
+    def _outside(self, row: int, f: FieldSpec, cell: str, top: str, how: str) -> None:
+        self.problems.add(f"{self.m.at(row, f.column)}: {cell!r} leads{how} outside the data root {top}; keep the "
+                          f"files under data.root (null: the manifest's folder), set data.root to a folder that "
+                          f"holds them all, or set data.allow_outside_root=true to read files anywhere",
+                          group=("outside", f.key))
 
     def _image(self, f: FieldSpec, train: np.ndarray):
         paths, present = self._files(f, train)
@@ -1232,18 +1361,28 @@ class _Builder:
                 column.cache = store
 
 
-def _existing(paths: np.ndarray) -> np.ndarray:
-    """Which of `paths` exist as files: one directory listing per folder instead of a stat per file."""
-    listing: dict[str, set[str] | None] = {}
-    out = np.zeros(len(paths), dtype=bool)
+def _existing(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `paths` exist as files, and which of those are symbolic links: one directory listing per folder
+    instead of a stat per file."""
+    listing: dict[str, dict[str, bool] | None] = {}
+    exists, links = np.zeros(len(paths), dtype=bool), np.zeros(len(paths), dtype=bool)
     for i, path in enumerate(paths):
         folder, name = os.path.split(path)
         if folder not in listing:
             try:
                 with os.scandir(folder or ".") as entries:
-                    listing[folder] = {e.name for e in entries if not e.is_dir()}
+                    listing[folder] = {e.name: e.is_symlink() for e in entries if not e.is_dir()}
             except OSError:
                 listing[folder] = None
         names = listing[folder]
-        out[i] = names is not None and name in names
-    return out
+        exists[i] = names is not None and name in names
+        links[i] = exists[i] and names[name]
+    return exists, links
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the absolute, normalised `path` is `folder` or lies under it."""
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive (Windows)
+        return False
