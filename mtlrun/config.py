@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -9,12 +10,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mtlrun import schema
 from mtlrun.errors import ConfigError, MtlrunError, UsageError
+from mtlrun.schema import is_int, is_number
 
 log = logging.getLogger("mtlrun")
 
-PRECISIONS = ("32", "bf16", "16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 RESERVED_TASK_KEYS = ("only", "from_data")  # keys of the tasks group that are settings, not tasks
 # tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
 DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
@@ -59,19 +60,137 @@ def build(node: DictConfig, key: str, **kwargs):
         raise UsageError(f"{key}: cannot build {node._target_}: {detail}") from exc
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+# What the code that builds a section passes itself: its target's signature lists these, a config does not.
+SUPPLIED = {"optim": ("params",), "scheduler": ("optimizer", "total_steps"),
+            "arch": ("make_encoder", "tasks", "modality"), "fusion": ("dims", "token_dims", "models", "tasks")}
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
-def _check_limit(cfg: DictConfig, key: str, problems: list[str]) -> None:
-    v = OmegaConf.select(cfg, key)
-    if v is None:
-        return
-    if _is_int(v) and v >= 1:
-        return
-    if isinstance(v, float) and 0 < v <= 1:
-        return
-    problems.append(f"{key}={v}: must be null (all), an int >= 1 (batches) or a float in (0, 1] (fraction)")
+def check_targets(cfg: DictConfig) -> list[str]:
+    """Every `_target_` node's keys against its target's signature, and the optim and scheduler values,
+    before anything is built: `optim.lrr: torch.optim.AdamW takes no argument 'lrr'; valid: lr, ...`.
+
+    Imports each target (module-level code of the target's module runs): for a checkpoint's config, only
+    once the checkpoint is trusted (mtlrun.trust)."""
+    problems: list[str] = []
+    for key, node in _target_nodes(cfg):
+        params = _parameters(key, node, problems)
+        if key == "optim":
+            problems += _check_numbers(node, schema.Optim, key, params, low=0)
+        elif key == "scheduler":
+            problems += _check_numbers(node, schema.Scheduler, key, params, low=None)
+    return problems
+
+
+def _target_nodes(node, key: str = ""):
+    """(key, node) of every DictConfig with a `_target_` under `node`, depth first (hydra's node aside)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node and key:
+            yield key, node
+        for k in node:
+            if key or k != "hydra":
+                yield from _target_nodes(node[k], f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _target_nodes(item, f"{key}[{i}]")
+
+
+def _parameters(key: str, node: DictConfig, problems: list[str]) -> dict | None:
+    """{name: inspect.Parameter} the target takes by keyword, None when it takes any keyword (or cannot be
+    inspected); a key of `node` it does not take is added to `problems`."""
+    target = str(node._target_)
+    try:
+        obj = _locate(target)
+    except _CannotInspect:
+        return None  # e.g. it needs a package that is not installed: build says so, if it builds it at all
+    except ImportError as exc:
+        problems.append(f"{key}._target_={target}: cannot import it ({exc}); give the dotted path of a class "
+                        f"or function, e.g. a `_target_` from mtlrun's configs")
+        return None
+    params = _keyword_parameters(obj)
+    if params is None:
+        return None
+    supplied = SUPPLIED.get(key, ())
+    valid = [name for name in params if name not in supplied]
+    for name in node:
+        name = str(name)
+        if name not in HYDRA_KEYS and name not in params:
+            close = schema.did_you_mean(name, valid)
+            hint = f"; {close}" if close.startswith("did you") else ""
+            problems.append(f"{key}.{name}: {target} takes no argument '{name}'; valid: {', '.join(valid)}{hint}")
+    return params
+
+
+class _CannotInspect(Exception):
+    """The target's module exists but fails to import (a package it needs is missing, a bug in it)."""
+
+
+def _locate(target: str):
+    """The object a dotted name refers to: the longest importable module prefix, then attributes. ImportError
+    when there is no such object; _CannotInspect when its module is there but fails to import."""
+    import importlib
+
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name and not (module == exc.name or module.startswith(exc.name + ".")):
+                raise _CannotInspect(target) from exc
+        except Exception as exc:
+            raise _CannotInspect(target) from exc
+    else:
+        raise ImportError(f"no module named '{parts[0]}'")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            raise ImportError(f"'{'.'.join(parts[:j])}' has no '{parts[j]}'")
+        obj = getattr(obj, parts[j])
+    return obj
+
+
+def _keyword_parameters(obj) -> dict | None:
+    """The parameters `obj` takes by keyword. A class of mtlrun whose __init__ takes **kwargs passes them on
+    to its base class (MultiDigits -> DataModule, Binary -> Multilabel -> Task): its bases' parameters are
+    added until one takes no **kwargs. Anything else with **kwargs takes any keyword: None."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if inspect.isclass(obj) and obj.__module__.startswith("mtlrun."):
+        chain = [base.__init__ for base in obj.__mro__ if "__init__" in vars(base)]
+    else:
+        chain = [obj]
+    params: dict = {}
+    for fn in chain:
+        if fn is object.__init__:
+            return None
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature
+            return None
+        params.update({n: p for n, p in signature.parameters.items() if p.kind in named and n != "self"})
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return params
+    return None
+
+
+def _check_numbers(node: DictConfig, rules: type, key: str, params: dict | None, low: float | None) -> list[str]:
+    """The values `rules` (a schema) knows; any other number, or a value whose default is a number, must be
+    a finite number (>= low when low is given)."""
+    problems = schema.check(node, rules, key, closed=False)
+    known = schema.schema_fields(rules)
+    bound = "" if low is None else f" >= {low}"
+    for name, value in node.items():
+        name = str(name)
+        if name in known or name in HYDRA_KEYS or isinstance(value, bool):
+            continue
+        default = params[name].default if params and name in params else None
+        numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if (numeric_default and not is_number(value)) or any(not is_number(v) or (low is not None and v < low)
+                                                              for v in numbers):
+            problems.append(f"{key}.{name}={schema.show(value)}: must be a finite number{bound}")
+    return problems
 
 
 def task_configs(cfg: DictConfig, targets: dict | None = None) -> dict[str, DictConfig]:
@@ -126,41 +245,55 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
     return OmegaConf.merge(node, override) if override is not None else OmegaConf.create(node)
 
 
-def validate_train(cfg: DictConfig) -> None:
-    """Check the values a user types, all at once (torchtune style), before anything is built."""
+def validate_train(cfg: DictConfig, from_checkpoint: bool = False) -> None:
+    """Check the values a user types, all at once (torchtune style), before anything is built.
+
+    The trainer section against its schema (mtlrun/schema.py; the keys it lacks get their defaults), the
+    data, optim and scheduler values the schema knows, the tasks, and every `_target_` node's keys against
+    its target's signature (check_targets: it imports the targets, so for a checkpoint's config call this
+    only once the checkpoint is trusted). from_checkpoint: the config comes from a checkpoint (resume),
+    whose trainer keys this version does not know are logged and ignored instead of refused.
+    """
+    problems = config_problems(cfg, from_checkpoint)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_eval(cfg: DictConfig, editable: tuple[str, ...]) -> None:
+    """`mtlrun eval`: the checkpoint's config with the user's overrides, by the same rules as train.
+
+    A problem with a key eval may change (`editable`) is an error; one with a value only the checkpoint set
+    (e.g. a trainer value an older mtlrun accepted) cannot be fixed from eval's command line: a warning."""
+    problems = config_problems(cfg, from_checkpoint=True)
+    errors = [p for p in problems if _problem_key(p).startswith(editable)]
+    for problem in problems:
+        if problem not in errors:
+            log.warning(f"the checkpoint's config: {problem} (eval cannot change it; going on)")
+    if errors:
+        raise ConfigError(errors)
+
+
+def _problem_key(problem: str) -> str:
+    return problem.split(":", 1)[0].split("=", 1)[0]
+
+
+def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]:
     p: list[str] = []
-    t = cfg.trainer
-
-    def need_int(key, value, low):
-        if not _is_int(value) or value < low:
-            p.append(f"{key}={value}: must be an integer >= {low}")
-
-    need_int("trainer.max_epochs", t.max_epochs, 1)
-    need_int("trainer.accumulate", t.accumulate, 1)
-    need_int("trainer.log_every_n_steps", t.log_every_n_steps, 1)
-    need_int("data.batch_size", cfg.data.batch_size, 1)
-    if cfg.data.get("eval_batch_size") is not None:
-        need_int("data.eval_batch_size", cfg.data.eval_batch_size, 1)
-    need_int("data.num_workers", cfg.data.get("num_workers", 0), 0)
-    need_int("seed", cfg.seed, 0)
-    if str(t.precision) not in PRECISIONS:
-        p.append(f"trainer.precision={t.precision}: valid: {', '.join(PRECISIONS)}")
-    device = str(t.device)
-    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-        p.append(f"trainer.device={device}: valid: {', '.join(DEVICES)} (or cuda:N)")
-    if t.grad_clip is not None and (isinstance(t.grad_clip, bool) or not isinstance(t.grad_clip, (int, float))
-                                    or t.grad_clip <= 0):
-        p.append(f"trainer.grad_clip={t.grad_clip}: must be null (off) or a number > 0")
-    _check_limit(cfg, "trainer.limit_train_batches", p)
-    _check_limit(cfg, "trainer.limit_eval_batches", p)
-    patience = t.early_stopping.patience
-    if patience is not None:
-        need_int("trainer.early_stopping.patience", patience, 1)
-    if str(t.get("monitor_mode", "auto")) not in ("auto", "max", "min"):
-        p.append(f"trainer.monitor_mode={t.monitor_mode}: valid: auto, max, min")
+    unknown: list[str] | None = [] if from_checkpoint else None
+    if isinstance(cfg.get("trainer"), DictConfig):
+        p += schema.check(cfg.trainer, schema.Trainer, "trainer", unknown=unknown)
+        schema.with_defaults(cfg.trainer, schema.Trainer)
+    else:
+        p.append(f"trainer={cfg.get('trainer')}: must be a group of keys; pick trainer=default")
+    for line in unknown or []:
+        log.warning(f"the checkpoint's config: {line} (from another mtlrun version? ignored)")
+    if isinstance(cfg.get("data"), DictConfig):
+        p += schema.check(cfg.data, schema.Data, "data", closed=False)
+    if not is_int(cfg.get("seed")) or cfg.seed < 0:
+        p.append(f"seed={cfg.get('seed')}: must be an integer >= 0")
     _check_tasks(cfg, p)
-    if p:
-        raise ConfigError(p)
+    p += check_targets(cfg)
+    return p
 
 
 def _check_tasks(cfg: DictConfig, p: list[str]) -> None:

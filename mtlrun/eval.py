@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
 from mtlrun.build import build_components
-from mtlrun.config import apply_overrides
+from mtlrun.config import apply_overrides, validate_eval
 from mtlrun.data.base import SPLITS
 from mtlrun.data.corruption import PROBABILITY_NOISES, corrupt, noises_for
 from mtlrun.engine import checkpoint, distributed
@@ -21,11 +21,12 @@ from mtlrun.engine.device import resolve_device
 from mtlrun.engine.evaluate import evaluate_split
 from mtlrun.engine.plots import plot_robustness
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
+from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
 
 log = logging.getLogger("mtlrun")
 ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "trainer.device",
-           "trainer.precision", "trainer.limit_eval_batches")
+           "trainer.precision", "trainer.limit_eval_batches", "trainer.threads")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -39,6 +40,8 @@ def evaluate(cfg: DictConfig) -> dict:
     state = checkpoint.load(path)
     run_cfg = apply_overrides(state["config"], cfg, list(HydraConfig.get().overrides.task), ALLOWED, "eval",
                               skip=("split", "robustness"))
+    validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
+    apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
         run_cfg.data.eval_batch_size = cfg.data.batch_size  # for eval, "batch size" is the eval batch size
     if dist.is_main:

@@ -17,6 +17,7 @@ from mtlrun.config import apply_overrides, build, validate_train
 from mtlrun.engine import checkpoint, distributed
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
+from mtlrun.engine.threads import apply_threads
 from mtlrun.engine.trainer import Trainer
 
 log = logging.getLogger("mtlrun")
@@ -59,7 +60,8 @@ def train(cfg: DictConfig) -> dict:
                  f"batch {resume_state['batches_done']}")
         if dist.is_main:
             _carry_best_checkpoint(resume_path, resume_state, run_dir)
-    validate_train(cfg)
+    validate_train(cfg, from_checkpoint=resume_state is not None)  # after the trust check: imports targets
+    apply_threads(cfg.trainer.threads)
     if cfg.trainer.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)  # same initial weights on every rank
