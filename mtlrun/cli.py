@@ -83,6 +83,29 @@ def _resume_in_place(overrides: list[str]) -> list[str]:
     return overrides
 
 
+def _lock_explicit_run_dir(overrides: list[str]) -> bool:
+    """Lock a run dir given as `hydra.run.dir=...` before Hydra writes its .hydra/ files and the log there,
+    so a second run into a live directory changes nothing in it. False (after saying why) if it is taken.
+    A run dir made from the date is locked when the job starts (_locked), as is each job dir of a sweep."""
+    from pathlib import Path
+
+    from mtlrun.engine import distributed, rundir
+    from mtlrun.errors import UsageError
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    not_a_run = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve")
+    if not given or "${" in given[-1] or any(o.split("=")[0] in not_a_run for o in overrides):
+        return True
+    try:
+        rundir.acquire(Path(given[-1]).expanduser())  # held until the process exits
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if distributed.dist_info().enabled:
+            _exit_distributed(USAGE_EXIT)
+        return False
+    return True
+
+
 def _log_to_files(level: int, message: str) -> None:
     """Record a message in the run's log file without repeating it on the console."""
     record = logging.LogRecord("mtlrun", level, __file__, 0, message, None, None)
@@ -111,6 +134,20 @@ def _sweep_job(fn):
     return (lambda cfg: sweep.run_job(fn, cfg)) if sweep.is_multirun() else fn
 
 
+def _locked(fn):
+    """Hold the job's run dir while it runs: one live run per run dir (in a sweep, per job dir, so a taken
+    dir fails that job alone)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mtlrun.engine import rundir
+
+    def job(cfg):
+        with rundir.locked(HydraConfig.get().runtime.output_dir):
+            return fn(cfg)
+
+    return job
+
+
 def _run_guarded(fn, cfg):
     from mtlrun.engine.trainer import TrainingInterrupted
     from mtlrun.errors import MtlrunError
@@ -126,8 +163,19 @@ def _run_guarded(fn, cfg):
         raise SystemExit(exc.exit_code) from None
     except TrainingInterrupted as exc:
         name = signal.Signals(exc.signum).name
-        log.warning(f"{name}: stopped; saved {exc.path}\nresume with: mtlrun train resume={exc.path}")
+        if exc.path is not None:
+            log.warning(f"{name}: stopped; saved {exc.path}\nresume with: mtlrun train resume={exc.path}")
+        elif exc.last_good is not None:
+            log.warning(f"{name}: stopped at once (second signal), without saving; {exc.last_good} is intact\n"
+                        f"resume with: mtlrun train resume={exc.last_good}")
+        else:
+            log.warning(f"{name}: stopped at once (second signal), before the first checkpoint")
         raise SystemExit(128 + exc.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (building, evaluating): no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.warning("SIGINT: stopped")
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
+    if not _lock_explicit_run_dir(overrides):
+        raise SystemExit(USAGE_EXIT)
     module_name, fn_name = SUBCOMMANDS[command][0].split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     reached = False
@@ -172,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal reached
         reached = True
         _warn_unused_sweep()
-        return _run_guarded(_sweep_job(fn), cfg)
+        return _run_guarded(_sweep_job(_locked(fn)), cfg)
 
     sys.argv = [f"mtlrun {command}", *overrides]
     code, exited = 0, False

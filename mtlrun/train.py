@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtlrun import __version__
 from mtlrun.build import build_components
@@ -19,6 +19,7 @@ from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
 from mtlrun.engine.trainer import Trainer
+from mtlrun.trust import check_checkpoint_config
 
 log = logging.getLogger("mtlrun")
 
@@ -29,21 +30,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _carry_best_checkpoint(resume_path: Path, state: dict, run_dir: Path) -> None:
-    """A resumed run written to a new directory starts with the original run's best.pt."""
+def _is_own_best(state: dict) -> bool:
+    """The checkpoint was written at the end of its best epoch, so its weights are the best weights."""
+    return state["best_epoch"] is not None and state["best_epoch"] == state["epoch"] and state["batches_done"] == 0
+
+
+def _restore_best(resume_path: Path, state: dict, run_dir: Path) -> None:
+    """Make run_dir's best.pt the checkpoint the resumed state calls best, before training goes on.
+
+    last.pt is written before best.pt, so a run killed between the two leaves a last.pt that is itself the
+    best epoch next to an older best.pt: best.pt is then restored from last.pt. A run resumed into a new
+    directory starts with the original run's best.pt.
+    """
+    if state["best_epoch"] is None:
+        return
     source = resume_path.parent / "best.pt"
     target = run_dir / "checkpoints" / "best.pt"
-    if state["best_epoch"] is None or source.resolve() == target.resolve():
+    best = checkpoint.load(source, key="resume") if source.is_file() else None
+    if best is not None and best["epoch"] == state["best_epoch"]:
+        if source.resolve() != target.resolve():
+            checkpoint.save(target, best)
         return
-    if not source.is_file():
-        log.warning(f"resume: {source} not found; best.pt will be written at the next improvement")
-        return
-    best = checkpoint.load(source, key="resume")
-    if best["epoch"] != state["best_epoch"]:
-        log.warning(f"resume: {source} is from epoch {best['epoch']}, the checkpoint's best epoch is "
-                    f"{state['best_epoch']}; not carried over")
-        return
-    checkpoint.save(target, best)
+    found = f"{source} is from epoch {best['epoch']}" if best is not None else f"{source} is missing"
+    if _is_own_best(state):
+        log.warning(f"resume: {found}, but the best epoch is {state['best_epoch']}, which is {resume_path} "
+                    f"itself (the run stopped between writing last.pt and best.pt): best.pt restored from it")
+        checkpoint.save(target, state)
+    else:
+        log.warning(f"resume: {found}, the checkpoint's best epoch is {state['best_epoch']}; best.pt will be "
+                    f"written at the next improvement, and the final metrics say which epoch they come from")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -53,13 +68,17 @@ def train(cfg: DictConfig) -> dict:
     if cfg.resume:
         resume_path = Path(cfg.resume).expanduser().resolve()
         resume_state = checkpoint.load(resume_path, key="resume")
+        trusted = list(cfg.get("trusted_targets") or [])  # from this command line, never from the checkpoint
+        check_checkpoint_config(resume_state["config"], trusted, f"resume={resume_path}")
         cfg = apply_overrides(resume_state["config"], cfg, list(HydraConfig.get().overrides.task), None,
-                              "resume")
+                              "resume", skip=("trusted_targets",))
         cfg.resume = str(resume_path)
+        with open_dict(cfg):
+            cfg.trusted_targets = trusted
         log.info(f"resuming {resume_path} at epoch {resume_state['epoch'] + 1}, "
                  f"batch {resume_state['batches_done']}")
         if dist.is_main:
-            _carry_best_checkpoint(resume_path, resume_state, run_dir)
+            _restore_best(resume_path, resume_state, run_dir)
     validate_train(cfg, from_checkpoint=resume_state is not None)  # after the trust check: imports targets
     apply_threads(cfg.trainer.threads)
     if cfg.trainer.get("deterministic"):
@@ -86,23 +105,31 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(resume_state)
 
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
+    # Its epoch and monitor value are read from that file too, so results.json describes the checkpoint its
+    # metrics come from even if best.pt is not what the run last called best (see _restore_best).
     best_path = trainer.ckpt_dir / "best.pt"
     if not best_path.is_file():
         log.warning(f"{best_path} is missing (the resumed run's best epoch was not carried over); "
                     f"reporting the last checkpoint instead")
         best_path = trainer.ckpt_dir / "last.pt"
-    parts.model.load_state_dict(checkpoint.load(best_path)["model"])
+    best_state = checkpoint.load(best_path)
+    best_epoch = best_state["epoch"]
+    best_value = best_state["best_value"] if _is_own_best(best_state) else None
+    if best_epoch != trainer.best_epoch:
+        log.warning(f"{best_path} holds epoch {best_epoch}, not the best epoch {trainer.best_epoch}; the final "
+                    f"metrics are those of epoch {best_epoch}")
+    parts.model.load_state_dict(best_state["model"])
     val, test = trainer.evaluate("val"), trainer.evaluate("test")
     metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
     if dist.is_main:
-        history = trainer.history + [{"epoch": trainer.best_epoch, "split": "test", "step": trainer.global_step,
+        history = trainer.history + [{"epoch": best_epoch, "split": "test", "step": best_state["global_step"],
                                       **test}]
         write_metrics_csv(run_dir / "metrics.csv", history)
         plot_curves(trainer.history, parts.tasks, run_dir / "curves.png")
-        write_results(run_dir / "results.json", metrics, best_epoch=trainer.best_epoch,
-                      monitor={"key": f"val/{trainer.monitor_key}", "value": trainer.best_value},
+        write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
+                      monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},
                       checkpoint=str(best_path), mtlrun_version=__version__)
-        log.info("\nbest checkpoint (epoch %s): %s\n%s", trainer.best_epoch, best_path,
+        log.info("\nbest checkpoint (epoch %s): %s\n%s", best_epoch, best_path,
                  results_table(parts.tasks, {"val": val, "test": test}))
     return metrics
 

@@ -1,0 +1,138 @@
+"""A checkpoint's config is data, not code.
+
+`mtlrun eval checkpoint=X` and `mtlrun train resume=X` rebuild the run from the config stored in X, and
+Hydra's instantiate calls whatever a `_target_` names. A checkpoint may come from anyone, so before
+anything is imported or built from it, every `_target_` in its config must be one that mtlrun ships for
+that purpose, or live under a module prefix the user trusts on the command line (`trusted_targets=[mypkg]`).
+
+What mtlrun ships for that purpose: a class under mtlrun's models/data/tasks/weighting or torch.optim that
+subclasses the base of its kind (so `mtlrun.engine.records.atomic_write_text` or `mtlrun.tasks.os.system`,
+both importable under `mtlrun.`, are refused), or a schedule factory from mtlrun.engine.schedulers. The
+check runs on the stored strings first; only a target whose module is mtlrun's or torch's is imported to
+look at what it is, and importing those runs no code from the checkpoint.
+
+Interpolations (`${...}`) are refused too: a checkpoint stores its config resolved, and a resolver such
+as `oc.env` would read the user's environment into the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterator, Sequence
+
+from mtlrun.errors import UsageError
+
+# module prefixes whose classes may be built from a checkpoint, when they subclass one of the bases below
+SHIPPED_PREFIXES = ("mtlrun.models", "mtlrun.data", "mtlrun.tasks", "mtlrun.weighting", "torch.optim")
+SCHEDULES_MODULE = "mtlrun.engine.schedulers"
+NEVER_BUILT = ("mtlrun never builds this from a checkpoint (it is not a model, data module, task, weighting, "
+               "optimizer or schedule)")
+
+
+def _shipped_bases() -> tuple[type, ...]:
+    import torch
+
+    from mtlrun.data.base import DataModule
+    from mtlrun.models.base import MultiTaskModel
+    from mtlrun.tasks import Task
+
+    return (DataModule, Task, MultiTaskModel, torch.nn.Module, torch.optim.Optimizer,
+            torch.optim.lr_scheduler.LRScheduler)
+
+
+def targets(node, key: str = "") -> Iterator[tuple[str, object]]:
+    """Every (config key, `_target_` value) in a plain config container, depth first."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key or "<root>", node["_target_"]
+        for k, v in node.items():
+            yield from targets(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from targets(v, f"{key}[{i}]")
+
+
+def interpolations(node, key: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from interpolations(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from interpolations(v, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield key, node
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _locate(target: str):
+    """The object a dotted name refers to, like Hydra's locate but silent: the longest importable module
+    prefix, then attributes. Only called for names under mtlrun's and torch's own modules."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    else:
+        raise ImportError(target)
+    for attr in parts[i:]:
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _why_not_shipped(target: str) -> str | None:
+    """None when `target` is a class (or schedule) mtlrun ships for building; otherwise the reason."""
+    module = target.rpartition(".")[0]
+    if not _under(module, ("mtlrun", "torch")):
+        return "not code that mtlrun ships"
+    if not (_under(module, SHIPPED_PREFIXES) or module == SCHEDULES_MODULE):
+        return NEVER_BUILT
+    try:
+        obj = _locate(target)
+    except Exception:
+        return "no such class in this mtlrun / torch"
+    home = getattr(obj, "__module__", "") or ""
+    if module == SCHEDULES_MODULE:
+        if inspect.isfunction(obj) and home == SCHEDULES_MODULE and not obj.__name__.startswith("_"):
+            return None
+        return NEVER_BUILT
+    if not inspect.isclass(obj) or not _under(home, ("mtlrun", "torch")) or not issubclass(obj, _shipped_bases()):
+        return NEVER_BUILT
+    return None
+
+
+def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -> None:
+    """Refuse (exit 2) a checkpoint config naming code that is not shipped or trusted; builds nothing.
+
+    `trusted`: module prefixes from the user's own command line or config (never from the checkpoint).
+    `source`: how the user named the checkpoint, e.g. "checkpoint=runs/x/best.pt", for the message.
+    """
+    if not isinstance(config, dict):
+        raise UsageError(f"{source}: the checkpoint's config is not a mapping")
+    trusted = [str(p).rstrip(".") for p in trusted]
+    problems = [f"{key}={value!r}: a checkpoint's config is stored resolved; interpolations are refused"
+                for key, value in interpolations(config)]
+    for key, target in targets(config):
+        if not isinstance(target, str) or not target.replace(".", "").replace("_", "").isalnum():
+            problems.append(f"{key}._target_={target!r}: not a dotted Python name")
+            continue
+        if _under(target.rpartition(".")[0], trusted):
+            continue
+        why = _why_not_shipped(target)
+        if why is None:
+            continue
+        if _under(target, ("mtlrun", "torch")):  # trusting mtlrun or torch wholesale is never the fix
+            problems.append(f"{key}._target_={target}: {why}")
+        else:
+            module = target.split(".")[0]
+            problems.append(f"{key}._target_={target}: {why}; if you trust the checkpoint's author, "
+                            f"add trusted_targets=[{module}]")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise UsageError(f"{source}: refused: the checkpoint's config names code that mtlrun does not build "
+                         f"from a checkpoint; nothing was built or run ({len(problems)} problem(s)):\n{lines}")
