@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir
 from mtlrun.data.loading import to_device, train_loader
-from mtlrun.engine.distributed import DistInfo
+from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

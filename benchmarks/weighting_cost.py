@@ -32,7 +32,7 @@ from mtlrun.config import build, config_dir
 from mtlrun.data.base import TargetInfo
 from mtlrun.data.loading import to_device
 from mtlrun.data.multidigits import MultiDigits
-from mtlrun.engine.distributed import DistInfo
+from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
 from mtlrun.models.encoders.image import SmallCNN
 from mtlrun.models.sharing.hps import HardParameterSharing

@@ -64,7 +64,7 @@ def usage() -> str:
 
 def _start_time() -> datetime:
     """One timestamp for the run dir, shared by all DDP ranks so they write to the same directory."""
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
 
     distributed.init_if_launched()
     return distributed.broadcast_object(datetime.now())
@@ -89,7 +89,8 @@ def _lock_explicit_run_dir(overrides: list[str]) -> bool:
     A run dir made from the date is locked when the job starts (_locked), as is each job dir of a sweep."""
     from pathlib import Path
 
-    from mtlrun.engine import distributed, rundir
+    from mtlrun import distributed
+    from mtlrun.engine import rundir
     from mtlrun.errors import UsageError
 
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from mtlrun import sweep
     from mtlrun.config import config_dir
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
 
     if command == "train":
         overrides = _resume_in_place(overrides)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
 def _exit_distributed(code) -> None:
     """Leave the process group together and exit without interpreter teardown: gloo's threads can abort
     the process at exit ("terminate called without an active exception") after all work is done."""
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
 
     try:
         distributed.barrier()

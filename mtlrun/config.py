@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlrun import schema
 from mtlrun.errors import ConfigError, MtlrunError, UsageError
-from mtlrun.schema import is_int, is_number
+from mtlrun.checks import is_int, is_number
 
 log = logging.getLogger("mtlrun")
 

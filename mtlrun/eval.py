@@ -16,7 +16,8 @@ from mtlrun.build import build_components
 from mtlrun.config import apply_overrides, validate_eval
 from mtlrun.data.base import SPLITS
 from mtlrun.data.corruption import PROBABILITY_NOISES, corrupt, noises_for
-from mtlrun.engine import checkpoint, distributed
+from mtlrun import distributed
+from mtlrun.engine import checkpoint
 from mtlrun.engine.device import resolve_device
 from mtlrun.engine.evaluate import evaluate_split
 from mtlrun.engine.plots import plot_robustness

@@ -12,12 +12,13 @@ metadata says what is valid. `check(node, Schema, prefix)` lists every problem a
 """
 
 import difflib
-import math
 import operator
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Optional, Union, get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from mtlrun.checks import is_int, is_number
 
 PRECISIONS = ("32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -102,15 +103,6 @@ class Data:
     n_train: int = setting(None, "training samples", ge=1)
     n_val: int = setting(None, "validation samples", ge=1)
     n_test: int = setting(None, "test samples", ge=1)
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v) -> bool:
-    """A finite int or float (Hydra turns `nan` into float nan and `abc` into a string)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _limit(v) -> str | None:

@@ -67,7 +67,7 @@ def run_job(fn, cfg):
     """Run one multirun job: its result, or None after recording its failure (an interrupt passes)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
     from mtlrun.engine.trainer import TrainingInterrupted
     from mtlrun.errors import MtlrunError
 
@@ -100,7 +100,7 @@ def run_job(fn, cfg):
 
 def _agree(outcome: JobOutcome) -> JobOutcome:
     """Under torchrun: the first failing rank's outcome on every rank (this one's without DDP)."""
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
 
     if not distributed.dist_info().enabled:
         return outcome
@@ -171,7 +171,7 @@ def finish(code) -> int | str | None:
     """After Hydra returns (or exits): print the summary when a job failed; the process's exit code.
 
     An exit that is already non-zero (an interrupt, a usage error before any job) keeps its code."""
-    from mtlrun.engine import distributed
+    from mtlrun import distributed
 
     outcomes = list(_outcomes)
     _outcomes.clear()

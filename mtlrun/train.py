@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtlrun import __version__
 from mtlrun.build import build_components
 from mtlrun.config import apply_overrides, build, validate_train
-from mtlrun.engine import checkpoint, distributed
+from mtlrun import distributed
+from mtlrun.engine import checkpoint
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads

@@ -17,7 +17,7 @@ from conftest import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir
 from mtlrun.data.loading import to_device
-from mtlrun.engine.distributed import DistInfo
+from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
 from mtlrun.errors import UsageError
 

@@ -491,7 +491,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir
-from mtlrun.engine import distributed
+from mtlrun import distributed
 from mtlrun.engine.trainer import Trainer
 
 info = distributed.init_if_launched()

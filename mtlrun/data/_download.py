@@ -14,13 +14,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from mtlrun.checks import is_int
 from mtlrun.errors import UsageError
 
 log = logging.getLogger("mtlrun")
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_limit(limit, problems: list[str]) -> None:
@@ -42,7 +39,7 @@ def fetch_if_missing(name: str, missing: Callable[[], list], fetch: Callable[[],
     nodes without shared storage: download once per node beforehand.) Any failure becomes a UsageError
     with `manual`, the steps to get the files by hand.
     """
-    from mtlrun.engine.distributed import broadcast_object, dist_info
+    from mtlrun.distributed import broadcast_object, dist_info
 
     if not broadcast_object(bool(missing())):
         return

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtlrun.data._download import UInt8ImageDataset, check_limit, fetch_if_missing, is_int, resolve_root
+from mtlrun.checks import is_int
+from mtlrun.data._download import UInt8ImageDataset, check_limit, fetch_if_missing, resolve_root
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo
 from mtlrun.errors import ConfigError, UsageError
 

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mtlrun.data._download import is_int, resolve_root
+from mtlrun.checks import is_int
+from mtlrun.data._download import resolve_root
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo
 from mtlrun.data.scenes import DenseDataset, image_size_pair
 from mtlrun.errors import ConfigError, UsageError

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo
+from mtlrun.checks import is_int, is_real
 from mtlrun.errors import ConfigError
 
 CLASSES = ("floor", "wall", "sphere", "box", "cylinder")
@@ -332,14 +333,14 @@ class DenseDataset(Dataset):
 
 def image_size_pair(value, key: str, problems: list[str]) -> tuple[int, int] | None:
     """`data.image_size`: an int (square) or [H, W]; appends a problem and returns None when invalid."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         items = [value, value]
     else:
         try:
             items = list(value)
         except TypeError:
             items = []
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in items):
+    if len(items) != 2 or not all(is_int(v) and v >= 8 for v in items):
         problems.append(f"{key}={value}: must be an integer >= 8 (a square image) or a list [height, width] of "
                         f"two such integers")
         return None
@@ -355,12 +356,6 @@ class Scenes(DataModule):
         super().__init__(**loader)
         problems: list[str] = []
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
         for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             if not is_int(value) or value < 1:
                 problems.append(f"data.{key}={value}: must be an integer >= 1 (scenes in that split)")
@@ -371,9 +366,9 @@ class Scenes(DataModule):
         elif max_shapes > 12:
             problems.append(f"data.max_shapes={max_shapes}: at most 12 (the room gets crowded, rendering slow)")
         for key, value in (("noise", noise), ("depth_noise", depth_noise)):
-            if not is_number(value) or value < 0:
+            if not is_real(value) or value < 0:
                 problems.append(f"data.{key}={value}: must be a number >= 0")
-        if not is_number(depth_dropout) or not 0 <= depth_dropout < 1:
+        if not is_real(depth_dropout) or not 0 <= depth_dropout < 1:
             problems.append(f"data.depth_dropout={depth_dropout}: must be a number in [0, 1) (the fraction of "
                             f"depth-sensor pixels without a reading)")
         if not isinstance(depth_sensor, bool):

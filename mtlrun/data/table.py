@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from mtlrun.config import RESERVED_TASK_KEYS
+from mtlrun.checks import is_int, is_real
 from mtlrun.data import media
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo
 from mtlrun.data.text import LEVELS, Tokenizer
@@ -105,14 +106,6 @@ def _plain(value):
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Problems:
@@ -308,7 +301,7 @@ def _canon(value) -> tuple[str | None, object]:
         return None, None
     if isinstance(value, bool):
         return "boolean", value
-    if _is_number(value):
+    if is_real(value):
         value = float(value)
         if not math.isfinite(value):
             return "text", str(value)
@@ -331,7 +324,7 @@ def _means(flag: bool, label) -> bool:
     """Whether a label (a canonical cell value) reads as the boolean `flag`: yes / True / 1 / y for True."""
     if isinstance(label, bool):
         return label == flag
-    if _is_number(label):
+    if is_real(label):
         return label == int(flag)
     return isinstance(label, str) and label.strip().lower() in BOOLEAN_WORDS[flag]
 
@@ -362,7 +355,7 @@ def _labels(manifest: Manifest, column: str, problems: _Problems) -> list | None
 
 def _sorted_labels(labels) -> list:
     """Deterministic order: numbers numerically, texts alphabetically, false before true."""
-    return sorted(set(labels), key=lambda v: (type(v).__name__ if not _is_number(v) else "", v))
+    return sorted(set(labels), key=lambda v: (type(v).__name__ if not is_real(v) else "", v))
 
 
 def _numbers(manifest: Manifest, column: str, key: str, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
@@ -465,7 +458,7 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
             problems.append(f"{key}.{option}={o[option]!r}: {what}")
 
     def is_size(v):
-        return v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s >= 1 for s in v))
+        return v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(s) and s >= 1 for s in v))
 
     def is_column(v):
         return isinstance(v, str) and v.strip() != ""
@@ -478,9 +471,9 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
         for option in ("mean", "std"):
             v = o[option]
             ok = v is None or (isinstance(v, (list, tuple)) and len(v) in (1, o["channels"])
-                               and all(_is_number(x) for x in v))
+                               and all(is_real(x) for x in v))
             need(ok, option, "must be null or a list of 1 or `channels` numbers")
-        if isinstance(o["std"], (list, tuple)) and any(_is_number(x) and x <= 0 for x in o["std"]):
+        if isinstance(o["std"], (list, tuple)) and any(is_real(x) and x <= 0 for x in o["std"]):
             problems.append(f"{key}.std={o['std']}: every value must be > 0")
     elif f.type == "text":
         try:
@@ -488,8 +481,8 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
         except (TypeError, ValueError) as exc:
             problems.append(f"{key}: {exc} (levels: {', '.join(LEVELS)})")
     elif f.type == "audio":
-        need(_is_int(o["sample_rate"]) and o["sample_rate"] >= 1, "sample_rate", "must be an integer >= 1 (Hz)")
-        need(_is_int(o["num_samples"]) and o["num_samples"] >= 1, "num_samples",
+        need(is_int(o["sample_rate"]) and o["sample_rate"] >= 1, "sample_rate", "must be an integer >= 1 (Hz)")
+        need(is_int(o["num_samples"]) and o["num_samples"] >= 1, "num_samples",
              "must be an integer >= 1 (clips are cut or zero-padded to it)")
     elif f.type == "tabular":
         for option in ("numeric", "categorical"):
@@ -516,12 +509,12 @@ def _check_options(f: FieldSpec, problems: list[str]) -> None:
         need(isinstance(o["standardize"], bool), "standardize",
              "must be true (targets as (value - train mean) / train std) or false (raw values)")
     elif f.type == "segmentation":
-        need(_is_int(o["num_classes"]) and o["num_classes"] >= 2, "num_classes", "must be an integer >= 2")
-        need(o["ignore_index"] is None or (_is_int(o["ignore_index"]) and o["ignore_index"] >= 0), "ignore_index",
+        need(is_int(o["num_classes"]) and o["num_classes"] >= 2, "num_classes", "must be an integer >= 2")
+        need(o["ignore_index"] is None or (is_int(o["ignore_index"]) and o["ignore_index"] >= 0), "ignore_index",
              "must be null or the pixel value (>= 0) that marks ignored pixels (255 by default)")
         need(is_size(o["size"]), "size", "must be null (the image input's size) or [H, W] of ints >= 1")
     elif f.type == "depth":
-        need(_is_number(o["png_scale"]) and o["png_scale"] > 0, "png_scale",
+        need(is_real(o["png_scale"]) and o["png_scale"] > 0, "png_scale",
              "must be a number > 0 (16-bit PNG value x png_scale = depth; 0.001: millimetres to metres)")
         need(is_size(o["size"]), "size", "must be null (the image input's size) or [H, W] of ints >= 1")
 
@@ -542,11 +535,11 @@ def _parse_split(split, problems: list[str]) -> dict:
             problems.append(f"data.split.column={split['column']!r}: must be a column name")
         return split
     ratios, seed = split["ratios"], split.get("seed", 0)
-    if not isinstance(ratios, (list, tuple)) or len(ratios) != 3 or not all(_is_number(r) and r >= 0 for r in ratios) \
+    if not isinstance(ratios, (list, tuple)) or len(ratios) != 3 or not all(is_real(r) and r >= 0 for r in ratios) \
             or not all(r > 0 for r in ratios):
         problems.append(f"data.split.ratios={ratios!r}: must be three numbers > 0 (train, val, test), e.g. "
                         f"[0.8, 0.1, 0.1]; they are normalised to sum to 1")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         problems.append(f"data.split.seed={seed!r}: must be an integer >= 0")
     return {"ratios": ratios, "seed": seed}
 
@@ -852,7 +845,7 @@ def _parse_augment(node, problems: list[str]) -> Augment:
         problems.append(f"data.augment.hflip={hflip!r}: must be true or false")
         hflip = False
     if scale is not None:
-        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(_is_number(s) for s in scale)
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(is_real(s) for s in scale)
                 and 0 < scale[0] <= scale[1] <= 1):
             problems.append(f"data.augment.crop_scale={scale!r}: must be null or [lo, hi] with 0 < lo <= hi <= 1 "
                             f"(the fraction of the area a random crop keeps)")
@@ -1074,7 +1067,7 @@ class _Builder:
                                   group=("kind", f.key))
             sets.append({v for kind, v in canon if kind in ("number", "text", "boolean")})
             present[row] = True
-        kinds = {type(v).__name__ if not _is_number(v) else "number" for s in sets if s for v in s}
+        kinds = {type(v).__name__ if not is_real(v) else "number" for s in sets if s for v in s}
         if len(kinds) > 1:
             self.problems.add(f"{m.path}, column '{f.column}': mixed types: labels of kinds "
                               f"{', '.join(sorted(kinds))}; a label column holds only numbers or only texts",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mtlrun.data.loading import eval_loader, to_device
-from mtlrun.engine import distributed
+from mtlrun import distributed
 from mtlrun.engine.device import autocast
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from mtlrun.engine import distributed
+from mtlrun import distributed
 from mtlrun.errors import UsageError
 
 try:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from mtlrun import __version__
 from mtlrun.data.loading import eval_loader, to_device, train_loader
 from mtlrun.data.modality import drop_modalities
-from mtlrun.engine import checkpoint, distributed
+from mtlrun import distributed
+from mtlrun.engine import checkpoint
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.records import write_metrics_csv

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_dropout, check_range
+from mtlrun.checks import check_dropout, check_range, is_int
 from mtlrun.models.encoders.base import Encoded
 
 # Tensor fusion's outer product has (rank_dim + 1) ** M features: refuse sizes whose output layer alone
@@ -40,10 +40,6 @@ _MAX_TENSOR_FEATURES = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------ checks
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _int_option(key: str, value, minimum: int = 1) -> int:
     return check_range(f"fusion.{key}", value, minimum)
@@ -136,7 +132,7 @@ class Fusion(nn.Module):
         self.dims, self.token_dims = dict(dims), dict(token_dims)
         self.dim = _int_option("dim", dim)
         if isinstance(trunk, (str, bytes)) or not isinstance(trunk, Sequence) \
-                or not all(_is_int(w) and w > 0 for w in trunk):
+                or not all(is_int(w) and w > 0 for w in trunk):
             raise UsageError(f"fusion.trunk={trunk!r}: must be a list of positive layer widths (the MLP after "
                              f"the fusion), e.g. fusion.trunk=[256]; [] = none")
         self.trunk = tuple(int(w) for w in trunk)

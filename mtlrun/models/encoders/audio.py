@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_dropout, check_range, check_widths
+from mtlrun.checks import check_dropout, check_range, check_widths
 from mtlrun.models.encoders.base import StagedEncoder
 
 _KEY = "backbone.audio"

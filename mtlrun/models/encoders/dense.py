@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_range, check_widths
+from mtlrun.checks import check_range, check_widths
 from mtlrun.models.encoders.base import Encoded, StagedEncoder
 from mtlrun.models.encoders.image import ResNet
 

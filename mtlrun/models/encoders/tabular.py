@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrun.checks import check_range, is_int
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_range
 from mtlrun.models.encoders.base import Encoded, Encoder
 
 _KEY = "backbone.tabular"
@@ -43,7 +43,7 @@ class TabularMLP(Encoder):
         super().__init__()
         cardinalities = tuple(cardinalities or ())
         if not isinstance(num_numeric, int) or isinstance(num_numeric, bool) or num_numeric < 0 \
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cardinalities):
+                or not all(is_int(c) and c >= 1 for c in cardinalities):
             raise UsageError(f"the tabular data gives num_numeric={num_numeric}, cardinalities={list(cardinalities)}; "
                              f"a tabular encoder needs an integer >= 0 and a list of integers >= 1")
         if num_numeric == 0 and not cardinalities:
@@ -54,7 +54,7 @@ class TabularMLP(Encoder):
             hidden = tuple(hidden or ())
         except TypeError:
             hidden = (hidden,)
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        if not all(is_int(h) and h >= 1 for h in hidden):
             raise UsageError(f"{_KEY}.hidden={list(hidden)}: must be a list of positive integers (the widths of "
                              f"the hidden layers; [] for none)")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_dropout, check_range
+from mtlrun.checks import check_dropout, check_range
 from mtlrun.models.encoders.base import Encoded, Encoder
 
 _KEY = "backbone.text"

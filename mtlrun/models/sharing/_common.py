@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.models.checks import check_range  # noqa: F401 (re-exported for the archs)
+from mtlrun.checks import check_range  # noqa: F401 (re-exported for the archs)
 from mtlrun.models.heads import make_heads  # noqa: F401 (re-exported for the archs)
 
 _STAGE_API = ("stages", "stage_channels", "in_channels", "project", "out_dim")

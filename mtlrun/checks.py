@@ -1,13 +1,33 @@
-"""Option checks shared by encoders, fusions and sharing architectures: each raises a UsageError that
-names the config key (e.g. `backbone.audio.kernel`) and says what is valid."""
+"""Value checks shared by every layer (the bottom one: it imports only mtlrun.errors).
+
+`is_int` / `is_real` / `is_number` answer a question (Hydra hands `true` over as a bool, which Python counts
+as an int, `nan` as float nan and `abc` as a string); the `check_*` helpers raise a UsageError that names
+the config key (e.g. `backbone.audio.kernel`) and says what is valid.
+"""
 
 from __future__ import annotations
+
+import math
 
 from mtlrun.errors import UsageError
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An int or a float, NaN and inf included (bools excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float."""
+    return is_real(value) and math.isfinite(value)
+
+
 def check_range(key: str, value, low: int, high: int | None = None, why: str = "") -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+    if not is_int(value) or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise UsageError(f"{key}={value}: must be an integer {bound}{why}")
     return value
@@ -25,6 +45,6 @@ def check_widths(key: str, values, example: str = "[16, 32, 64]") -> tuple[int, 
         widths = tuple(values)
     except TypeError:
         widths = ()
-    if not widths or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in widths):
+    if not widths or not all(is_int(c) and c >= 1 for c in widths):
         raise UsageError(f"{key}={values}: must be a non-empty list of positive integers, e.g. {example}")
     return widths
