@@ -17,6 +17,9 @@ from mtlrun.errors import UsageError, WriteError
 
 FORMAT = 1
 REQUIRED = ("mtlrun_version", "format", "config", "model")
+# `_target_`s that moved since a checkpoint was written: old dotted name -> new one. A checkpoint's config
+# is rewritten with them when it is loaded, so runs of earlier mtlrun versions still evaluate and resume.
+RENAMED_TARGETS: dict[str, str] = {}
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
@@ -75,7 +78,21 @@ def load(path: str | os.PathLike, key: str = "checkpoint") -> dict:
     if state["format"] > FORMAT:
         raise UsageError(f"{key}={path}: written by mtlrun {state['mtlrun_version']} in checkpoint format "
                          f"{state['format']}; this mtlrun reads format <= {FORMAT}. Upgrade mtlrun")
+    state["config"] = rename_targets(state["config"])
     return state
+
+
+def rename_targets(node):
+    """A copy of a plain config container with every moved `_target_` given its current name."""
+    if isinstance(node, dict):
+        out = {k: rename_targets(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str) and target in RENAMED_TARGETS:
+            out["_target_"] = RENAMED_TARGETS[target]
+        return out
+    if isinstance(node, list):
+        return [rename_targets(v) for v in node]
+    return node
 
 
 def rng_state() -> dict:
