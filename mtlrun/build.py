@@ -97,7 +97,8 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
         return arch(make_encoder=lambda: build_encoder(cfg, modality, info), tasks=tasks, modality=modality)
 
     fusion_node = cfg.fusion
-    if issubclass(_target_class(fusion_node, "fusion"), MultiTaskModel):  # late fusion of predictions
+    # a late fusion declares it (mtlrun.models.fusion.base): it gets whole models, not encodings
+    if getattr(_target_class(fusion_node, "fusion"), "combines_predictions", False):
         models = {m: arch(make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info), tasks=tasks, modality=m)
                   for m, info in modalities.items()}
         return build(fusion_node, "fusion", models=models, tasks=tasks)

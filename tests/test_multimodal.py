@@ -28,7 +28,8 @@ from mtlrun.data.modality import drop_modalities
 from mtlrun.data.multidigits import _source_pools
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.image import SmallCNN
-from mtlrun.models.multimodal import FusedEncoder, LateFusion
+from mtlrun.models.fusion.late import LateFusion
+from mtlrun.models.multimodal import FusedEncoder
 
 MODALITIES = ("image", "audio", "text", "tabular")  # the data's order
 COMBOS = [c for k in (2, 3, 4) for c in itertools.combinations(MODALITIES, k)]

@@ -19,7 +19,10 @@ FORMAT = 1
 REQUIRED = ("mtlrun_version", "format", "config", "model")
 # `_target_`s that moved since a checkpoint was written: old dotted name -> new one. A checkpoint's config
 # is rewritten with them when it is loaded, so runs of earlier mtlrun versions still evaluate and resume.
-RENAMED_TARGETS: dict[str, str] = {}
+RENAMED_TARGETS: dict[str, str] = {
+    # models/fusion.py, split into the package models/fusion/ (one file per fusion); late fusion moved there
+    "mtlrun.models.multimodal.LateFusion": "mtlrun.models.fusion.late.LateFusion",
+}
 
 
 def save(path: str | os.PathLike, state: dict) -> None:

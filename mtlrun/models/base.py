@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class MultiModalInput(NamedTuple):
+    """What a model with several modalities hands its encoder (a FusedEncoder): inputs and modality mask."""
+
+    inputs: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor] | None  # {modality: BoolTensor[B]}; a modality not in it is present
 
 
 class MultiTaskModel(nn.Module):
@@ -37,8 +45,6 @@ class MultiTaskModel(nn.Module):
     def encoder_input(self, inputs: dict[str, torch.Tensor], modality_mask: dict[str, torch.Tensor] | None):
         if self.modality is not None:
             return inputs[self.modality]
-        from mtlrun.models.multimodal import MultiModalInput
-
         return MultiModalInput(inputs, modality_mask)
 
     def regularizer(self) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""Several modalities in one model: per-modality encoders + a fusion, or late fusion of predictions.
+"""Several modalities in one model: per-modality encoders + a feature fusion, as one encoder.
 
 `FusedEncoder` is what a sharing architecture gets from `make_encoder()` when the data has several
 modalities: it reads a `MultiModalInput` (the inputs and the modality mask), encodes each modality with
@@ -8,26 +8,18 @@ trunk (`fusion.trunk`). It offers the stage API of mtlrun.models.encoders.base.S
 carried as [B, C, 1, 1] feature maps, the layout the stage-wise architectures work on (a 1 x 1
 convolution on them is a linear layer on the fused vector).
 
-`LateFusion` (`fusion=late`) instead builds one complete multi-task model per modality (each with the
-chosen `arch`) and combines their predictions per task: a mean over the modalities a sample has, or
-learned per-task modality weights renormalised over the present ones. A missing modality never votes.
+Late fusion (`fusion=late`, mtlrun.models.fusion.late.LateFusion) needs none of this: it builds one
+complete multi-task model per modality and combines their predictions.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from mtlrun.data.modality import full_mask
-from mtlrun.models.base import MultiTaskModel
+from mtlrun.models.base import MultiModalInput
 from mtlrun.models.encoders.base import StagedEncoder
-
-
-class MultiModalInput(NamedTuple):
-    inputs: dict[str, torch.Tensor]
-    mask: dict[str, torch.Tensor] | None  # {modality: BoolTensor[B]}; a modality not in it is present
 
 
 class EncodeAndFuse(nn.Module):
@@ -75,65 +67,3 @@ class FusedEncoder(StagedEncoder):
     @property
     def fusion(self) -> nn.Module:
         return self.stages[0].fusion
-
-
-class LateFusion(MultiTaskModel):
-    """One multi-task model per modality; per task, predictions are combined over present modalities.
-
-    `combine=mean` averages the predictions (logits for classification tasks, i.e. a product of the
-    modalities' class distributions up to normalisation); `combine=learned` learns a logit per task and
-    modality, softmax-normalised over the modalities a sample has. Each modality's model has its own
-    shared parameters; the combination weights of task t are task t's own.
-    """
-
-    def __init__(self, models: dict[str, MultiTaskModel], tasks: dict, combine: str = "mean"):
-        super().__init__()
-        from mtlrun.errors import UsageError
-
-        if combine not in ("mean", "learned"):
-            raise UsageError(f"fusion.combine={combine}: valid: mean, learned")
-        self.models = nn.ModuleDict(models)
-        self.modalities = list(models)
-        self.combine = combine
-        self.has_shared_representation = all(m.has_shared_representation for m in models.values())
-        self.heads = nn.ModuleDict({t: _TaskCombiner(len(models), combine == "learned") for t in tasks})
-
-    def task_modules(self, task):
-        return [self.heads[task]] + [m for model in self.models.values() for m in model.task_modules(task)]
-
-    def regularizer(self):
-        terms = [r for r in (model.regularizer() for model in self.models.values()) if r is not None]
-        return torch.stack(terms).sum() if terms else None
-
-    def forward(self, inputs, return_shared=False, modality_mask=None):
-        mask = full_mask(inputs, modality_mask, self.modalities)
-        outputs = [model(inputs, return_shared=return_shared) for model in self.models.values()]
-        preds_by_modality = [o[0] if return_shared else o for o in outputs]
-        present = torch.stack([mask[m] for m in self.modalities], dim=1)  # [B, M]
-        preds = {t: head(present, [p[t] for p in preds_by_modality]) for t, head in self.heads.items()}
-        if not return_shared:
-            return preds
-        if not self.has_shared_representation:
-            return preds, None
-        shared = []
-        for _, s in outputs:
-            shared.extend(s if isinstance(s, list) else [s])
-        return preds, shared
-
-
-class _TaskCombiner(nn.Module):
-    def __init__(self, num_modalities: int, learned: bool):
-        super().__init__()
-        if learned:
-            self.logits = nn.Parameter(torch.zeros(num_modalities))
-        else:  # a buffer, not a frozen parameter: gradient methods only ever see trainable parameters
-            self.register_buffer("logits", torch.zeros(num_modalities))
-
-    def forward(self, present: torch.Tensor, preds: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(preds, dim=1)  # [B, M, ...]
-        # a large negative logit rather than -inf keeps a sample with no modality finite (all weights 0)
-        logits = self.logits.float().expand_as(present).masked_fill(~present, -1e4)
-        weights = torch.softmax(logits, dim=1) * present
-        shape = (*weights.shape, *[1] * (stacked.dim() - 2))
-        # where(), not a product: a missing modality's prediction must not leak in even if it is NaN
-        return torch.where(present.view(shape), weights.view(shape).to(stacked.dtype) * stacked, 0).sum(1)
