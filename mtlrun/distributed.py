@@ -59,6 +59,11 @@ def gather_objects(obj) -> list:
     return out
 
 
+def world_size() -> int:
+    """How many processes train together (1 without DDP)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def all_reduce_(tensors: list[torch.Tensor], op=None) -> None:
     if dist.is_initialized():
         for t in tensors:

@@ -47,6 +47,7 @@ from torchjd import aggregation
 from torchjd.autojac import jac, mtl_backward
 from torchjd.linalg import QuadprogProjector
 
+from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import _graph
 from mtlrun.weighting.base import (
@@ -86,10 +87,6 @@ def _chunk_size(tensors: list[torch.Tensor]) -> int | None:
     """
     fast = all(t.device.type == "cuda" and t.dtype in (torch.float32, torch.float64) for t in tensors)
     return None if fast else 1
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class GradientAggregation(Weighting):
@@ -222,9 +219,9 @@ class GradientAggregation(Weighting):
         if not isinstance(self.aggregator, aggregation.WeightedAggregator):
             return self._combine_matrix(blocks)
         gramian = sum(b.flatten(1).float() @ b.flatten(1).float().T for b in blocks)
-        if whole_batch and _distributed():  # representation level: the Gramian of the global batch
-            torch.distributed.all_reduce(gramian)
-            gramian = gramian / torch.distributed.get_world_size() ** 2
+        if whole_batch and distributed.world_size() > 1:  # representation level: the global batch's Gramian
+            distributed.all_reduce_([gramian])
+            gramian = gramian / distributed.world_size() ** 2
         self.weights = self._weights(gramian / (s * s))
         return [torch.tensordot(self.weights.to(b.dtype), b, dims=1) for b in blocks]
 

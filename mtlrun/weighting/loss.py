@@ -17,17 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting.base import Weighting, refuse_grad_on
 
 _TINY = 1e-12
-
-
-def _all_reduce_mean_(tensor: torch.Tensor) -> None:
-    """Average a small state tensor over DDP ranks, so every rank keeps the same weights."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-        tensor /= torch.distributed.get_world_size()
 
 
 class LossWeighting(Weighting):
@@ -181,7 +175,9 @@ class DynamicWeightAverage(LossWeighting):
     def on_epoch_end(self, train_losses):
         means = torch.tensor([float(train_losses[t]) for t in self.task_names],
                              device=self.loss_history.device)
-        _all_reduce_mean_(means)  # the same history, so the same weights, on every DDP rank
+        if distributed.world_size() > 1:  # the same history, so the same weights, on every DDP rank
+            distributed.all_reduce_([means])
+            means /= distributed.world_size()
         self.loss_history.copy_(torch.stack([self.loss_history[1], means]))
         self.epochs_seen += 1
         if int(self.epochs_seen) >= 2:  # once per epoch, outside the step
@@ -239,10 +235,9 @@ class FAMO(LossWeighting):
         before = torch.log((self.previous_losses - self.min_loss).clamp_min(0) + self.eps)
         after = torch.log((losses - self.min_loss).clamp_min(0) + self.eps)
         delta = torch.where(both, before - after, torch.zeros_like(after))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            counts = both.float()
-            stacked = torch.stack([delta, counts])
-            torch.distributed.all_reduce(stacked)
+        if distributed.world_size() > 1:  # the mean decrease over the ranks that have the pair
+            stacked = torch.stack([delta, both.float()])
+            distributed.all_reduce_([stacked])
             delta, both = stacked[0] / stacked[1].clamp_min(1), stacked[1] > 0
         z = self._masked_softmax(both)
         grad = z * (delta - (z * delta).sum())  # (d softmax / d logits)^T delta
