@@ -26,7 +26,6 @@ from mtlrun.config import build, config_dir, config_groups
 from mtlrun.data.loading import train_loader
 from mtlrun.errors import UsageError
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.weighting import gradient
 
 # torchjd's NashMTL, called directly here for reference: cvxpy's notes on its problem (G w = [0, 1] at
 # the start of the hand-made problem makes its linearisation divide by zero, which it survives)
@@ -454,7 +453,7 @@ def test_an_aggregator_that_fails_to_import_names_the_pip_command(monkeypatch):
     def broken(**kw):
         raise ImportError("CAGradWeighting requires ['clarabel'] to be installed")
 
-    monkeypatch.setattr(gradient.aggregation, "CAGrad", broken)
+    monkeypatch.setattr(aggregation, "CAGrad", broken)
     with pytest.raises(UsageError, match=r'weighting=cagrad: .*clarabel.* pip install "mtlrun\[solvers\]"'):
         build_components(compose_train("weighting=cagrad"))
 

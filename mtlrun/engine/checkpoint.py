@@ -22,6 +22,25 @@ REQUIRED = ("mtlrun_version", "format", "config", "model")
 RENAMED_TARGETS: dict[str, str] = {
     # models/fusion.py, split into the package models/fusion/ (one file per fusion); late fusion moved there
     "mtlrun.models.multimodal.LateFusion": "mtlrun.models.fusion.late.LateFusion",
+    # weighting/gradient.py and weighting/loss.py, split into one file per method
+    "mtlrun.weighting.gradient.AlignedMTL": "mtlrun.weighting.aligned_mtl.AlignedMTL",
+    "mtlrun.weighting.gradient.CAGrad": "mtlrun.weighting.cagrad.CAGrad",
+    "mtlrun.weighting.gradient.ConFIG": "mtlrun.weighting.config.ConFIG",
+    "mtlrun.weighting.gradient.DualProj": "mtlrun.weighting.dualproj.DualProj",
+    "mtlrun.weighting.gradient.FairGrad": "mtlrun.weighting.fairgrad.FairGrad",
+    "mtlrun.weighting.gradient.GradDrop": "mtlrun.weighting.graddrop.GradDrop",
+    "mtlrun.weighting.gradient.GradVac": "mtlrun.weighting.gradvac.GradVac",
+    "mtlrun.weighting.gradient.IMTLG": "mtlrun.weighting.imtl_g.IMTLG",
+    "mtlrun.weighting.gradient.MGDA": "mtlrun.weighting.mgda.MGDA",
+    "mtlrun.weighting.gradient.NashMTL": "mtlrun.weighting.nash_mtl.NashMTL",
+    "mtlrun.weighting.gradient.PCGrad": "mtlrun.weighting.pcgrad.PCGrad",
+    "mtlrun.weighting.gradient.UPGrad": "mtlrun.weighting.upgrad.UPGrad",
+    "mtlrun.weighting.loss.DynamicWeightAverage": "mtlrun.weighting.dwa.DynamicWeightAverage",
+    "mtlrun.weighting.loss.FAMO": "mtlrun.weighting.famo.FAMO",
+    "mtlrun.weighting.loss.GeometricLossStrategy": "mtlrun.weighting.gls.GeometricLossStrategy",
+    "mtlrun.weighting.loss.IMTLL": "mtlrun.weighting.imtl_l.IMTLL",
+    "mtlrun.weighting.loss.RandomLossWeighting": "mtlrun.weighting.rlw.RandomLossWeighting",
+    "mtlrun.weighting.loss.UncertaintyWeighting": "mtlrun.weighting.uw.UncertaintyWeighting",
 }
 
 

@@ -1,10 +1,11 @@
 """Weighting: turns {task: loss} into gradients on the parameters. The only place that calls backward.
 
-Two families share this interface:
+One file per method, named as its YAML (configs/weighting/upgrad.yaml -> upgrad.py), on one of two bases:
 - loss level (static, uw, dwa, gradnorm, rlw, gls, imtl_l, famo): one backward of a scalar objective
-  built from the losses (`LossWeighting` in loss.py, GradNorm in gradnorm.py);
+  built from the losses (`LossWeighting` in loss_base.py; static and GradNorm subclass `Weighting`);
 - gradient level (mgda, pcgrad, upgrad, ...): per-task gradients, combined by a torchjd aggregator
-  (gradient.py), with respect to the shared parameters or the shared representation (`grad_on`).
+  (`GradientAggregation` in gradient_base.py), with respect to the shared parameters or the shared
+  representation (`grad_on`).
 
 Partial labels: a task without any labelled sample in the batch has a loss of exactly 0 (see tasks.py).
 Every weighting treats such a task as absent for that step: it gets no gradient, moves no learned state,
@@ -59,19 +60,24 @@ class Weighting(nn.Module):
     def on_epoch_end(self, train_losses: dict[str, float]) -> None:
         """Mean training loss per task of the epoch that ended (loss-history methods such as DWA use it)."""
 
+    @classmethod
+    def method_name(cls) -> str:
+        """The name messages give the method, as in `weighting=upgrad`: that of the module defining the
+        class, which is that of its YAML (one file per method). The one place the name is derived."""
+        return cls.__module__.rpartition(".")[2]
 
-def refuse_grad_on(method: str, grad_on) -> None:
-    """Loss-level methods backpropagate one weighted loss: `weighting.grad_on` has no meaning for them."""
-    if grad_on is not None:
-        raise UsageError(f"weighting.grad_on={grad_on}: weighting={method} is loss-level (one backward of a "
-                         f"weighted sum of the losses) and takes no grad_on; it applies to gradnorm and to "
-                         f"the gradient-level methods (mgda, pcgrad, upgrad, ...). Leave it null")
+    def refuse_grad_on(self, grad_on) -> None:
+        """Loss-level methods backpropagate one weighted loss: `weighting.grad_on` has no meaning for them."""
+        if grad_on is not None:
+            raise UsageError(f"weighting.grad_on={grad_on}: weighting={self.method_name()} is loss-level (one "
+                             f"backward of a weighted sum of the losses) and takes no grad_on; it applies to "
+                             f"gradnorm and to the gradient-level methods (mgda, pcgrad, upgrad, ...). Leave it null")
 
-
-def check_grad_on(method: str, grad_on, allowed: tuple[str, ...] = GRAD_ON) -> str:
-    if grad_on not in allowed:
-        raise UsageError(f"weighting.grad_on={grad_on}: valid for weighting={method}: {', '.join(allowed)}")
-    return str(grad_on)
+    def check_grad_on(self, grad_on, allowed: tuple[str, ...] = GRAD_ON) -> str:
+        if grad_on not in allowed:
+            raise UsageError(f"weighting.grad_on={grad_on}: valid for weighting={self.method_name()}: "
+                             f"{', '.join(allowed)}")
+        return str(grad_on)
 
 
 def as_tensor_list(shared) -> list[torch.Tensor]:

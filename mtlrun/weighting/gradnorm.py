@@ -1,4 +1,7 @@
-"""GradNorm (Chen et al. 2018): learned loss weights that balance the tasks' gradient norms.
+"""GradNorm: Z. Chen, V. Badrinarayanan, C.-Y. Lee & A. Rabinovich, "GradNorm: Gradient Normalization for
+Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018.
+
+Learned loss weights that balance the tasks' gradient norms.
 
 Each step, with w the weights (renormalised to sum to T before use), G_k = w_k ||grad_W L_k||,
 r_k = (L_k / L_k(0)) / mean_j (L_j / L_j(0)) and target_k = mean_j G_j * r_k^alpha (a constant), the
@@ -22,14 +25,14 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.weighting import _graph
-from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list, check_grad_on
+from mtlrun.weighting import graph
+from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list
 
 
 class GradNorm(Weighting):
     def __init__(self, alpha: float = 1.5, grad_on: str = "parameters"):
         super().__init__()
-        self.grad_on = check_grad_on("gradnorm", grad_on)
+        self.grad_on = self.check_grad_on(grad_on)
         if not alpha >= 0:
             raise UsageError(f"weighting.alpha={alpha}: must be >= 0 (1.5 by default, as in the paper on NYUv2)")
         self.alpha = float(alpha)
@@ -55,22 +58,22 @@ class GradNorm(Weighting):
         if self.grad_on == "representation":
             inputs = as_tensor_list(shared)
             if not inputs:
-                raise UsageError("weighting=gradnorm grad_on=representation: the model returned no shared "
-                                 "representation (shared=None); use weighting.grad_on=parameters")
+                raise UsageError(f"weighting={self.method_name()} grad_on=representation: the model returned no "
+                                 f"shared representation (shared=None); use weighting.grad_on=parameters")
             return [inputs] * len(losses)
         if self.layers is None:
             model = self.model[0]
             if self.shared_params:
-                layer = _graph.nearest_layer(losses, model, self.shared_params)
+                layer = graph.nearest_layer(losses, model, self.shared_params)
                 self.layers = [layer] * len(losses) if layer else []
             else:
                 heads = {name: {id(p) for p in model.heads[name].parameters()} for name in self.task_names}
-                self.layers = [_graph.nearest_layer([loss], model, [p for p in model.parameters()
+                self.layers = [graph.nearest_layer([loss], model, [p for p in model.parameters()
                                                                     if id(p) not in heads[name]])
                                for loss, name in zip(losses, self.task_names)]
             if not self.layers or not all(self.layers):
-                raise UsageError(f"weighting=gradnorm: no Linear/Conv weight of {architecture_name(model)} below "
-                                 f"the task heads is reached from the task losses; use "
+                raise UsageError(f"weighting={self.method_name()}: no Linear/Conv weight of {architecture_name(model)} "
+                                 f"below the task heads is reached from the task losses; use "
                                  f"weighting.grad_on=representation")
         return self.layers
 

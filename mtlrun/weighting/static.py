@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from mtlrun.weighting.base import Weighting, refuse_grad_on
+from mtlrun.weighting.base import Weighting
 
 
 class StaticWeighting(Weighting):
     def __init__(self, grad_on: str | None = None):
         super().__init__()
-        refuse_grad_on("static", grad_on)
+        self.refuse_grad_on(grad_on)
 
     def setup(self, tasks, model):
         super().setup(tasks, model)

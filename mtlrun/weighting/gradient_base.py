@@ -1,4 +1,8 @@
-"""Gradient-level methods: per-task gradients combined by a torchjd aggregator.
+"""The base of the gradient-level methods: per-task gradients combined by a torchjd aggregator.
+
+Each method is a file of its own (mgda.py, upgrad.py, ...) that subclasses `GradientAggregation` and says
+which aggregator it uses (`make_aggregator`) and which solver packages that needs (`packages`); this
+module is the Jacobian / Gramian machinery they share.
 
 `grad_on` says with respect to what the per-task gradients are taken:
 - parameters: the Jacobian of the losses with respect to `model.shared_parameters()`, through
@@ -40,7 +44,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import warnings
 
 import torch
 from torchjd import aggregation
@@ -49,14 +52,8 @@ from torchjd.linalg import QuadprogProjector
 
 from mtlrun import distributed
 from mtlrun.errors import UsageError
-from mtlrun.weighting import _graph
-from mtlrun.weighting.base import (
-    Weighting,
-    accumulate_grad,
-    architecture_name,
-    as_tensor_list,
-    check_grad_on,
-)
+from mtlrun.weighting import graph
+from mtlrun.weighting.base import Weighting, accumulate_grad, architecture_name, as_tensor_list
 
 log = logging.getLogger("mtlrun")
 
@@ -72,12 +69,6 @@ def require_packages(method: str, packages: tuple[str, ...]) -> None:
                          f"{SOLVERS_EXTRA}  (or: pip install {' '.join(missing)})")
 
 
-def _reduced_matrix(gramian: torch.Tensor) -> torch.Tensor:
-    """A T x T matrix R with R R^T = gramian: stands in for J where only J's Gramian matters."""
-    eigenvalues, vectors = torch.linalg.eigh(gramian)
-    return vectors * eigenvalues.clamp_min(0).sqrt()
-
-
 def _chunk_size(tensors: list[torch.Tensor]) -> int | None:
     """torchjd's parallel_chunk_size for the Jacobian through the shared trunk.
 
@@ -90,17 +81,24 @@ def _chunk_size(tensors: list[torch.Tensor]) -> int | None:
 
 
 class GradientAggregation(Weighting):
-    """Base of the gradient-level methods: subclasses say which torchjd aggregator and its solver packages."""
+    """Base of the gradient-level methods. A subclass gives:
+
+    - `make_aggregator(num_tasks)`: its torchjd aggregator (called once, at set-up);
+    - `packages`: the import names of the optional solver packages that aggregator needs (checked at
+      config time, with the pip command in the error);
+    and may override `solve` (the weights from the labelled tasks' Gramian: stateful or capped weightings)
+    or `combine_matrix` (aggregators that need the Jacobian itself), and keep state across steps with
+    `get_extra_state` / `set_extra_state` (it then goes into checkpoints).
+    """
 
     needs_shared = True  # at parameter level too: mtl_backward starts from the shared representation
     multi_backward = True
-    method = ""
     packages: tuple[str, ...] = ()  # import names of the optional solver packages the aggregator needs
 
     def __init__(self, grad_on: str = "parameters"):
         super().__init__()
-        self.grad_on = check_grad_on(self.method, grad_on)
-        require_packages(self.method, self.packages)
+        self.grad_on = self.check_grad_on(grad_on)
+        require_packages(self.method_name(), self.packages)
 
     def make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         raise NotImplementedError
@@ -109,11 +107,12 @@ class GradientAggregation(Weighting):
     def setup(self, tasks, model):
         super().setup(tasks, model)
         T = len(self.task_names)
+        method = self.method_name()
         arch = architecture_name(model)
         has_representation = bool(getattr(model, "has_shared_representation", True))
         if self.grad_on == "representation" and not has_representation:
             raise UsageError(f"weighting.grad_on=representation: the architecture {arch} has no shared "
-                             f"representation (no tensor that all tasks read), so weighting={self.method} "
+                             f"representation (no tensor that all tasks read), so weighting={method} "
                              f"cannot work on it; use weighting.grad_on=parameters")
         self.needs_shared = has_representation
         self.arch = arch
@@ -121,15 +120,15 @@ class GradientAggregation(Weighting):
         self.task_params = [[p for p in model.task_parameters(t) if p.requires_grad] for t in self.task_names]
         self.all_task_params = list({id(p): p for params in self.task_params for p in params}.values())
         if not self.shared_params:
-            log.warning(f"weighting={self.method}: the architecture {arch} shares no parameter, so every "
+            log.warning(f"weighting={method}: the architecture {arch} shares no parameter, so every "
                         f"task's gradient reaches only its own parameters and there is nothing to aggregate: "
                         f"this trains like weighting=static with unit weights")
         try:
             aggregator = self.make_aggregator(T)
         except ImportError as exc:  # a solver that find_spec saw but that does not import
-            raise UsageError(f"weighting={self.method}: {exc}. Install the solvers with: {SOLVERS_EXTRA}") from exc
+            raise UsageError(f"weighting={method}: {exc}. Install the solvers with: {SOLVERS_EXTRA}") from exc
         except ValueError as exc:  # torchjd's own checks of the hyperparameters
-            raise UsageError(f"weighting={self.method}: {exc}") from exc
+            raise UsageError(f"weighting={method}: {exc}") from exc
         object.__setattr__(self, "aggregator", aggregator)  # not a submodule: it stays on the host
         self._cut: bool | None = None  # whether `shared` is a cut of the graph (checked on the first step)
         self.register_buffer("weights", torch.ones(T), persistent=False)
@@ -158,9 +157,9 @@ class GradientAggregation(Weighting):
 
     def _is_cut(self, scaled, shared) -> bool:
         if self._cut is None:
-            self._cut = not _graph.reaches_around(scaled, shared, self.shared_params)
+            self._cut = not graph.reaches_around(scaled, shared, self.shared_params)
             if not self._cut and self.grad_on == "parameters":
-                log.warning(f"weighting={self.method}: {self.arch}'s task losses reach shared parameters "
+                log.warning(f"weighting={self.method_name()}: {self.arch}'s task losses reach shared parameters "
                             f"other than through its shared representation (or the model is compiled: "
                             f"trainer.compile=true); taking the Jacobian from the losses instead (correct, "
                             f"a little slower)")
@@ -217,7 +216,7 @@ class GradientAggregation(Weighting):
     def _combine(self, blocks: list[torch.Tensor], s: torch.Tensor, whole_batch: bool = False) -> list[torch.Tensor]:
         """The aggregate of the Jacobian given as blocks [T, ...] (scaled by s), as blocks of the same shapes."""
         if not isinstance(self.aggregator, aggregation.WeightedAggregator):
-            return self._combine_matrix(blocks)
+            return self.combine_matrix(blocks)
         gramian = sum(b.flatten(1).float() @ b.flatten(1).float().T for b in blocks)
         if whole_batch and distributed.world_size() > 1:  # representation level: the global batch's Gramian
             distributed.all_reduce_([gramian])
@@ -246,7 +245,7 @@ class GradientAggregation(Weighting):
             weights[index] = weighting(gramian[index][:, index])
         return weights
 
-    def _combine_matrix(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+    def combine_matrix(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Aggregators that need the Jacobian itself (GradDrop, ConFIG); both are scale-equivariant."""
         matrix = torch.cat([b.flatten(1).float() for b in blocks], dim=1)
         aggregate = self.aggregator(matrix)
@@ -255,230 +254,3 @@ class GradientAggregation(Weighting):
         self.weights = torch.where(squared > 0, projected / squared.clamp_min(1e-30), torch.zeros_like(squared))
         sizes = [b[0].numel() for b in blocks]
         return [g.view_as(b[0]).to(b.dtype) for g, b in zip(aggregate.split(sizes), blocks)]
-
-
-# ------------------------------------------------------------------------------------------- methods
-class MGDA(GradientAggregation):
-    """MGDA (Désidéri 2012) with the Frank-Wolfe solver of Sener & Koltun 2018: the minimum-norm point of
-    the convex hull of the task gradients (at grad_on=representation: MGDA-UB)."""
-
-    method = "mgda"
-
-    def __init__(self, epsilon: float = 0.001, max_iters: int = 100, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        self.epsilon, self.max_iters = float(epsilon), int(max_iters)
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.MGDA(epsilon=self.epsilon, max_iters=self.max_iters)
-
-
-class PCGrad(GradientAggregation):
-    """PCGrad (Yu et al. 2020): project each gradient on the normal plane of the ones it conflicts with."""
-
-    method = "pcgrad"
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.PCGrad()
-
-
-class GradVac(GradientAggregation):
-    """GradVac (Wang et al. 2021): like PCGrad, towards an EMA target of each pair's cosine similarity.
-
-    Stateful: the EMA targets are in the checkpoint. A task without labels keeps its targets that step.
-    """
-
-    method = "gradvac"
-
-    def __init__(self, beta: float = 0.5, eps: float = 1e-8, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        self.beta, self.eps = float(beta), float(eps)
-
-    def make_aggregator(self, num_tasks):
-        aggregator = aggregation.GradVac(beta=self.beta, eps=self.eps)
-        aggregator.gramian_weighting._ensure_state(num_tasks, torch.float64)  # the host dtype of `solve`
-        return aggregator
-
-    @property
-    def _phi(self) -> torch.Tensor:
-        return self.aggregator.gramian_weighting._phi_t
-
-    def solve(self, gramian, labelled):
-        before = self._phi.clone()
-        weights = self.aggregator.gramian_weighting(gramian)  # all T rows: the state is T x T
-        if not bool(labelled.all()):
-            pair = labelled[:, None] & labelled[None, :]
-            self._phi.copy_(torch.where(pair, self._phi, before))
-            weights = weights * labelled
-        return weights
-
-    def get_extra_state(self):
-        return {"phi": self._phi.clone()}
-
-    def set_extra_state(self, state):
-        self._phi.copy_(state["phi"])
-
-
-class CAGrad(GradientAggregation):
-    """CAGrad (Liu et al. 2021): the best worst-case improvement within a ball of radius c ||g_0|| around
-    the mean gradient g_0. Needs cvxpy (with the Clarabel solver)."""
-
-    method = "cagrad"
-    packages = ("cvxpy", "clarabel")
-
-    def __init__(self, c: float = 0.4, norm_eps: float = 0.0001, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        self.c, self.norm_eps = float(c), float(norm_eps)
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.CAGrad(c=self.c, norm_eps=self.norm_eps)
-
-
-class IMTLG(GradientAggregation):
-    """IMTL-G (Liu et al. 2021): the update with equal projections on every task gradient's direction."""
-
-    method = "imtl_g"
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.IMTLG()
-
-
-class NashMTL(GradientAggregation):
-    """Nash-MTL (Navon et al. 2022): the Nash bargaining solution, G w = 1/w. Needs cvxpy and ECOS.
-
-    Stateful (the solver warm-starts from the previous weights; they are in the checkpoint). The norm
-    cap `max_norm` is applied here, on the true gradients, to the labelled tasks' aggregate.
-    """
-
-    method = "nash_mtl"
-    packages = ("cvxpy", "ecos")
-
-    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20,
-                 grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        if not max_norm >= 0:
-            raise UsageError(f"weighting.max_norm={max_norm}: must be >= 0 (0 turns the cap off)")
-        self.max_norm = float(max_norm)
-        self.update_weights_every, self.optim_niter = int(update_weights_every), int(optim_niter)
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.NashMTL(n_tasks=num_tasks, max_norm=0.0, update_weights_every=self.update_weights_every,
-                                   optim_niter=self.optim_niter)
-
-    def solve(self, gramian, labelled):
-        absent = ~labelled
-        if bool(absent.any()):
-            # an unlabelled task becomes a decoupled unit direction: the labelled tasks' equations
-            # (G w)_k = 1 / w_k do not involve it, so their weights are those of their own sub-problem
-            fill = gramian.diagonal()[labelled].mean() if bool(labelled.any()) else gramian.new_tensor(1.0)
-            gramian = torch.where(absent[:, None] | absent[None, :], torch.zeros_like(gramian), gramian)
-            gramian = gramian + torch.diag(absent.to(gramian.dtype) * fill)
-        with warnings.catch_warnings():  # cvxpy: torchjd's problem is not DPP (re-compiled at each solve)
-            warnings.filterwarnings("ignore", message=".*not DPP.*")
-            weights = self.aggregator.weighting(_reduced_matrix(gramian)).to(gramian.dtype) * labelled
-        if self.max_norm > 0:
-            norm = (weights @ gramian @ weights).clamp_min(0).sqrt()
-            weights = weights * (self.max_norm / norm).clamp(max=1.0)
-        return weights
-
-    def get_extra_state(self):
-        w = self.aggregator.weighting
-        return {"step": float(w.step), "previous": torch.as_tensor(w.prvs_alpha, dtype=torch.float64),
-                "normalization": torch.as_tensor(w.normalization_factor, dtype=torch.float64)}
-
-    def set_extra_state(self, state):
-        w = self.aggregator.weighting
-        w.prvs_alpha = state["previous"].numpy().astype("float32")
-        w.normalization_factor = state["normalization"].numpy()
-        w.step = float(state["step"])
-        if w.step > 0:  # torchjd builds the cvxpy problem on its first call only
-            w._init_optim_problem()
-
-
-class AlignedMTL(GradientAggregation):
-    """Aligned-MTL (Senushkin et al. 2023): align the principal components of the task gradients."""
-
-    method = "aligned_mtl"
-
-    def __init__(self, scale_mode: str = "min", grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        if scale_mode not in ("min", "median", "rmse"):
-            raise UsageError(f"weighting.scale_mode={scale_mode}: valid: min, median, rmse")
-        self.scale_mode = scale_mode
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.AlignedMTL(scale_mode=self.scale_mode)
-
-
-class UPGrad(GradientAggregation):
-    """UPGrad (Quinton & Rey 2024): project every task gradient on the dual cone of all of them, average.
-    Needs quadprog (through qpsolvers)."""
-
-    method = "upgrad"
-    packages = ("qpsolvers", "quadprog")
-
-    def __init__(self, norm_eps: float = 0.0001, reg_eps: float = 0.0001, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        self.norm_eps, self.reg_eps = float(norm_eps), float(reg_eps)
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.UPGrad(projector=QuadprogProjector(norm_eps=self.norm_eps, reg_eps=self.reg_eps))
-
-
-class DualProj(UPGrad):
-    """DualProj (as in Quinton & Rey 2024, after GEM): the mean gradient projected on the dual cone of the
-    task gradients. Needs quadprog (through qpsolvers)."""
-
-    method = "dualproj"
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.DualProj(projector=QuadprogProjector(norm_eps=self.norm_eps, reg_eps=self.reg_eps))
-
-
-class FairGrad(GradientAggregation):
-    """FairGrad (Ban & Ji 2024): alpha-fair allocation, G w = w^(-1/alpha). Needs scipy."""
-
-    method = "fairgrad"
-    packages = ("scipy",)
-
-    def __init__(self, alpha: float = 1.0, max_iters: int | None = None, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        if not alpha > 0:
-            raise UsageError(f"weighting.alpha={alpha}: must be > 0 (the paper uses 0.5 to 5)")
-        self.alpha = float(alpha)
-        self.max_iters = None if max_iters is None else int(max_iters)
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.FairGrad(alpha=self.alpha, max_iters=self.max_iters)
-
-
-class GradDrop(GradientAggregation):
-    """GradDrop (Chen et al. 2020): keep, coordinate by coordinate, the gradients of one sign, drawn with
-    the probability of the positive sign's purity. Originally applied to the shared representation."""
-
-    method = "graddrop"
-
-    def __init__(self, leak: list[float] | None = None, grad_on: str = "parameters"):
-        super().__init__(grad_on)
-        self.leak = None if leak is None else [float(v) for v in leak]
-
-    def make_aggregator(self, num_tasks):
-        if self.leak is not None and len(self.leak) != num_tasks:
-            raise UsageError(f"weighting.leak: {len(self.leak)} values for {num_tasks} tasks "
-                             f"({', '.join(self.task_names)})")
-        return aggregation.GradDrop(leak=None if self.leak is None else torch.tensor(self.leak))
-
-    def _combine_matrix(self, blocks):
-        leak = self.aggregator.leak
-        if leak is not None and leak.device != blocks[0].device:
-            self.aggregator.leak = leak.to(blocks[0].device)  # once: the leak follows the Jacobian
-        return super()._combine_matrix(blocks)
-
-
-class ConFIG(GradientAggregation):
-    """ConFIG (Liu et al. 2024): the direction with equal cosine to every task gradient, scaled by the sum
-    of the projections on it."""
-
-    method = "config"
-
-    def make_aggregator(self, num_tasks):
-        return aggregation.ConFIG()
