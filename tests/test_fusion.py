@@ -1,4 +1,4 @@
-"""Fusion strategies (mtlrun.models.fusion): built from the shipped configs/fusion/*.yaml, each checked on
+"""Fusion strategies (mtlrun.models.fusion, one module per configs/fusion/*.yaml): built from the shipped configs/fusion/*.yaml, each checked on
 2, 3 and 4 modalities with different widths, token lengths and padding.
 
 The property that matters most: a missing modality's encoding never influences the output (exact
@@ -8,16 +8,20 @@ equality), while a present one does, and only for its own samples.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from mtlrun.config import config_dir
+from mtlrun.engine import checkpoint
+from mtlrun.engine.checkpoint import RENAMED_TARGETS, rename_targets
 from mtlrun.errors import UsageError
 from mtlrun.models import fusion as fusion_module
+from mtlrun.models.base import MultiTaskModel
 from mtlrun.models.encoders.base import Encoded
 
 FUSION_DIR = Path(config_dir()) / "fusion"
@@ -99,16 +103,41 @@ fusion_and_set = pytest.mark.parametrize("name, modset", [(n, s) for n in FUSION
 
 
 def test_every_fusion_has_a_config():
+    """configs/fusion/<name>.yaml builds mtlrun/models/fusion/<name>.py's class; only late fusion combines
+    predictions (and says so), the others are Fusions; none repeats its config name in a class attribute."""
     assert EXPECTED <= set(FUSIONS)
-    for name in FUSIONS:
+    for name in [*FUSIONS, "late"]:
         path = FUSION_DIR / f"{name}.yaml"
         assert path.read_text().startswith("#"), f"{name}.yaml starts with a comment saying what it does"
         cfg = OmegaConf.load(path)
-        assert cfg._target_.startswith("mtlrun.models.fusion.")
+        module, _, cls_name = cfg._target_.rpartition(".")
+        assert module == f"mtlrun.models.fusion.{name}", cfg._target_
+        cls = get_class(cfg._target_)
+        assert cls.__doc__ and sys.modules[cls.__module__].__doc__, name
+        assert not {"name", "method"} & set(vars(cls)), name
+        assert getattr(fusion_module, cls_name) is cls  # mtlrun.models.fusion.<Class> still resolves
+        if name == "late":
+            assert issubclass(cls, MultiTaskModel) and cls.combines_predictions
+            continue
+        assert issubclass(cls, fusion_module.Fusion) and not cls.combines_predictions, name
         assert cfg.dim == 128 and list(cfg.trunk) == [256]
         assert "_partial_" not in cfg and "dims" not in cfg and "token_dims" not in cfg
-        cls = getattr(fusion_module, cfg._target_.rsplit(".", 1)[1])
-        assert issubclass(cls, fusion_module.Fusion) and cls.__doc__, name
+
+
+def test_checkpoints_with_the_old_fusion_targets_still_load(tmp_path):
+    """Before the split every fusion was mtlrun.models.fusion.<Class> and late fusion
+    mtlrun.models.multimodal.LateFusion: checkpoint.load gives a stored config the current names."""
+    for name in [*FUSIONS, "late"]:
+        target = OmegaConf.load(FUSION_DIR / f"{name}.yaml")._target_
+        cls_name = target.rpartition(".")[2]
+        old = "mtlrun.models.multimodal.LateFusion" if name == "late" else f"mtlrun.models.fusion.{cls_name}"
+        assert RENAMED_TARGETS[old] == target, name
+        assert rename_targets({"fusion": {"_target_": old, "dim": 16}}) == {"fusion": {"_target_": target, "dim": 16}}
+    path = tmp_path / "old.pt"
+    checkpoint.save(path, {"mtlrun_version": "0", "format": 1, "model": {},
+                           "config": {"fusion": {"_target_": "mtlrun.models.fusion.Concat", "trunk": [16]}}})
+    assert checkpoint.load(path)["config"]["fusion"] == {"_target_": "mtlrun.models.fusion.concat.Concat",
+                                                         "trunk": [16]}
 
 
 @fusion_and_set

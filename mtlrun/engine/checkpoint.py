@@ -21,6 +21,18 @@ REQUIRED = ("mtlrun_version", "format", "config", "model")
 # is rewritten with them when it is loaded, so runs of earlier mtlrun versions still evaluate and resume.
 RENAMED_TARGETS: dict[str, str] = {
     # models/fusion.py, split into the package models/fusion/ (one file per fusion); late fusion moved there
+    "mtlrun.models.fusion.Attention": "mtlrun.models.fusion.attention.Attention",
+    "mtlrun.models.fusion.Concat": "mtlrun.models.fusion.concat.Concat",
+    "mtlrun.models.fusion.CrossAttention": "mtlrun.models.fusion.cross_attention.CrossAttention",
+    "mtlrun.models.fusion.Early": "mtlrun.models.fusion.early.Early",
+    "mtlrun.models.fusion.Embrace": "mtlrun.models.fusion.embrace.Embrace",
+    "mtlrun.models.fusion.FiLM": "mtlrun.models.fusion.film.FiLM",
+    "mtlrun.models.fusion.Gated": "mtlrun.models.fusion.gated.Gated",
+    "mtlrun.models.fusion.LowRank": "mtlrun.models.fusion.low_rank.LowRank",
+    "mtlrun.models.fusion.Mean": "mtlrun.models.fusion.mean.Mean",
+    "mtlrun.models.fusion.Sum": "mtlrun.models.fusion.sum.Sum",
+    "mtlrun.models.fusion.Tensor": "mtlrun.models.fusion.tensor.Tensor",
+    "mtlrun.models.fusion.Weighted": "mtlrun.models.fusion.weighted.Weighted",
     "mtlrun.models.multimodal.LateFusion": "mtlrun.models.fusion.late.LateFusion",
     # weighting/gradient.py and weighting/loss.py, split into one file per method
     "mtlrun.weighting.gradient.AlignedMTL": "mtlrun.weighting.aligned_mtl.AlignedMTL",
