@@ -4,18 +4,25 @@
   MGDA) on a two-task problem whose gradients are written down by hand, at both `grad_on` levels;
 - every method, built from its real Hydra config, lowers the sum of the task losses in 30 steps;
 - a batch where a task has no label gives finite gradients to which that task contributes nothing;
-- learned and stateful weightings resume from their state_dict; a missing solver fails at config time.
+- learned and stateful weightings resume from their state_dict; a missing solver fails at config time;
+- checkpoints that name a weighting by its path before the one-file-per-method split still load.
+
+The methods are found in configs/weighting/*.yaml, not listed here: a new method is covered by adding
+its file and its YAML.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torchjd.scalarization as tjs
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 from torchjd import aggregation
@@ -24,20 +31,24 @@ from conftest import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import build, config_dir, config_groups
 from mtlrun.data.loading import train_loader
+from mtlrun.engine import checkpoint
 from mtlrun.errors import UsageError
 from mtlrun.models.base import MultiTaskModel
+from mtlrun.weighting.base import Weighting
+from mtlrun.weighting.gradient_base import GradientAggregation
 
 # torchjd's NashMTL, called directly here for reference: cvxpy's notes on its problem (G w = [0, 1] at
 # the start of the hand-made problem makes its linearisation divide by zero, which it survives)
 pytestmark = [pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP"),
               pytest.mark.filterwarnings("ignore:divide by zero encountered in divide:RuntimeWarning")]
 
-LOSS_LEVEL = ["static", "uw", "dwa", "gradnorm", "rlw", "gls", "imtl_l", "famo"]
-GRADIENT_LEVEL = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
-                  "dualproj", "fairgrad", "graddrop", "config"]
-ALL = LOSS_LEVEL + GRADIENT_LEVEL
+CONFIGS = Path(config_dir()) / "weighting"
+METHODS = {p.stem: OmegaConf.load(p) for p in sorted(CONFIGS.glob("*.yaml"))}
+ALL = list(METHODS)
 # Methods that take grad_on: the gradient-level ones, and GradNorm (where its gradient norms are taken).
-WITH_GRAD_ON = GRADIENT_LEVEL + ["gradnorm"]
+WITH_GRAD_ON = [m for m in ALL if METHODS[m].grad_on is not None]
+WITHOUT_GRAD_ON = [m for m in ALL if m not in WITH_GRAD_ON]  # one backward of a weighted loss
+GRADIENT_LEVEL = [m for m in ALL if issubclass(get_class(METHODS[m]._target_), GradientAggregation)]
 TINY = ["data.n_train=64", "data.n_val=8", "data.n_test=8", "data.batch_size=16", "backbone.image.channels=[8,16]",
         "backbone.image.out_dim=32"]
 
@@ -77,12 +88,21 @@ def total_loss(parts, batches) -> float:
                    for b in batches for t, task in parts.tasks.items())
 
 
-def test_every_method_has_a_config():
-    assert set(config_groups()["weighting"]) == set(ALL)
-    for method in ALL:
-        text = (Path(config_dir()) / "weighting" / f"{method}.yaml").read_text()
-        assert text.startswith("# ") and "_target_: mtlrun.weighting." in text
-        assert "grad_on:" in text and "weights" in text.lower()  # documents grad_on and the logged weights
+def test_the_methods_are_found():
+    assert {"static", "gradnorm", "uw"} <= set(WITHOUT_GRAD_ON + ["gradnorm"]) and "upgrad" in GRADIENT_LEVEL
+    assert set(GRADIENT_LEVEL) < set(WITH_GRAD_ON) and set(config_groups()["weighting"]) == set(ALL)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_each_method_is_one_file_named_as_its_config(method):
+    """configs/weighting/<name>.yaml cites the method and builds mtlrun.weighting.<name>.<Class>, a module
+    of its own with its paper in its docstring; messages call it by that name (`weighting=<name>`)."""
+    text = (CONFIGS / f"{method}.yaml").read_text()
+    assert text.startswith("# ") and "_target_: mtlrun.weighting." in text
+    assert "grad_on:" in text and "weights" in text.lower()  # documents grad_on and the logged weights
+    cls = get_class(METHODS[method]._target_)
+    assert issubclass(cls, Weighting) and cls.__module__ == f"mtlrun.weighting.{method}"
+    assert cls.method_name() == method and sys.modules[cls.__module__].__doc__
 
 
 # --------------------------------------------------------------------- a two-task problem by hand
@@ -241,7 +261,7 @@ def test_each_method_lowers_the_losses(method, grad_on):
 
 
 # ------------------------------------------------------------------------------------ bad combinations
-@pytest.mark.parametrize("method", [m for m in LOSS_LEVEL if m != "gradnorm"])
+@pytest.mark.parametrize("method", WITHOUT_GRAD_ON)
 def test_loss_level_methods_refuse_grad_on(method):
     cfg = compose_train(f"weighting={method}", "weighting.grad_on=representation")
     with pytest.raises(UsageError, match=r"weighting.grad_on=representation: weighting=\w+ is loss-level"):
@@ -404,7 +424,22 @@ def test_loss_level_formulas_agree_with_torchjd_scalarization():
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("method", ["uw", "gradnorm", "famo", "dwa", "imtl_l", "rlw", "gradvac", "nash_mtl"])
+def keeps_state(method: str) -> bool:
+    """Learned weights, buffers or extra state: something in the state_dict once set up."""
+    weighting = make_method(method, METHODS[method].grad_on)
+    weighting.setup({t: SimpleNamespace(weight=1.0) for t in "ab"}, TwoTaskLinear())
+    return bool(weighting.state_dict())
+
+
+STATEFUL = [m for m in ALL if keeps_state(m)]
+
+
+def test_stateful_methods_are_found():
+    assert {"uw", "gradnorm", "famo", "dwa", "gradvac", "nash_mtl"} <= set(STATEFUL)
+    assert not {"static", "upgrad", "pcgrad"} & set(STATEFUL)
+
+
+@pytest.mark.parametrize("method", STATEFUL)
 def test_state_goes_through_the_state_dict(method):
     """A weighting rebuilt from its config and loaded from a checkpoint continues as the original would."""
     parts, optimizer, batches = build_run(method)
@@ -435,9 +470,33 @@ def test_state_goes_through_the_state_dict(method):
         torch.testing.assert_close(q.grad, p.grad)
 
 
+def test_a_checkpoint_naming_a_weighting_by_its_old_path_is_rewritten(tmp_path):
+    """Before the split into one file per method, the gradient-level methods lived in
+    mtlrun.weighting.gradient and the adaptive loss weightings in mtlrun.weighting.loss."""
+    old = {"weighting": {"_target_": "mtlrun.weighting.gradient.UPGrad", "norm_eps": 0.0001, "reg_eps": 0.0001,
+                         "grad_on": "parameters"}, "runs": [{"_target_": "mtlrun.weighting.loss.FAMO"}]}
+    renamed = checkpoint.rename_targets(old)
+    assert renamed["weighting"] == {**old["weighting"], "_target_": "mtlrun.weighting.upgrad.UPGrad"}
+    assert renamed["runs"] == [{"_target_": "mtlrun.weighting.famo.FAMO"}]
+    assert old["weighting"]["_target_"] == "mtlrun.weighting.gradient.UPGrad"  # a copy: the input is kept
+    assert isinstance(instantiate(renamed["weighting"]), get_class(METHODS["upgrad"]._target_))
+    path = tmp_path / "old.pt"
+    torch.save({"mtlrun_version": "0", "format": 1, "config": old, "model": {}}, path)
+    assert checkpoint.load(path)["config"] == renamed
+    # every moved method: renamed to the target its YAML names now, under the same class name
+    moved = {o: n for o, n in checkpoint.RENAMED_TARGETS.items() if o.startswith("mtlrun.weighting.")}
+    current = {str(cfg._target_) for cfg in METHODS.values()}
+    assert set(moved.values()) <= current and len(moved) == len(current) - 2  # static, gradnorm did not move
+    for o, n in moved.items():
+        assert o.rpartition(".")[0] in ("mtlrun.weighting.gradient", "mtlrun.weighting.loss")
+        assert o.rpartition(".")[2] == n.rpartition(".")[2]
+
+
 # ------------------------------------------------------------------------------------ missing solvers
-@pytest.mark.parametrize("method,package", [("cagrad", "cvxpy"), ("nash_mtl", "ecos"), ("upgrad", "quadprog"),
-                                            ("dualproj", "qpsolvers"), ("fairgrad", "scipy")])
+SOLVERS = [(m, package) for m in GRADIENT_LEVEL for package in get_class(METHODS[m]._target_).packages]
+
+
+@pytest.mark.parametrize("method,package", SOLVERS)
 def test_a_missing_solver_fails_at_config_time_with_the_pip_command(method, package, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
