@@ -15,6 +15,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun.config import config_dir
 
+
+def pytest_addoption(parser):
+    parser.addoption("--exhaustive", action="store_true", default=False,
+                     help="also run the tests marked `exhaustive` (full combination grids; the default run "
+                          "covers them pairwise)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "exhaustive: part of a full combination grid; skipped unless pytest "
+                                       "--exhaustive")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--exhaustive"):
+        return
+    skip = pytest.mark.skip(reason="full combination grid: run with --exhaustive")
+    for item in items:
+        if "exhaustive" in item.keywords:
+            item.add_marker(skip)
+
+
 # A few seconds per run: tiny multidigits, one epoch, no progress bar.
 TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=160", "data.batch_size=32",
         "trainer.device=cpu"]

@@ -1,5 +1,6 @@
-"""Fusion strategies (mtlrun.models.fusion, one module per configs/fusion/*.yaml): built from the shipped configs/fusion/*.yaml, each checked on
-2, 3 and 4 modalities with different widths, token lengths and padding.
+"""Fusion strategies (mtlrun.models.fusion): every one the shipped configs/fusion/*.yaml name, built from
+its YAML, checked on 2, 3 and 4 modalities with different widths, token lengths and padding (pairwise by
+default, the full grid with `pytest --exhaustive`).
 
 The property that matters most: a missing modality's encoding never influences the output (exact
 equality), while a present one does, and only for its own samples.
@@ -98,14 +99,41 @@ def run(fusion, enc, mask, seed: int = 0):
     return fusion(enc, mask)
 
 
-fusion_and_set = pytest.mark.parametrize("name, modset", [(n, s) for n in FUSIONS for s in SETS],
-                                         ids=[f"{n}-{s}" for n in FUSIONS for s in SETS])
+# The grid is fusion x modality set x check (the five tests below that take `name, modset`, one of them in
+# eval and in train mode: six checks). The default run covers it pairwise: check c runs fusion i on set
+# (i + c) % 3, so every check sees every fusion, every fusion every set (so every modality and every
+# modality count) twice, and every check every set four times. The rest of the grid is marked
+# `exhaustive`: `pytest --exhaustive` runs all of it.
+def fusion_grid(check: int) -> list:
+    """pytest.params (name, modset) over every fusion and set; those off the pairwise selection of `check`
+    are marked exhaustive."""
+    return [pytest.param(name, modset, id=f"{name}-{modset}",
+                         marks=() if j == (i + check) % len(SETS) else pytest.mark.exhaustive)
+            for i, name in enumerate(FUSIONS) for j, modset in enumerate(SETS)]
+
+
+def _attends(name: str) -> bool:
+    with torch.random.fork_rng():  # collection leaves the global RNG as it found it
+        modules = build(name, SETS["3"]).modules()
+        return any(isinstance(m, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoder)) for m in modules)
+
+
+ATTENTION_FUSIONS = [name for name in FUSIONS if _attends(name)]
+
+
+def test_the_default_run_covers_the_grid_pairwise():
+    runs = {(check, p.values) for check in range(6) for p in fusion_grid(check) if not p.marks}
+    assert {(name, modset) for _, (name, modset) in runs} == {(n, s) for n in FUSIONS for s in SETS}
+    assert {(check, name) for check, (name, _) in runs} == {(c, n) for c in range(6) for n in FUSIONS}
+    assert {(check, modset) for check, (_, modset) in runs} == {(c, s) for c in range(6) for s in SETS}
+    assert len(runs) == 6 * len(FUSIONS)
 
 
 def test_every_fusion_has_a_config():
     """configs/fusion/<name>.yaml builds mtlrun/models/fusion/<name>.py's class; only late fusion combines
     predictions (and says so), the others are Fusions; none repeats its config name in a class attribute."""
     assert EXPECTED <= set(FUSIONS)
+    assert {"early", "attention", "cross_attention"} <= set(ATTENTION_FUSIONS)
     for name in [*FUSIONS, "late"]:
         path = FUSION_DIR / f"{name}.yaml"
         assert path.read_text().startswith("#"), f"{name}.yaml starts with a comment saying what it does"
@@ -140,7 +168,7 @@ def test_checkpoints_with_the_old_fusion_targets_still_load(tmp_path):
                                                          "trunk": [16]}
 
 
-@fusion_and_set
+@pytest.mark.parametrize("name, modset", fusion_grid(0))
 def test_output_shape_finite_and_all_missing_samples(name, modset):
     modalities = SETS[modset]
     fusion = build(name, modalities)
@@ -163,8 +191,9 @@ def test_output_shape_finite_and_all_missing_samples(name, modset):
     assert torch.isfinite(run(fusion, enc, none)).all()
 
 
-@fusion_and_set
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name, modset, training", [
+    pytest.param(*p.values, training, id=f"{p.id}-{mode}", marks=p.marks)
+    for training, mode, check in ((False, "eval", 1), (True, "train", 2)) for p in fusion_grid(check)])
 def test_missing_modality_never_influences_the_output(name, modset, training):
     modalities = SETS[modset]
     fusion = build(name, modalities).train(training)
@@ -186,7 +215,7 @@ def test_missing_modality_never_influences_the_output(name, modset, training):
                 assert torch.equal(run(fusion, changed, mask), base), (m, "padding")
 
 
-@fusion_and_set
+@pytest.mark.parametrize("name, modset", fusion_grid(3))
 def test_present_modality_changes_its_samples_only(name, modset):
     modalities = SETS[modset]
     fusion = build(name, modalities).eval()
@@ -206,7 +235,7 @@ def _named_for(name: str, modality: str) -> bool:
     return modality in name.split(".")
 
 
-@fusion_and_set
+@pytest.mark.parametrize("name, modset", fusion_grid(4))
 def test_gradients_reach_every_parameter(name, modset):
     modalities = SETS[modset]
     fusion = build(name, modalities).train()
@@ -221,7 +250,7 @@ def test_gradients_reach_every_parameter(name, modset):
     assert sum(p.numel() for p in fusion.parameters()) > 0
 
 
-@fusion_and_set
+@pytest.mark.parametrize("name, modset", fusion_grid(5))
 def test_modality_missing_from_the_whole_batch_gets_no_gradient(name, modset):
     modalities = SETS[modset]
     gone = modalities[-1]
@@ -414,7 +443,7 @@ def test_embrace_probabilities_weight_the_draw_and_the_expectation():
     torch.testing.assert_close(listed.selection(presence(modalities))[0], torch.tensor([0.2, 0.8]))
 
 
-@pytest.mark.parametrize("name", ["early", "attention", "cross_attention"])
+@pytest.mark.parametrize("name", ATTENTION_FUSIONS)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_attention_never_gets_a_sample_with_every_key_masked(name, training, monkeypatch):
     """Attention over all-masked keys is nan in PyTorch's encoder-layer fast path (and in
