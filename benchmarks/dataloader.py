@@ -31,7 +31,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import to_device, train_loader
 from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
@@ -69,7 +70,7 @@ def compose_example(manifest: Path, overrides: list[str]):
 def loader_rate(cfg, epochs: int) -> tuple[float, float, int]:
     """(batches/s median over epochs, seconds to build the data incl. any cache, batches per epoch)."""
     start = time.perf_counter()
-    data = build(cfg.data, "data")
+    data = instantiate_node(cfg.data, "data")
     train = data.dataset("train")
     built = time.perf_counter() - start
     rates, n = [], 0
@@ -84,9 +85,10 @@ def loader_rate(cfg, epochs: int) -> tuple[float, float, int]:
 def training_rate(cfg, steps: int, run_dir: str) -> tuple[float, str]:
     torch.manual_seed(0)
     parts = build_components(cfg)
-    optimizer = build(cfg.optim, "optim")(list(parts.model.parameters()) + list(parts.weighting.parameters()))
+    optimizer = instantiate_node(cfg.optim, "optim")(list(parts.model.parameters())
+                                                     + list(parts.weighting.parameters()))
     trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
-                      scheduler_factory=build(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
+                      scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
                       seed=cfg.seed, run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True),
                       dist=DistInfo())
     batches = [to_device(b, trainer.device) for b in

@@ -27,7 +27,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import to_device
 from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
@@ -54,9 +55,9 @@ def make_trainer(overrides: list[str], run_dir: str) -> tuple[Trainer, object]:
     torch.manual_seed(cfg.seed)
     parts = build_components(cfg)
     params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    optimizer = build(cfg.optim, "optim")(params)
+    optimizer = instantiate_node(cfg.optim, "optim")(params)
     trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
-                      scheduler_factory=build(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
+                      scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
                       seed=cfg.seed, run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True),
                       dist=DistInfo())
     return trainer, cfg
@@ -76,7 +77,7 @@ def main() -> None:
         hyper = {k: v for k, v in OmegaConf.to_container(cfg.optim).items() if not k.startswith("_")}
         plain_opt = torch.optim.AdamW(model.parameters(), **hyper)
         assert plain_opt.defaults == trainer.optimizer.defaults, "the config's optimizer is not this AdamW"
-        plain_sched = build(cfg.scheduler, "scheduler")(plain_opt, total_steps=trainer.total_steps)
+        plain_sched = instantiate_node(cfg.scheduler, "scheduler")(plain_opt, total_steps=trainer.total_steps)
 
         # A fixed list of training batches, shared by both sides; data loading is not timed.
         train_set = trainer.data.dataset("train")

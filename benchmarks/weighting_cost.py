@@ -28,7 +28,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.base import TargetInfo
 from mtlrun.data.loading import to_device
 from mtlrun.data.multidigits import MultiDigits
@@ -74,11 +75,11 @@ def compose_cfg(overrides):
 
 def make_trainer(model, tasks, data, weighting_overrides, run_dir) -> Trainer:
     cfg = compose_cfg(["trainer.device=cpu", "trainer.progress_bar=false", *weighting_overrides])
-    weighting = build(cfg.weighting, "weighting")
+    weighting = instantiate_node(cfg.weighting, "weighting")
     weighting.setup(tasks, model)
-    optimizer = build(cfg.optim, "optim")(list(model.parameters()) + list(weighting.parameters()))
+    optimizer = instantiate_node(cfg.optim, "optim")(list(model.parameters()) + list(weighting.parameters()))
     return Trainer(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
-                   scheduler_factory=build(cfg.scheduler, "scheduler"), data=data, cfg=cfg.trainer, seed=0,
+                   scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=data, cfg=cfg.trainer, seed=0,
                    run_dir=run_dir, config={}, dist=DistInfo())
 
 

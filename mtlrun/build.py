@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun.config import all_task_configs, build, task_configs, validate_monitor
+from mtlrun.instantiate import instantiate_node
+from mtlrun.task_selection import all_task_configs, task_configs
+from mtlrun.validation import validate_monitor
 from mtlrun.data.base import DataSpec, ModalityInfo
 from mtlrun.errors import ConfigError, UsageError
 from mtlrun.models.base import MultiTaskModel
@@ -39,7 +41,7 @@ def build_tasks(cfg: DictConfig, spec) -> dict:
             problems.append(f"tasks.{name}: the data '{cfg.data._target_.rsplit('.', 1)[-1]}' has no target "
                             f"'{name}'; available: {', '.join(spec.targets)}")
             continue
-        task = build(node, f"tasks.{name}")
+        task = instantiate_node(node, f"tasks.{name}")
         task.name = name
         problems += task.check(spec.targets[name])
         tasks[name] = task
@@ -79,7 +81,7 @@ def encoder_config(cfg: DictConfig, kind: str) -> tuple[DictConfig, str]:
 
 def build_encoder(cfg: DictConfig, modality: str, info: ModalityInfo):
     node, key = encoder_config(cfg, info.kind)
-    encoder = build(node, key, **info.args)
+    encoder = instantiate_node(node, key, **info.args)
     for attr in ("out_dim", "token_dim"):
         if not isinstance(getattr(encoder, attr, None), int):
             raise UsageError(f"{key}: {type(encoder).__name__} (for the {modality} input) has no integer "
@@ -90,7 +92,7 @@ def build_encoder(cfg: DictConfig, modality: str, info: ModalityInfo):
 def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
     """One modality: arch(encoder). Several: arch(FusedEncoder(encoders, fusion)), or LateFusion of one
     arch(encoder) per modality when the fusion combines predictions."""
-    arch = build(cfg.arch, "arch")
+    arch = instantiate_node(cfg.arch, "arch")
     modalities = spec.modalities
     if len(modalities) == 1:
         modality, info = next(iter(modalities.items()))
@@ -101,11 +103,11 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
     if getattr(_target_class(fusion_node, "fusion"), "combines_predictions", False):
         models = {m: arch(make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info), tasks=tasks, modality=m)
                   for m, info in modalities.items()}
-        return build(fusion_node, "fusion", models=models, tasks=tasks)
+        return instantiate_node(fusion_node, "fusion", models=models, tasks=tasks)
 
     def make_encoder() -> FusedEncoder:
         encoders = {m: build_encoder(cfg, m, info) for m, info in modalities.items()}
-        fusion = build(fusion_node, "fusion", dims={m: e.out_dim for m, e in encoders.items()},
+        fusion = instantiate_node(fusion_node, "fusion", dims={m: e.out_dim for m, e in encoders.items()},
                        token_dims={m: e.token_dim for m, e in encoders.items()})
         return FusedEncoder(encoders, fusion)
 
@@ -124,13 +126,13 @@ def _target_class(node: DictConfig, key: str) -> type:
 def build_components(cfg: DictConfig, data_state: dict | None = None) -> Components:
     """`data_state`: the data module's state from a checkpoint (e.g. a vocabulary), applied before anything
     reads the data, so eval sees the inputs exactly as training did."""
-    data = build(cfg.data, "data")
+    data = instantiate_node(cfg.data, "data")
     if data_state:
         data.load_state_dict(data_state)
     spec = data.spec
     tasks = build_tasks(cfg, spec)
     validate_monitor(str(cfg.trainer.monitor), tasks)
     model = build_model(cfg, tasks, spec)
-    weighting = build(cfg.weighting, "weighting")
+    weighting = instantiate_node(cfg.weighting, "weighting")
     weighting.setup(tasks, model)  # before the optimizer is built: learned weights are parameters too
     return Components(data, tasks, model, weighting)

@@ -1,6 +1,7 @@
 """Errors that end a run with a short message instead of a traceback.
 
 The CLI prints `error: <message>` and exits with `exit_code`; HYDRA_FULL_ERROR=1 shows the traceback.
+`Problems` collects config problems so that validation lists them all at once (a ConfigError).
 """
 
 
@@ -43,3 +44,44 @@ class WriteError(MtlrunError):
         before = (f"the previous {path.name} is intact" if os.path.exists(path)
                   else f"no earlier {path.name} existed")
         super().__init__(f"{reason[0].lower()}{reason[1:]} writing {path}; {before}")
+
+
+class Problems:
+    """Config problems found so far, reported all at once (ConfigError) instead of one per run.
+
+    Each problem is one line naming the key and what would be valid. `max_shown` caps the lines of one
+    `group` (e.g. the bad cells of one column): past it, one `... and N more like the above` line. Without
+    a cap every problem is listed, in the order found."""
+
+    def __init__(self, max_shown: int | None = None):
+        self.max_shown = max_shown
+        self._shown: dict[object, list[str]] = {}
+        self._counts: dict[object, int] = {}
+
+    def add(self, message: str, group=None) -> None:
+        """`group` (with max_shown): problems of one kind; by default the message itself."""
+        if group is None:
+            group = message if self.max_shown is not None else object()
+        self._counts[group] = self._counts.get(group, 0) + 1
+        shown = self._shown.setdefault(group, [])
+        if self.max_shown is None or len(shown) < self.max_shown:
+            shown.append(message)
+
+    def extend(self, messages) -> None:
+        for message in messages:
+            self.add(message)
+
+    def __bool__(self) -> bool:
+        return bool(self._shown)
+
+    def lines(self) -> list[str]:
+        out = []
+        for group, shown in self._shown.items():
+            out += shown
+            if self._counts[group] > len(shown):
+                out.append(f"... and {self._counts[group] - len(shown)} more like the above")
+        return out
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise ConfigError(self.lines())

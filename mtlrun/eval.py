@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
 from mtlrun.build import build_components
-from mtlrun.config import apply_overrides, validate_eval
+from mtlrun.overrides import apply_overrides
+from mtlrun.validation import validate_eval
 from mtlrun.data.base import SPLITS
 from mtlrun.data.corruption import PROBABILITY_NOISES, corrupt, noises_for
 from mtlrun import distributed

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlrun.config import RESERVED_TASK_KEYS
+from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.errors import MtlrunError, UsageError
 from mtlrun.sweep import ERROR_FILE, headline, read_error
 

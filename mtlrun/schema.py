@@ -8,7 +8,10 @@ metadata says what is valid. `check(node, Schema, prefix)` lists every problem a
   key it does not declare is reported, and a key the node lacks takes the schema's default (`with_defaults`),
   so a checkpoint written before a key existed still loads.
 - `Optim`, `Scheduler` and `Data` are open: which keys a node may have comes from its `_target_`'s signature
-  (config.check_targets); these schemas only say what is valid for the keys they know.
+  (validation.check_targets); these schemas only say what is valid for the keys they know.
+- The tasks group is open too: any key is a task, except its settings keys (RESERVED_TASK_KEYS).
+
+The bottom layer (it imports only mtlrun.errors and mtlrun.checks): every layer may describe its config here.
 """
 
 import difflib
@@ -19,10 +22,12 @@ from typing import Optional, Union, get_args, get_origin
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mtlrun.checks import is_int, is_number
+from mtlrun.errors import Problems
 
 PRECISIONS = ("32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITOR_MODES = ("auto", "max", "min")
+RESERVED_TASK_KEYS = ("only", "from_data")  # keys of the tasks group that are settings, not tasks
 BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
 
 
@@ -196,12 +201,12 @@ def show(value) -> str:
 
 
 def check(node: DictConfig, schema: type, prefix: str, *, closed: bool = True,
-          unknown: list[str] | None = None) -> list[str]:
+          unknown: Problems | None = None) -> list[str]:
     """Every problem of `node` against `schema`, as `prefix.key=value: what is valid` lines.
 
     closed: a key the schema does not declare is a problem (with the closest declared key, if any), or goes
     to `unknown` when given (a checkpoint's config from another mtlrun version: a warning, not an error)."""
-    problems: list[str] = []
+    problems = Problems()
     declared = schema_fields(schema)
     for name, value in node.items():
         name = str(name)
@@ -209,18 +214,18 @@ def check(node: DictConfig, schema: type, prefix: str, *, closed: bool = True,
         key = f"{prefix}.{name}"
         if f is None:
             if closed:
-                (problems if unknown is None else unknown).append(unknown_key(key, list(declared)))
+                (problems if unknown is None else unknown).add(unknown_key(key, list(declared)))
             continue
         if is_dataclass(f.type):
             if isinstance(value, DictConfig):
-                problems += check(value, f.type, key, closed=closed, unknown=unknown)
+                problems.extend(check(value, f.type, key, closed=closed, unknown=unknown))
             else:
-                problems.append(f"{key}={show(value)}: must be a group of keys: {', '.join(schema_fields(f.type))}")
+                problems.add(f"{key}={show(value)}: must be a group of keys: {', '.join(schema_fields(f.type))}")
             continue
         problem = check_value(f, value)
         if problem:
-            problems.append(f"{key}={show(value)}: {problem}")
-    return problems
+            problems.add(f"{key}={show(value)}: {problem}")
+    return problems.lines()
 
 
 def unknown_key(key: str, valid: list[str]) -> str:

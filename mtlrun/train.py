@@ -13,7 +13,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtlrun import __version__
 from mtlrun.build import build_components
-from mtlrun.config import apply_overrides, build, validate_train
+from mtlrun.instantiate import instantiate_node
+from mtlrun.overrides import apply_overrides
+from mtlrun.validation import validate_train
 from mtlrun import distributed
 from mtlrun.engine import checkpoint
 from mtlrun.engine.plots import plot_curves
@@ -95,8 +97,8 @@ def train(cfg: DictConfig) -> dict:
     weighting_params = list(parts.weighting.parameters())
     if weighting_params:
         groups.append({"params": weighting_params, "weight_decay": 0.0})
-    optimizer = build(cfg.optim, "optim")(groups)
-    scheduler_factory = build(cfg.scheduler, "scheduler")
+    optimizer = instantiate_node(cfg.optim, "optim")(groups)
+    scheduler_factory = instantiate_node(cfg.scheduler, "scheduler")
     seed_everything(cfg.seed + dist.rank)  # each rank its own dropout/augmentation stream
     trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
                       scheduler_factory=scheduler_factory, data=parts.data, cfg=cfg.trainer, seed=cfg.seed,

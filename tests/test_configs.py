@@ -13,7 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import compose_config
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir, config_groups, task_configs, validate_train
+from mtlrun.config import config_dir, config_groups
+from mtlrun.instantiate import instantiate_node
+from mtlrun.task_selection import task_configs
+from mtlrun.validation import validate_train
 from mtlrun.data.loading import train_loader
 
 CONFIGS = Path(config_dir())
@@ -98,7 +101,7 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     validate_train(cfg)
     parts = build_components(cfg)
     spec = parts.data.spec
-    assert set(parts.tasks) == set(task_configs(cfg))
+    assert set(parts.tasks) == set(task_configs(cfg, spec.targets))
     for name, task in parts.tasks.items():
         assert task.name == name
         assert task.check(spec.targets[name]) == []
@@ -124,8 +127,8 @@ def test_config_composes_builds_and_runs_one_step(overrides):
         assert task.output_dim == expected_dim
 
     # one optimizer step through the configured weighting, optimizer and scheduler
-    optimizer = build(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
-    scheduler = build(cfg.scheduler, "scheduler")(optimizer, total_steps=10)
+    optimizer = instantiate_node(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
+    scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer, total_steps=10)
     losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
     objective = parts.weighting.backward(losses, scale=lambda loss: loss)
     assert torch.isfinite(objective)

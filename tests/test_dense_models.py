@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import train_loader
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.dense import ResNetDense, SegNetLite, decoder_sizes
@@ -81,8 +82,8 @@ def build_model(arch: str, backbone: str, size, tasks=None, seed=0, **arch_optio
     arch_node.merge_with(arch_options)
     encoder_node = OmegaConf.load(CONFIGS / "backbone" / "image" / f"{backbone}.yaml")
     torch.manual_seed(seed)
-    return build(arch_node, "arch")(
-        make_encoder=lambda: build(encoder_node, "backbone.image", in_channels=3, input_size=tuple(size)),
+    return instantiate_node(arch_node, "arch")(
+        make_encoder=lambda: instantiate_node(encoder_node, "backbone.image", in_channels=3, input_size=tuple(size)),
         tasks=make_tasks() if tasks is None else tasks, modality="image")
 
 

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.text import Tokenizer
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.audio import (
@@ -421,7 +422,7 @@ def test_bad_options_raise_a_usage_error_naming_the_key(option, overrides, key):
     node = OmegaConf.load(BACKBONES / f"{option}.yaml")
     node.merge_with(overrides)
     with pytest.raises(UsageError, match=key.replace(".", r"\.")):
-        build(node, f"backbone.{option.split('/')[0]}", **ARGS[option.split("/")[0]])
+        instantiate_node(node, f"backbone.{option.split('/')[0]}", **ARGS[option.split("/")[0]])
 
 
 def test_n_mels_error_says_what_is_valid():

@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from mtlrun.config import apply_overrides, validate_train
+from mtlrun.overrides import apply_overrides
+from mtlrun.validation import validate_train
 from mtlrun.engine import checkpoint, schedulers
 from mtlrun.engine.evaluate import count_batches
 from mtlrun.engine.records import read_metrics_csv, results_table, write_metrics_csv, write_results

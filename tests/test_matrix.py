@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import to_device
 from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
@@ -37,7 +38,8 @@ def make_trainer(overrides, tmp_path) -> Trainer:
     parts = build_components(cfg)
     params = list(parts.model.parameters()) + list(parts.weighting.parameters())
     return Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting,
-                   optimizer=build(cfg.optim, "optim")(params), scheduler_factory=build(cfg.scheduler, "scheduler"),
+                   optimizer=instantiate_node(cfg.optim, "optim")(params),
+                   scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"),
                    data=parts.data, cfg=cfg.trainer, seed=0, run_dir=tmp_path, config={}, dist=DistInfo())
 
 

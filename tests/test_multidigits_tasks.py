@@ -10,7 +10,9 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, TINY, read_results, run_cli
 from mtlrun.build import build_components, build_tasks
-from mtlrun.config import config_dir, task_configs, validate_train
+from mtlrun.config import config_dir
+from mtlrun.task_selection import task_configs
+from mtlrun.validation import validate_train
 from mtlrun.data.base import TargetInfo
 from mtlrun.data.multidigits import MultiDigits
 from mtlrun.engine.records import read_metrics_csv
@@ -48,7 +50,7 @@ def test_spec_declares_every_target_and_the_presets_build_against_it():
     assert spec.targets["parity"] == TargetInfo("binary", dim=1)
     assert spec.targets["left"] == spec.targets["right"] == TargetInfo("classification", num_classes=10)
 
-    assert list(task_configs(compose_train())) == ["left", "right"]  # the default task set is unchanged
+    assert list(task_configs(compose_train(), None)) == ["left", "right"]  # the default task set is unchanged
     for preset, names in (("multidigits_sum", ["left", "right", "sum"]),
                           ("multidigits_parity", ["left", "right", "parity"]),
                           ("multidigits_all", ["left", "right", "sum", "parity"])):
@@ -124,26 +126,26 @@ def test_every_tasks_preset_declares_only():
         names = [k for k in declared if k not in ("only", "from_data")]
         if names:  # from_data declares none: its tasks come from the data
             cfg = compose_train(f"tasks={preset}", f"tasks.only=[{names[-1]}]")
-            assert list(task_configs(cfg)) == [names[-1]], preset
+            assert list(task_configs(cfg, None)) == [names[-1]], preset
 
 
 def test_tasks_only_selects_tasks_everywhere():
     cfg = compose_train("tasks.only=[left]")
     validate_train(cfg)
-    assert list(task_configs(cfg)) == ["left"]
+    assert list(task_configs(cfg, None)) == ["left"]
     parts = build_components(cfg)
     assert list(parts.tasks) == ["left"]
     assert set(parts.model(parts.data.dataset("train").__getitems__([0, 1])["inputs"])) == {"left"}
 
     cfg = compose_train("tasks=multidigits_all", "tasks.only=[parity,sum]")
-    assert list(task_configs(cfg)) == ["sum", "parity"]  # in the preset's order
-    assert list(task_configs(compose_train("tasks.only=right"))) == ["right"]  # one name needs no brackets
+    assert list(task_configs(cfg, None)) == ["sum", "parity"]  # in the preset's order
+    assert list(task_configs(compose_train("tasks.only=right"), None)) == ["right"]  # one name needs no brackets
 
 
 def test_tasks_only_unknown_or_empty_is_a_usage_error_listing_the_tasks():
     cfg = compose_train("tasks.only=[left,up]")
     with pytest.raises(UsageError, match=r"tasks.only=\[left,up\]: unknown task\(s\) up; valid tasks: left, right"):
-        task_configs(cfg)
+        task_configs(cfg, None)
     with pytest.raises(ConfigError, match="unknown task"):
         validate_train(cfg)
     with pytest.raises(ConfigError, match=r"tasks.only=\[\]: selects no task; valid tasks: left, right"):

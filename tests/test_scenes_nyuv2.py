@@ -187,17 +187,18 @@ def test_scenes_config_composes_with_its_tasks():
     from conftest import compose_config
 
     from mtlrun.build import build_tasks
-    from mtlrun.config import build, task_configs
+    from mtlrun.instantiate import instantiate_node
+    from mtlrun.task_selection import task_configs
 
     cfg = compose_config(["data=scenes", "tasks=scenes", "data.n_train=4", "data.n_val=2", "data.n_test=2",
                           "data.image_size=16"])
-    data = build(cfg.data, "data")
+    data = instantiate_node(cfg.data, "data")
     tasks = build_tasks(cfg, data.spec)
     assert {name: task.kind for name, task in tasks.items()} == {
         "segmentation": "segmentation", "depth": "depth", "normals": "normals"}
     assert tasks["segmentation"].num_classes == len(CLASSES)
     for preset in ("scenes", "nyuv2"):  # both presets declare the reserved `only`
-        assert list(task_configs(compose_config([f"tasks={preset}", "tasks.only=[depth]"]))) == ["depth"]
+        assert list(task_configs(compose_config([f"tasks={preset}", "tasks.only=[depth]"]), None)) == ["depth"]
 
 
 # ------------------------------------------------------------------------------------------- nyuv2
@@ -375,10 +376,10 @@ def test_nyuv2_config_composes_with_its_tasks(nyu_root):
     from conftest import compose_config
 
     from mtlrun.build import build_tasks
-    from mtlrun.config import build
+    from mtlrun.instantiate import instantiate_node
 
     cfg = compose_config(["data=nyuv2", "tasks=nyuv2", f"data.root={nyu_root}"])
-    data = build(cfg.data, "data")
+    data = instantiate_node(cfg.data, "data")
     tasks = build_tasks(cfg, data.spec)
     assert tasks["segmentation"].num_classes == 13 and tasks["segmentation"].ignore_index == -1
     assert set(tasks) == {"segmentation", "depth", "normals"}

@@ -19,7 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mtlrun.build import build_tasks
-from mtlrun.config import build, task_configs, validate_train
+from mtlrun.instantiate import instantiate_node
+from mtlrun.task_selection import task_configs
+from mtlrun.validation import validate_train
 from mtlrun.data.base import ModalityInfo, TargetInfo, collate
 from mtlrun.data.loading import eval_loader
 from mtlrun.data.media import write_wav
@@ -367,7 +369,7 @@ def table_config(path: Path, *overrides: str):
 def test_from_data_builds_one_task_of_the_default_type_per_target(every_type, monkeypatch):
     cfg = table_config(every_type[0])
     validate_train(cfg)
-    tasks = build_tasks(cfg, build(cfg.data, "data").spec)
+    tasks = build_tasks(cfg, instantiate_node(cfg.data, "data").spec)
     assert {n: type(t).__name__ for n, t in tasks.items()} == {
         "animal": "Classification", "flag": "Binary", "tags": "Multilabel", "size": "Regression",
         "seg": "Segmentation", "depth": "Depth"}
@@ -377,7 +379,7 @@ def test_from_data_builds_one_task_of_the_default_type_per_target(every_type, mo
     assert cfg.tasks.seg.num_classes == 3  # expanded into the config like a preset
 
     cfg = table_config(every_type[0], "tasks.only=[animal,size]", "+tasks.size.weight=0.5", "+tasks.size.loss=l1")
-    assert list(task_configs(cfg)) == ["animal", "size"]
+    assert list(task_configs(cfg, instantiate_node(cfg.data, "data").full_spec.targets)) == ["animal", "size"]
     tasks = build_tasks(cfg, Table(**{k: v for k, v in OmegaConf.to_container(cfg.data).items()
                                       if k != "_target_"}).spec)
     assert list(tasks) == ["animal", "size"] and (tasks["size"].weight, tasks["size"].loss_name) == (0.5, "l1")

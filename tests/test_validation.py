@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config, run_cli
 from mtlrun import schema
-from mtlrun.config import check_targets, config_dir, validate_eval, validate_train
+from mtlrun.config import config_dir
+from mtlrun.validation import check_targets, validate_eval, validate_train
 from mtlrun.engine.threads import apply_threads, thread_policy
 from mtlrun.errors import ConfigError
 

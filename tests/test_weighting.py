@@ -29,7 +29,8 @@ from torchjd import aggregation
 
 from conftest import compose_config
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir, config_groups
+from mtlrun.config import config_dir, config_groups
+from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import train_loader
 from mtlrun.engine import checkpoint
 from mtlrun.errors import UsageError
@@ -64,7 +65,7 @@ def build_run(method: str, *overrides):
     cfg = compose_train(f"weighting={method}", *overrides)
     parts = build_components(cfg)
     params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    optimizer = build(cfg.optim, "optim")(params)
+    optimizer = instantiate_node(cfg.optim, "optim")(params)
     batches = list(train_loader(parts.data.dataset("train"), batch_size=16, seed=0, epoch=0))[:2]
     return parts, optimizer, batches
 
@@ -136,7 +137,7 @@ def make_method(method: str, grad_on: str, **kw):
     cfg.grad_on = grad_on
     for k, v in kw.items():
         cfg[k] = v
-    return build(cfg, "weighting")
+    return instantiate_node(cfg, "weighting")
 
 
 def hand_step(method, grad_on, scale=lambda x: x, extra=None, **kw):
@@ -265,14 +266,14 @@ def test_each_method_lowers_the_losses(method, grad_on):
 def test_loss_level_methods_refuse_grad_on(method):
     cfg = compose_train(f"weighting={method}", "weighting.grad_on=representation")
     with pytest.raises(UsageError, match=r"weighting.grad_on=representation: weighting=\w+ is loss-level"):
-        build(cfg.weighting, "weighting")
+        instantiate_node(cfg.weighting, "weighting")
 
 
 @pytest.mark.parametrize("method", WITH_GRAD_ON)
 def test_unknown_grad_on_is_refused(method):
     cfg = compose_train(f"weighting={method}", "weighting.grad_on=shared")
     with pytest.raises(UsageError, match="weighting.grad_on=shared: valid for .*parameters, representation"):
-        build(cfg.weighting, "weighting")
+        instantiate_node(cfg.weighting, "weighting")
 
 
 class NoSharedRepresentation(TwoTaskLinear):
@@ -548,7 +549,8 @@ import os, sys, tempfile, torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from mtlrun.build import build_components
-from mtlrun.config import build, config_dir
+from mtlrun.config import config_dir
+from mtlrun.instantiate import instantiate_node
 from mtlrun import distributed
 from mtlrun.engine.trainer import Trainer
 
@@ -565,9 +567,9 @@ for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda
     before = torch.cat([p.detach().flatten() for p in params])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting,
-                          optimizer=build(cfg.optim, "optim")(params),
-                          scheduler_factory=build(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
-                          seed=0, run_dir=run_dir, config={}, dist=info)
+                          optimizer=instantiate_node(cfg.optim, "optim")(params),
+                          scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data,
+                          cfg=cfg.trainer, seed=0, run_dir=run_dir, config={}, dist=info)
         trainer.fit()
     after = torch.cat([p.detach().flatten() for p in params])
     ranks = distributed.gather_objects(after)

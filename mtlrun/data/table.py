@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlrun.config import RESERVED_TASK_KEYS
+from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.checks import is_int, is_real
 from mtlrun.data import media
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo

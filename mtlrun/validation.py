@@ -1,0 +1,244 @@
+"""Check the values a user types, all at once (torchtune style), before anything is built.
+
+validate_train / validate_eval: the trainer section against its schema (mtlrun/schema.py; the keys it lacks
+get their defaults), the data, optim and scheduler values the schema knows, the seed, the tasks group, and
+every `_target_` node's keys against its target's signature (check_targets). Each problem is one line
+naming the key and what is valid; together they end the run as one ConfigError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+
+from omegaconf import DictConfig, ListConfig
+
+from mtlrun import schema
+from mtlrun.checks import is_int, is_number
+from mtlrun.errors import ConfigError, Problems, UsageError
+from mtlrun.schema import RESERVED_TASK_KEYS
+from mtlrun.task_selection import task_configs
+
+log = logging.getLogger("mtlrun")
+
+# What the code that builds a section passes itself: its target's signature lists these, a config does not.
+SUPPLIED = {"optim": ("params",), "scheduler": ("optimizer", "total_steps"),
+            "arch": ("make_encoder", "tasks", "modality"), "fusion": ("dims", "token_dims", "models", "tasks")}
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def validate_train(cfg: DictConfig, from_checkpoint: bool = False) -> None:
+    """`mtlrun train`: every problem of `cfg` at once, as one ConfigError.
+
+    check_targets imports the config's targets, so for a checkpoint's config call this only once the
+    checkpoint is trusted (mtlrun.trust). from_checkpoint: the config comes from a checkpoint (resume),
+    whose trainer keys this version does not know are logged and ignored instead of refused.
+    """
+    problems = config_problems(cfg, from_checkpoint)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_eval(cfg: DictConfig, editable: tuple[str, ...]) -> None:
+    """`mtlrun eval`: the checkpoint's config with the user's overrides, by the same rules as train.
+
+    A problem with a key eval may change (`editable`) is an error; one with a value only the checkpoint set
+    (e.g. a trainer value an older mtlrun accepted) cannot be fixed from eval's command line: a warning."""
+    problems = config_problems(cfg, from_checkpoint=True)
+    errors = [p for p in problems if _problem_key(p).startswith(editable)]
+    for problem in problems:
+        if problem not in errors:
+            log.warning(f"the checkpoint's config: {problem} (eval cannot change it; going on)")
+    if errors:
+        raise ConfigError(errors)
+
+
+def _problem_key(problem: str) -> str:
+    return problem.split(":", 1)[0].split("=", 1)[0]
+
+
+def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]:
+    p = Problems()
+    unknown = Problems() if from_checkpoint else None
+    if isinstance(cfg.get("trainer"), DictConfig):
+        p.extend(schema.check(cfg.trainer, schema.Trainer, "trainer", unknown=unknown))
+        schema.with_defaults(cfg.trainer, schema.Trainer)
+    else:
+        p.add(f"trainer={cfg.get('trainer')}: must be a group of keys; pick trainer=default")
+    for line in unknown.lines() if unknown is not None else []:
+        log.warning(f"the checkpoint's config: {line} (from another mtlrun version? ignored)")
+    if isinstance(cfg.get("data"), DictConfig):
+        p.extend(schema.check(cfg.data, schema.Data, "data", closed=False))
+    if not is_int(cfg.get("seed")) or cfg.seed < 0:
+        p.add(f"seed={cfg.get('seed')}: must be an integer >= 0")
+    _check_tasks(cfg, p)
+    p.extend(check_targets(cfg))
+    return p.lines()
+
+
+def _check_tasks(cfg: DictConfig, p: Problems) -> None:
+    """The tasks group's own values. With from_data the tasks come from the data, which is not built here:
+    the entries are checked as overrides, and tasks.only when build_tasks knows the data's targets."""
+    if not isinstance(cfg.tasks, DictConfig):
+        p.add("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits)")
+        return
+    from_data = cfg.tasks.get("from_data", False)
+    if not isinstance(from_data, bool):
+        p.add(f"tasks.from_data={from_data}: must be true (one task per data target) or false")
+        from_data = False
+    if from_data:
+        tasks = {str(n): t for n, t in cfg.tasks.items() if n not in RESERVED_TASK_KEYS}
+    else:
+        try:
+            tasks = task_configs(cfg, targets=None)
+        except UsageError as exc:  # tasks.only names a task the preset does not have
+            p.add(str(exc))
+            return
+        if not tasks:
+            p.add("tasks: no tasks configured; pick a tasks preset (e.g. tasks=multidigits, or tasks=from_data "
+                  "for one task per target of the data)")
+    for name, task in tasks.items():
+        if not isinstance(task, DictConfig) or ("_target_" not in task and not from_data):
+            p.add(f"tasks.{name}: needs a `_target_` such as mtlrun.tasks.Classification")
+        elif "weight" in task and (isinstance(task.weight, bool) or not isinstance(task.weight, (int, float))
+                                   or task.weight < 0):
+            p.add(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
+
+
+def validate_monitor(monitor: str, tasks: dict) -> None:
+    """trainer.monitor against the built tasks' metrics (the tasks are known only once the data is)."""
+    if monitor == "auto":
+        return
+    key = monitor.removeprefix("val/")
+    task, _, metric = key.partition("/")
+    valid = ["auto"] + [f"val/{t}/{m}" for t, task_ in tasks.items() for m in ("loss", *task_.metric_names)]
+    if task not in tasks or (metric != "loss" and metric not in tasks[task].metric_names):
+        raise UsageError(f"trainer.monitor={monitor}: not a validation metric; valid: {', '.join(valid)}")
+
+
+# ------------------------------------------------------------------------ `_target_` nodes vs signatures
+def check_targets(cfg: DictConfig) -> list[str]:
+    """Every `_target_` node's keys against its target's signature, and the optim and scheduler values,
+    before anything is built: `optim.lrr: torch.optim.AdamW takes no argument 'lrr'; valid: lr, ...`.
+
+    Imports each target (module-level code of the target's module runs): for a checkpoint's config, only
+    once the checkpoint is trusted (mtlrun.trust)."""
+    problems = Problems()
+    for key, node in _target_nodes(cfg):
+        params = _parameters(key, node, problems)
+        if key == "optim":
+            problems.extend(_check_numbers(node, schema.Optim, key, params, low=0))
+        elif key == "scheduler":
+            problems.extend(_check_numbers(node, schema.Scheduler, key, params, low=None))
+    return problems.lines()
+
+
+def _target_nodes(node, key: str = ""):
+    """(key, node) of every DictConfig with a `_target_` under `node`, depth first (hydra's node aside)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node and key:
+            yield key, node
+        for k in node:
+            if key or k != "hydra":
+                yield from _target_nodes(node[k], f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _target_nodes(item, f"{key}[{i}]")
+
+
+def _parameters(key: str, node: DictConfig, problems: Problems) -> dict | None:
+    """{name: inspect.Parameter} the target takes by keyword, None when it takes any keyword (or cannot be
+    inspected); a key of `node` it does not take is added to `problems`."""
+    target = str(node._target_)
+    try:
+        obj = _locate(target)
+    except _CannotInspect:
+        return None  # e.g. it needs a package that is not installed: build says so, if it builds it at all
+    except ImportError as exc:
+        problems.add(f"{key}._target_={target}: cannot import it ({exc}); give the dotted path of a class "
+                     f"or function, e.g. a `_target_` from mtlrun's configs")
+        return None
+    params = _keyword_parameters(obj)
+    if params is None:
+        return None
+    supplied = SUPPLIED.get(key, ())
+    valid = [name for name in params if name not in supplied]
+    for name in node:
+        name = str(name)
+        if name not in HYDRA_KEYS and name not in params:
+            close = schema.did_you_mean(name, valid)
+            hint = f"; {close}" if close.startswith("did you") else ""
+            problems.add(f"{key}.{name}: {target} takes no argument '{name}'; valid: {', '.join(valid)}{hint}")
+    return params
+
+
+class _CannotInspect(Exception):
+    """The target's module exists but fails to import (a package it needs is missing, a bug in it)."""
+
+
+def _locate(target: str):
+    """The object a dotted name refers to: the longest importable module prefix, then attributes. ImportError
+    when there is no such object; _CannotInspect when its module is there but fails to import."""
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name and not (module == exc.name or module.startswith(exc.name + ".")):
+                raise _CannotInspect(target) from exc
+        except Exception as exc:
+            raise _CannotInspect(target) from exc
+    else:
+        raise ImportError(f"no module named '{parts[0]}'")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            raise ImportError(f"'{'.'.join(parts[:j])}' has no '{parts[j]}'")
+        obj = getattr(obj, parts[j])
+    return obj
+
+
+def _keyword_parameters(obj) -> dict | None:
+    """The parameters `obj` takes by keyword. A class of mtlrun whose __init__ takes **kwargs passes them on
+    to its base class (MultiDigits -> DataModule, Binary -> Multilabel -> Task): its bases' parameters are
+    added until one takes no **kwargs. Anything else with **kwargs takes any keyword: None."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if inspect.isclass(obj) and obj.__module__.startswith("mtlrun."):
+        chain = [base.__init__ for base in obj.__mro__ if "__init__" in vars(base)]
+    else:
+        chain = [obj]
+    params: dict = {}
+    for fn in chain:
+        if fn is object.__init__:
+            return None
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature
+            return None
+        params.update({n: p for n, p in signature.parameters.items() if p.kind in named and n != "self"})
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return params
+    return None
+
+
+def _check_numbers(node: DictConfig, rules: type, key: str, params: dict | None, low: float | None) -> list[str]:
+    """The values `rules` (a schema) knows; any other number, or a value whose default is a number, must be
+    a finite number (>= low when low is given)."""
+    problems = Problems()
+    problems.extend(schema.check(node, rules, key, closed=False))
+    known = schema.schema_fields(rules)
+    bound = "" if low is None else f" >= {low}"
+    for name, value in node.items():
+        name = str(name)
+        if name in known or name in HYDRA_KEYS or isinstance(value, bool):
+            continue
+        default = params[name].default if params and name in params else None
+        numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if (numeric_default and not is_number(value)) or any(not is_number(v) or (low is not None and v < low)
+                                                              for v in numbers):
+            problems.add(f"{key}.{name}={schema.show(value)}: must be a finite number{bound}")
+    return problems.lines()
