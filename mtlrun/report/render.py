@@ -1,0 +1,187 @@
+"""What the report writes: report.md (table, notes, robustness, failed jobs), report.csv and report.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from mtlrun.errors import UsageError
+from mtlrun.report.groups import Group
+from mtlrun.report.load import FailedJob
+from mtlrun.report.stats import mean_std
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if std is not None else "")
+
+
+def _seeds(group: Group) -> str:
+    numeric = lambda s: (0, s, "") if isinstance(s, int) else (1, 0, str(s))  # noqa: E731
+    return ",".join(str(s) for s in sorted((r.seed for r in group.runs), key=numeric))
+
+
+def column_title(key: str, directions: dict, aux_tasks: set[str]) -> str:
+    arrow = {True: " ↑", False: " ↓"}.get(directions.get(key), "")
+    return f"{key}{arrow}" + (" (aux)" if key.split("/")[0] in aux_tasks else "")
+
+
+def render_markdown(split: str, mtl: list[Group], baselines: list[Group], columns: list[str],
+                    directions: dict, aux_tasks: set[str], notes: list[str], has_delta: bool) -> str:
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    header = ["method", "seeds", *(column_title(c, directions, aux_tasks) for c in columns)]
+    header += ["Δm% ↓"] if has_delta else []
+    rows = []
+    for group in [*mtl, *baselines]:
+        row = [esc(group.label), _seeds(group)]
+        for c in columns:
+            task = c.split("/")[0]  # (aux) on the cell where only some groups have the task as auxiliary
+            marked = group in mtl and task not in aux_tasks and task in group.tasks and group.auxiliary(task)
+            row.append(_cell(group.values(c), ".4f") + (" (aux)" if marked else ""))
+        if has_delta:
+            row.append(_cell(group.delta, "+.2f") if group.delta else ("" if group in baselines else "-"))
+        rows.append(row)
+    lines = [f"# mtlrun report ({split} split)", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|",
+             *("| " + " | ".join(r) + " |" for r in rows), ""]
+    lines.append("Mean ± sample std over seeds; ↑ higher is better, ↓ lower is better; (aux): auxiliary task, "
+                 "not in Δm%.")
+    if has_delta:
+        lines += ["", "Δm% = (1/K) Σ_k (-1)^δ_k (M_k - M_stl,k) / M_stl,k × 100 over the K metrics of the "
+                      "non-auxiliary tasks, δ_k = 1 where higher is better: negative means the multi-task "
+                      "model beats single-task training."]
+    bullets = []
+    for group in mtl:
+        if group.baseline_for:
+            used = ", ".join(f"{t}: {b.label}" for t, b in group.baseline_for.items())
+            bullets.append(f"- baselines of {esc(group.label)}: {esc(used)}")
+        if group.note:
+            bullets.append(f"- Δm% of {esc(group.label)}: {esc(group.note)}")
+    bullets += [f"- note: {esc(n)}" for n in notes]
+    lines += ["", *bullets] if bullets else []
+    lines += ["", "## Runs", ""]
+    for group in [*mtl, *baselines]:
+        lines.append(f"- **{esc(group.label)}**: " + ", ".join(f"`{r.path}`" for r in group.runs))
+    return "\n".join(lines) + "\n"
+
+
+def render_failures(failed: list[FailedJob]) -> str:
+    """The failed jobs, each with its overrides and the first line of its error (the rest: its error.json)."""
+    if not failed:
+        return ""
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = ["", f"## Failed jobs ({len(failed)}, left out of every statistic above)", ""]
+    for job in failed:
+        overrides = " ".join(job.overrides) or "no overrides"
+        lines.append(f"- `{job.path}` `{esc(overrides)}`: {esc(job.error)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str],
+               failed: list[FailedJob] = ()) -> str:
+    """One row per group, then one per failed job (kind `failed`, its overrides as method, `error`)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["method", "kind", "runs", "seeds", "auxiliary"]
+    for c in columns:
+        header += [c, f"{c} std"]
+    writer.writerow([*header, "delta_m", "delta_m std", "run_dirs", "error"])
+    num = lambda v: "" if v is None else f"{v:.10g}"  # noqa: E731
+    for group in [*mtl, *baselines]:
+        row = [group.label, "baseline" if group in baselines else "mtl", len(group.runs), _seeds(group),
+               ";".join(t for t in group.tasks if group.auxiliary(t))]
+        for c in columns:
+            row += [num(x) for x in mean_std(group.values(c))]
+        row += [num(x) for x in mean_std(group.delta or [])]
+        writer.writerow([*row, ";".join(str(r.path) for r in group.runs), ""])
+    for job in failed:
+        writer.writerow([" ".join(job.overrides), "failed", 0, "", "", *[""] * (2 * len(columns) + 2),
+                         str(job.path), job.error])
+    return buf.getvalue()
+
+
+def plot_report(path: Path, mtl: list[Group], baselines: list[Group], columns: list[str],
+                directions: dict, aux_tasks: set[str]) -> None:
+    """One panel per task (its first metric) with a bar per group and std error bars, plus Δm%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary: dict[str, str] = {}  # task -> its first metric
+    for c in columns:
+        primary.setdefault(c.split("/")[0], c)
+    panels = [(c, [g for g in [*mtl, *baselines] if g.values(c)]) for c in primary.values()]
+    if any(g.delta for g in mtl):
+        panels.append(("Δm% (lower is better)", [g for g in mtl if g.delta]))
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    width = max(4.2, 0.55 * max(len(groups) for _, groups in panels) + 1.5)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows), squeeze=False)
+    colours = {g: f"C{i % 10}" for i, g in enumerate(mtl)}
+    for ax, (title, groups) in zip(axes.flat, panels):
+        is_delta = title.startswith("Δm%")
+        stats = [mean_std(g.delta if is_delta else g.values(title)) for g in groups]
+        means = [m for m, _ in stats]
+        errs = [s or 0.0 for _, s in stats]
+        bars = ax.bar(range(len(groups)), means, yerr=errs, capsize=4,
+                      color=[colours.get(g, "0.75") for g in groups], edgecolor="black", linewidth=0.5)
+        for bar, g in zip(bars, groups):
+            if g in baselines:
+                bar.set_hatch("//")
+        ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right", fontsize=7)
+        lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
+        pad = 0.15 * (hi - lo) or 0.05 * abs(hi) or 1.0
+        if is_delta:
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_ylim(min(lo, 0) - pad, max(hi, 0) + pad)
+        else:  # zoomed to the values: differences between methods are often a fraction of a percent
+            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+            title = column_title(title, directions, aux_tasks)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render_robustness(groups: list[Group], split: str, out: Path) -> str:
+    """For eval runs with a corruption sweep: each group's mean curve per metric, its area under the curve
+    (mean ± std over seeds), and robustness.png with one line per group. Empty when no run has a sweep."""
+    swept = [g for g in groups if all(r.robustness for r in g.runs)]
+    if not swept:
+        return ""
+    kinds = {(r.robustness.get("modality"), r.robustness.get("noise"), tuple(r.robustness.get("levels", ())))
+             for g in swept for r in g.runs}
+    if len(kinds) > 1:
+        shown = "; ".join(f"{m} {n} {list(lv)}" for m, n, lv in sorted(kinds, key=str))
+        raise UsageError(f"the runs hold different robustness sweeps ({shown}); report one sweep at a time")
+    modality, noise, levels = kinds.pop()
+    keys = [k for k in swept[0].runs[0].robustness.get("metrics", {})
+            if k.startswith(f"{split}/") and not k.endswith("/loss")]
+    lines = ["", f"## Robustness: {noise} on {modality} ({split} split)", "",
+             "| method | metric | " + " | ".join(f"{v:g}" for v in levels) + " | AUC |",
+             "|" + "|".join(["---"] * (len(levels) + 3)) + "|"]
+    curves = {}
+    for group in swept:
+        curves[group.label] = {}
+        for key in keys:
+            runs = [r.robustness["metrics"][key] for r in group.runs if key in r.robustness.get("metrics", {})]
+            if not runs:
+                continue
+            mean_curve = [sum(v) / len(v) for v in zip(*runs)]
+            curves[group.label][key.split("/", 1)[1]] = mean_curve
+            aucs = [r.robustness["auc"][key] for r in group.runs if key in r.robustness.get("auc", {})]
+            lines.append(f"| {group.label.replace('|', '/')} | {key.split('/', 1)[1]} | "
+                         + " | ".join(f"{v:.4f}" for v in mean_curve) + f" | {_cell(aucs, '.4f')} |")
+    lines += ["", "Mean over seeds at each corruption level; AUC: area under the metric-level curve divided by "
+                  "the level range (mean ± std over seeds)."]
+    from mtlrun.engine.plots import plot_robustness
+
+    plot_robustness(curves, list(levels), f"{noise} on {modality} ({split})", out / "robustness.png")
+    return "\n".join(lines) + "\n"
