@@ -1,6 +1,6 @@
 """Dataset and data-module building blocks shared by every built-in dataset.
 
-A sample / batch is the dict of DESIGN.md:
+A sample / batch is the dict of docs/architecture.md (data flow):
     {"inputs": {modality: Tensor}, "targets": {task: Tensor},
      optional "label_mask": {task: BoolTensor[B]}, optional "modality_mask": {modality: BoolTensor[B]}}
 """
@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 class TargetInfo:
     """What the data says about one target, so task heads can be checked against it."""
 
-    kind: str  # classification | binary | multilabel | regression
+    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals
     num_classes: int | None = None  # classification: labels are 0..num_classes-1
     dim: int | None = None  # multilabel: number of labels; regression: number of outputs
 

@@ -1,4 +1,4 @@
-"""Run outputs: metrics.csv, results.json and the printed per-task table (DESIGN.md, run directory)."""
+"""Run outputs: metrics.csv, results.json and the printed per-task table (docs/architecture.md, run directory)."""
 
 from __future__ import annotations
 

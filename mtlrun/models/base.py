@@ -1,4 +1,4 @@
-"""The model contract every sharing architecture implements (see DESIGN.md, data flow)."""
+"""The model contract every sharing architecture implements (see docs/architecture.md, data flow)."""
 
 from __future__ import annotations
 

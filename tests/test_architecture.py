@@ -1,0 +1,183 @@
+"""The package's shape, read from the source with `ast` (nothing is imported): modules small enough to read in
+one sitting, no import cycle, and layers that import only downward. docs/architecture.md lists the same
+layers; a test keeps the two equal."""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "mtlrun"
+MAX_LINES = 400
+
+# Bottom to top. A module may import from its own layer and the layers below, never from a layer above. An
+# entry names a module, or a package and everything under it; `mtlrun` is the package's own __init__ only.
+LAYERS = [
+    ("foundation", ("mtlrun", "mtlrun.errors", "mtlrun.checks", "mtlrun.distributed", "mtlrun.schema")),
+    ("data", ("mtlrun.data",)),
+    ("tasks", ("mtlrun.metrics", "mtlrun.tasks", "mtlrun.task_selection")),
+    ("models", ("mtlrun.models",)),
+    ("weighting", ("mtlrun.weighting",)),
+    ("engine", ("mtlrun.engine",)),
+    ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
+                  "mtlrun.build")),
+    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.cli", "mtlrun.__main__")),
+]
+
+# Function-level imports that close an import cycle, each with the reason it is tolerated. Every entry is a
+# debt to pay off, not a pattern to copy; a top-level import never qualifies.
+# None today: models.base -> models.multimodal went when MultiModalInput moved into models/base.py.
+LAZY_CYCLE_ALLOWED: dict[tuple[str, str], str] = {}
+
+# Modules over MAX_LINES that are being split right now (path prefixes: the module and the modules it is
+# split into); the strict test below ignores them, the xfail one does not. Remove an entry once it is done.
+SPLITS_IN_PROGRESS = {
+    "mtlrun/data/table": "data/table.py (1381 lines), being split into a data/table/ package",
+    "mtlrun/engine/trainer": "engine/trainer.py (520), being split (ddp, monitor, signals, trainer_config)",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def resolve(importer: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The mtlrun modules an import statement names (`from a import b`: a.b where b is a module, else a)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name.split(".")[0] == "mtlrun"]
+    base = node.module or ""
+    if node.level:  # relative: from the importer's package
+        package = importer if modules()[importer].name == "__init__.py" else importer.rpartition(".")[0]
+        package = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+        base = f"{package}.{base}" if base else package
+    if base.split(".")[0] != "mtlrun":
+        return []
+    return sorted({f"{base}.{a.name}" if f"{base}.{a.name}" in modules() else base for a in node.names})
+
+
+@cache
+def imports() -> list[tuple[str, str, int, bool]]:
+    """(importer, imported, line, lazy) for every import of an mtlrun module; lazy: inside a function."""
+    found = []
+
+    def visit(node, importer: str, lazy: bool):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.extend((importer, target, child.lineno, lazy) for target in resolve(importer, child)
+                             if target != importer)
+            visit(child, importer, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    for name, path in modules().items():
+        visit(ast.parse(path.read_text(), str(path)), name, False)
+    return found
+
+
+def layer_of(module: str) -> int | None:
+    best, best_len = None, -1
+    for index, (_, entries) in enumerate(LAYERS):
+        for entry in entries:
+            matches = module == entry or (entry != "mtlrun" and module.startswith(entry + "."))
+            if matches and len(entry) > best_len:
+                best, best_len = index, len(entry)
+    return best
+
+
+def oversized() -> dict[str, int]:
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in modules().values()}
+    return {path: n for path, n in sizes.items() if n > MAX_LINES}
+
+
+def test_every_module_has_a_layer():
+    missing = [m for m in modules() if layer_of(m) is None]
+    assert not missing, f"put these modules in a layer (LAYERS here and docs/architecture.md): {missing}"
+
+
+def test_layers_import_only_downward():
+    upward = [f"{importer} (layer {LAYERS[layer_of(importer)][0]}) imports {target} (layer "
+              f"{LAYERS[layer_of(target)][0]}), line {line}{' (in a function)' if lazy else ''}"
+              for importer, target, line, lazy in imports()
+              if target in modules() and layer_of(target) > layer_of(importer)]
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle():
+    graph: dict[str, set[str]] = {m: set() for m in modules()}
+    for importer, target, _, lazy in imports():
+        if target in graph and not (lazy and (importer, target) in LAZY_CYCLE_ALLOWED):
+            graph[importer].add(target)
+    cycles = [sorted(c) for c in strongly_connected(graph) if len(c) > 1]
+    assert not cycles, f"import cycles (a function-level import counts too): {cycles}"
+
+
+def test_the_allowed_lazy_imports_are_lazy_and_still_needed():
+    lazy = {(i, t) for i, t, _, is_lazy in imports() if is_lazy}
+    eager = {(i, t) for i, t, _, is_lazy in imports() if not is_lazy}
+    for pair in LAZY_CYCLE_ALLOWED:
+        assert pair in lazy and pair not in eager, f"{pair}: no longer a function-level import; drop the entry"
+
+
+def test_no_module_over_400_lines_outside_the_ongoing_splits():
+    over = {path: n for path, n in oversized().items() if not path.startswith(tuple(SPLITS_IN_PROGRESS))}
+    assert not over, f"modules over {MAX_LINES} lines: {over}"
+
+
+@pytest.mark.xfail(strict=False, reason="still over 400 lines: " + "; ".join(SPLITS_IN_PROGRESS.values()))
+def test_no_module_over_400_lines():
+    assert not oversized(), f"modules over {MAX_LINES} lines: {oversized()}"
+
+
+def test_docs_list_the_same_layers():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    listed = [(m["name"], tuple(re.findall(r"`([\w.]+)`", m["modules"])))
+              for m in re.finditer(r"^\d+\. \*\*(?P<name>\w+)\*\*: (?P<modules>.+)$", text, re.M)]
+    assert listed == LAYERS
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively (no recursion limit to worry about)."""
+    index, low, on_stack, stack, components, counter = {}, {}, set(), [], [], 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
