@@ -1,7 +1,7 @@
 """Every bad value is a usage error before any work: exit 2, no traceback, every problem listed at once.
 
 The trainer section against its typed schema (mtlrun/schema.py), the optim / scheduler / data values, every
-`_target_` node's keys against its target's signature (config.check_targets), in train and in eval; and the
+`_target_` node's keys against its target's signature (validation.check_targets), in train and in eval; and the
 thread policy (trainer.threads, mtlrun/engine/threads.py).
 """
 
@@ -219,7 +219,8 @@ def test_keys_a_target_does_not_take_are_reported_for_every_node():
         "num_workers, pin_memory, drop_last, modalities, modality_dropout; did you mean n_train?",
         "backbone.image.chanels: mtlrun.models.encoders.image.SmallCNN takes no argument 'chanels'; valid: "
         "in_channels, input_size, channels, out_dim, dropout; did you mean channels?",
-        "fusion.dimm: mtlrun.models.fusion.Concat takes no argument 'dimm'; valid: dim, trunk; did you mean dim?",
+        "fusion.dimm: mtlrun.models.fusion.concat.Concat takes no argument 'dimm'; valid: dim, trunk; did you mean "
+        "dim?",
         "arch.head_hiden: mtlrun.models.sharing.hps.HardParameterSharing takes no argument 'head_hiden'; valid: "
         "head_hidden, head_dropout; did you mean head_hidden?",
         "tasks.left.wieght: mtlrun.tasks.Classification takes no argument 'wieght'; valid: num_classes, "
