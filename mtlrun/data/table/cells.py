@@ -1,0 +1,105 @@
+"""What the cells of a manifest column mean: labels, numbers, and YAML booleans standing for labels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mtlrun.checks import is_real
+from mtlrun.data.table.manifest import Manifest, _empty, _Problems
+
+# What a YAML boolean in an option that names a label (`positive: yes` is read as True) stands for.
+BOOLEAN_WORDS = {True: ("yes", "y", "true", "on", "1"), False: ("no", "n", "false", "off", "0")}
+
+
+# ----------------------------------------------------------------------------------------- cell values
+def _canon(value) -> tuple[str | None, object]:
+    """(kind, canonical value) of a cell: kind is number | text | boolean | list | object (None if empty).
+
+    Text that reads as a finite number is a number, so "1" and "1.0" in a CSV are the same label, and a
+    label column of a CSV and of a JSON Lines file give the same classes."""
+    if _empty(value):
+        return None, None
+    if isinstance(value, bool):
+        return "boolean", value
+    if is_real(value):
+        value = float(value)
+        if not math.isfinite(value):
+            return "text", str(value)
+        return "number", int(value) if value.is_integer() else value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return "text", text
+        if not math.isfinite(number):
+            return "text", text
+        return "number", int(number) if number.is_integer() else number
+    if isinstance(value, (list, tuple)):
+        return "list", list(value)
+    return "object", value
+
+
+def _means(flag: bool, label) -> bool:
+    """Whether a label (a canonical cell value) reads as the boolean `flag`: yes / True / 1 / y for True."""
+    if isinstance(label, bool):
+        return label == flag
+    if is_real(label):
+        return label == int(flag)
+    return isinstance(label, str) and label.strip().lower() in BOOLEAN_WORDS[flag]
+
+
+def _labels(manifest: Manifest, column: str, problems: _Problems) -> list | None:
+    """Canonical values of a label or category column (None = empty cell), or None (and problems) when a
+    cell is not a single number / text / boolean, or the column mixes those kinds."""
+    values, examples, counts, bad = [], {}, {}, False
+    for row, cell in enumerate(manifest.cells[column]):
+        kind, value = _canon(cell)
+        values.append(value)
+        if kind is None:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+        examples.setdefault(kind, (row, cell))
+        if kind not in ("number", "text", "boolean"):
+            problems.add(f"{manifest.at(row, column)}: expected one label (a number or a text), got {cell!r}",
+                         group=("kind", column))
+            bad = True
+    if len(counts) > 1:
+        parts = [f"{n} {k}(s) (e.g. row {manifest.numbers[examples[k][0]]}: {examples[k][1]!r})"
+                 for k, n in counts.items()]
+        problems.add(f"{manifest.path}, column '{column}': mixed types: {' and '.join(parts)}; a label column "
+                     f"holds only numbers or only texts", group=("mixed", column))
+        bad = True
+    return None if bad else values
+
+
+def _sorted_labels(labels) -> list:
+    """Deterministic order: numbers numerically, texts alphabetically, false before true."""
+    return sorted(set(labels), key=lambda v: (type(v).__name__ if not is_real(v) else "", v))
+
+
+def _numbers(manifest: Manifest, column: str, key: str, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values [rows], present [rows]) of a numeric column; NaN / non-numbers are problems."""
+    values = np.zeros(manifest.rows, dtype=np.float64)
+    present = np.zeros(manifest.rows, dtype=bool)
+    for row, cell in enumerate(manifest.cells[column]):
+        if cell is None:
+            continue
+        if isinstance(cell, bool) or not isinstance(cell, (int, float, str)):
+            problems.add(f"{manifest.at(row, column)}: not a number: {cell!r} ({key} reads numbers)",
+                         group=("number", column))
+            continue
+        try:
+            number = float(cell.strip() if isinstance(cell, str) else cell)
+        except ValueError:
+            problems.add(f"{manifest.at(row, column)}: not a number: {cell!r} ({key} reads numbers)",
+                         group=("number", column))
+            continue
+        if not math.isfinite(number):
+            problems.add(f"{manifest.at(row, column)}: {cell!r} is not a finite number; leave the cell empty "
+                         f"for a missing value", group=("number", column))
+            continue
+        values[row], present[row] = number, True
+    return values, present

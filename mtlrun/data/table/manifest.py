@@ -1,0 +1,202 @@
+"""Reading a manifest (CSV, JSON Lines or Parquet) into columns of cells, and collecting its problems."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtlrun.errors import ConfigError
+
+SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+MAX_SHOWN = 10  # problems shown per column and kind before "... and N more"
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform takes (a C long)
+
+
+class _Problems:
+    """Problems found so far; at most MAX_SHOWN per group (a column and a kind of problem), then a count."""
+
+    def __init__(self):
+        self.groups: dict[object, list[str]] = {}
+        self.counts: dict[object, int] = {}
+
+    def add(self, message: str, group=None) -> None:
+        group = message if group is None else group
+        self.counts[group] = self.counts.get(group, 0) + 1
+        shown = self.groups.setdefault(group, [])
+        if len(shown) < MAX_SHOWN:
+            shown.append(message)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def lines(self) -> list[str]:
+        out = []
+        for group, shown in self.groups.items():
+            out += shown
+            if self.counts[group] > len(shown):
+                out.append(f"... and {self.counts[group] - len(shown)} more like the above")
+        return out
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise ConfigError(self.lines())
+
+
+
+# ----------------------------------------------------------------------------------------- the manifest
+@dataclass
+class Manifest:
+    """The table as read: `cells[column][row]` (None = empty), and each row's line in the file."""
+
+    path: str
+    columns: list[str]
+    cells: dict[str, list]
+    numbers: np.ndarray  # [rows] 1-based data row number (malformed rows are counted, then left out)
+    lines: np.ndarray | None  # [rows] file line of each row (CSV, JSON Lines), None for Parquet
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.cells.values()))) if self.cells else 0
+
+    def at(self, row: int, column: str) -> str:
+        return _where((self.path, self.numbers, self.lines, column), row)
+
+
+def _where(origin: tuple, row: int) -> str:
+    """`<manifest> row N (line L), column 'c'` for row index `row`; origin = (path, numbers, lines, column)."""
+    path, numbers, lines, column = origin
+    line = f" (line {int(lines[row])})" if lines is not None else ""
+    return f"{path} row {int(numbers[row])}{line}, column '{column}'"
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def read_manifest(path: str, problems: _Problems, encoding: str = "utf-8") -> Manifest:
+    """Read a CSV / JSON Lines / Parquet manifest; malformed rows are added to `problems` and skipped."""
+    fmt = SUFFIXES.get(Path(path).suffix.lower())
+    if fmt == "csv":
+        return _read_csv(path, problems, encoding)
+    if fmt == "jsonl":
+        return _read_jsonl(path, problems, encoding)
+    return _read_parquet(path)
+
+
+def _lines(path: str, encoding: str, problems: _Problems, newline: str | None = None):
+    """The text lines of a manifest; a byte that is not `encoding` stops the read with its line (a problem)."""
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # skips the BOM Excel writes
+    with open(path, newline=newline, encoding=codec) as f:
+        try:
+            yield from f
+            return
+        except UnicodeDecodeError:
+            pass
+    problems.add(_undecodable(path, encoding, codec))
+    problems.raise_if_any()
+
+
+def _undecodable(path: str, encoding: str, codec: str) -> str:
+    """Where the first byte that `codec` cannot decode is (read again as a whole: this runs only on failure)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode(codec)
+        where, bad = "", "a byte"
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode(codec, errors="replace")
+        line, character = before.count("\n") + 1, len(before) - before.rfind("\n")
+        where = f" line {line}, character {character}"
+        bad = data[exc.start:exc.end]
+        bad = f"byte{'s' if len(bad) > 1 else ''} " + " ".join(f"0x{b:02x}" for b in bad)
+    return (f"{path}{where}: {bad} is not valid {encoding} (data.encoding={encoding}); set data.encoding to the "
+            f"file's encoding, e.g. data.encoding=latin-1 (or cp1252 for files saved by Excel on Windows), or "
+            f"save the file as UTF-8")
+
+
+@contextmanager
+def _csv_cells_of_any_size():
+    """csv refuses cells over 128 KiB (field_size_limit); a long text reads from JSON Lines, so from CSV too.
+
+    The limit is process-wide state: raised for this read only, then restored."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv(path: str, problems: _Problems, encoding: str) -> Manifest:
+    with _csv_cells_of_any_size():
+        reader = csv.reader(_lines(path, encoding, problems, newline=""))
+        header = next(reader, None)
+        if header is None:
+            raise ConfigError([f"{path}: the file is empty; a CSV manifest starts with a header row of column names"])
+        header = [h.strip() for h in header]
+        _check_header(path, header, problems)
+        rows, lines, numbers, number = [], [], [], 0
+        for record in reader:
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # a blank line
+            number += 1
+            if len(record) != len(header):
+                problems.add(f"{path} row {number} (line {reader.line_num}): has {len(record)} fields, the header "
+                             f"has {len(header)}; quote cells that contain commas", group=("csv-fields", path))
+                continue
+            rows.append(record)
+            lines.append(reader.line_num)
+            numbers.append(number)
+    cells = {h: [None if not v.strip() else v for v in column] for h, column in
+             zip(header, zip(*rows) if rows else [()] * len(header))}
+    return Manifest(path, header, {h: list(c) for h, c in cells.items()}, np.array(numbers), np.array(lines))
+
+
+def _check_header(path: str, header: list[str], problems: _Problems) -> None:
+    seen = set()
+    for i, name in enumerate(header):
+        if not name:
+            problems.add(f"{path}: column {i + 1} of the header has no name")
+        elif name in seen:
+            problems.add(f"{path}: the header names column '{name}' twice")
+        seen.add(name)
+
+
+def _read_jsonl(path: str, problems: _Problems, encoding: str) -> Manifest:
+    records, lines, numbers, columns, number = [], [], [], {}, 0
+    for line_number, line in enumerate(_lines(path, encoding, problems), start=1):
+        if not line.strip():
+            continue
+        number += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.add(f"{path} row {number} (line {line_number}): not valid JSON ({exc.msg} at character "
+                         f"{exc.colno})", group=("json", path))
+            continue
+        if not isinstance(record, dict):
+            problems.add(f"{path} row {number} (line {line_number}): a JSON Lines manifest holds one object "
+                         f"per line, got a {type(record).__name__}", group=("json", path))
+            continue
+        records.append(record)
+        lines.append(line_number)
+        numbers.append(number)
+        columns.update(dict.fromkeys(record))
+    cells = {c: [None if _empty(r.get(c)) else r.get(c) for r in records] for c in columns}
+    return Manifest(path, list(columns), cells, np.array(numbers), np.array(lines))
+
+
+def _read_parquet(path: str) -> Manifest:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        message = (f"data.path={path}: reading Parquet needs pyarrow, which mtlrun does not install; "
+                   f"`pip install pyarrow`, or save the table as CSV or JSON Lines")
+        raise ConfigError([message]) from None
+    table = pq.read_table(path)
+    cells = {name: [None if _empty(v) else v for v in table.column(name).to_pylist()] for name in table.column_names}
+    return Manifest(path, list(table.column_names), cells, np.arange(1, table.num_rows + 1), None)
