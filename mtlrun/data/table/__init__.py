@@ -43,6 +43,12 @@ folder) inside data.root (unless `allow_outside_root`: no `..`, absolute path or
 `validate: full` also decodes every file. `cache: true` decodes every file once at start-up and keeps the
 tensors in memory, which validates them as fully as `full`. A label option read by YAML as a boolean
 (`positive: yes`) stands for the one label of its column that reads as that boolean (yes / y / true / on / 1).
+
+The package: datamodule.py is `Table` (its whole reading in `_read`); manifest.py reads the file and
+cells.py says what a cell means; fields/ holds one class per input and target type (its options, checks,
+fitting, checkpoint state and file reader) and the registry of their `type:` names; splits.py and augment.py
+are the `split` and `augment` options; assemble.py turns what the fields read into the splits' datasets
+(dataset.py).
 """
 
 from mtlrun.data.table.datamodule import Table

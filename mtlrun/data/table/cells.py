@@ -7,19 +7,18 @@ import math
 import numpy as np
 
 from mtlrun.checks import is_real
-from mtlrun.data.table.manifest import Manifest, _empty, _Problems
+from mtlrun.data.table.manifest import Manifest, Problems, is_empty
 
 # What a YAML boolean in an option that names a label (`positive: yes` is read as True) stands for.
 BOOLEAN_WORDS = {True: ("yes", "y", "true", "on", "1"), False: ("no", "n", "false", "off", "0")}
 
 
-# ----------------------------------------------------------------------------------------- cell values
-def _canon(value) -> tuple[str | None, object]:
+def canon(value) -> tuple[str | None, object]:
     """(kind, canonical value) of a cell: kind is number | text | boolean | list | object (None if empty).
 
     Text that reads as a finite number is a number, so "1" and "1.0" in a CSV are the same label, and a
     label column of a CSV and of a JSON Lines file give the same classes."""
-    if _empty(value):
+    if is_empty(value):
         return None, None
     if isinstance(value, bool):
         return "boolean", value
@@ -42,7 +41,7 @@ def _canon(value) -> tuple[str | None, object]:
     return "object", value
 
 
-def _means(flag: bool, label) -> bool:
+def reads_as(flag: bool, label) -> bool:
     """Whether a label (a canonical cell value) reads as the boolean `flag`: yes / True / 1 / y for True."""
     if isinstance(label, bool):
         return label == flag
@@ -51,12 +50,12 @@ def _means(flag: bool, label) -> bool:
     return isinstance(label, str) and label.strip().lower() in BOOLEAN_WORDS[flag]
 
 
-def _labels(manifest: Manifest, column: str, problems: _Problems) -> list | None:
+def label_column(manifest: Manifest, column: str, problems: Problems) -> list | None:
     """Canonical values of a label or category column (None = empty cell), or None (and problems) when a
     cell is not a single number / text / boolean, or the column mixes those kinds."""
     values, examples, counts, bad = [], {}, {}, False
     for row, cell in enumerate(manifest.cells[column]):
-        kind, value = _canon(cell)
+        kind, value = canon(cell)
         values.append(value)
         if kind is None:
             continue
@@ -75,12 +74,12 @@ def _labels(manifest: Manifest, column: str, problems: _Problems) -> list | None
     return None if bad else values
 
 
-def _sorted_labels(labels) -> list:
+def sorted_labels(labels) -> list:
     """Deterministic order: numbers numerically, texts alphabetically, false before true."""
     return sorted(set(labels), key=lambda v: (type(v).__name__ if not is_real(v) else "", v))
 
 
-def _numbers(manifest: Manifest, column: str, key: str, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
+def number_column(manifest: Manifest, column: str, key: str, problems: Problems) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values [rows], present [rows]) of a numeric column; NaN / non-numbers are problems."""
     values = np.zeros(manifest.rows, dtype=np.float64)
     present = np.zeros(manifest.rows, dtype=bool)

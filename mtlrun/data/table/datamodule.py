@@ -1,4 +1,5 @@
-"""`Table`, the DataModule of `data=table`: checks the config, then reads, fits and builds through the builder."""
+"""`Table`, the DataModule of `data=table`: checks its whole config at construction (every problem at once),
+then reads the manifest on first use and keeps what was fitted on the train split as its checkpoint state."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from mtlrun.checks import is_real
 from mtlrun.data.base import DataModule, DataSpec
-from mtlrun.data.table.builder import _Builder, _Prepared
-from mtlrun.data.table.dataset import Augment
-from mtlrun.data.table.fields import _parse_fields, _parse_split, _plain
-from mtlrun.data.table.manifest import SUFFIXES
+from mtlrun.data.table.augment import parse_augment
+from mtlrun.data.table.assemble import Prepared, assemble, decode_everything, slot
+from mtlrun.data.table.fields import parse_fields
+from mtlrun.data.table.fields.base import STATE_SECTIONS, Reading, plain
+from mtlrun.data.table.manifest import SUFFIXES, Problems, read_manifest
+from mtlrun.data.table.splits import assign_splits, parse_split
 from mtlrun.errors import ConfigError, UsageError
 
 VALIDATE = ("files", "full")
 
 
-# ----------------------------------------------------------------------------------------- the data module
 class Table(DataModule):
-    """Your own data from a manifest; see the module docstring and configs/data/table.yaml."""
+    """Your own data from a manifest; see the package docstring (mtlrun.data.table) and configs/data/table.yaml."""
 
     name = "table"
 
@@ -38,14 +39,14 @@ class Table(DataModule):
         elif not Path(path).expanduser().is_file():
             problems.append(f"data.path={path}: no such file (looked for {Path(path).expanduser().resolve()}; "
                             f"relative paths start at the current directory)")
-        self.inputs = _parse_fields("inputs", inputs, problems)
-        self.targets = _parse_fields("targets", targets, problems)
-        if not self.inputs and not _plain(inputs):
+        self.inputs = parse_fields("inputs", inputs, problems)
+        self.targets = parse_fields("targets", targets, problems)
+        if not self.inputs and not plain(inputs):
             problems.append("data.inputs: declare at least one input, e.g. {image: {type: image, column: path}}")
-        if not self.targets and not _plain(targets):
+        if not self.targets and not plain(targets):
             problems.append("data.targets: declare at least one target, e.g. {label: {type: classification, "
                             "column: label}}")
-        self.split = _parse_split(split, problems)
+        self.split = parse_split(split, problems)
         if validate not in VALIDATE:
             problems.append(f"data.validate={validate!r}: valid: files (cells parsed, every file exists), full "
                             f"(also decodes every file)")
@@ -53,11 +54,11 @@ class Table(DataModule):
             problems.append(f"data.cache={cache!r}: must be true or false")
         if not isinstance(allow_outside_root, bool):
             problems.append(f"data.allow_outside_root={allow_outside_root!r}: must be true or false")
-        if not _is_text_encoding(encoding):
+        if not is_text_encoding(encoding):
             problems.append(f"data.encoding={encoding!r}: not a text encoding Python knows; e.g. utf-8, latin-1, "
                             f"cp1252, utf-16")
-        self.augment = _parse_augment(augment, problems)
-        if self.augment and not any(f.type == "image" for f in self.inputs):
+        self.augment = parse_augment(augment, problems)
+        if self.augment and not any(f.resample for f in self.inputs):
             problems.append("data.augment: flips and crops act on images; this data has no image input")
         if problems:
             raise ConfigError(problems)
@@ -66,7 +67,7 @@ class Table(DataModule):
         self.validate, self.cache = validate, cache
         self.encoding, self.allow_outside_root = encoding, allow_outside_root
         self._loaded: dict | None = None
-        self._prepared: _Prepared | None = None
+        self._prepared: Prepared | None = None
 
     # ------------------------------------------------------------------ DataModule interface
     @property
@@ -80,7 +81,7 @@ class Table(DataModule):
         return self._prepare().state
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"classes", "categories", "numeric", "tokenizers", "sizes", "targets"}
+        expected = set(STATE_SECTIONS)
         if isinstance(state, dict) and set(state) == expected - {"targets"}:
             state = {**state, "targets": {}}  # written before regression targets could be standardised
         if not isinstance(state, dict) or set(state) != expected:
@@ -90,35 +91,35 @@ class Table(DataModule):
         self._prepared = None
 
     # ------------------------------------------------------------------ reading and validation
-    def _prepare(self) -> _Prepared:
+    def _prepare(self) -> Prepared:
         if self._prepared is None:
-            self._prepared = _Builder(self).run()
+            self._prepared = self._read()
         return self._prepared
 
+    def _read(self) -> Prepared:
+        """Read the manifest once, validate every cell and file, fit on the train split (or take what a loaded
+        checkpoint fitted), and build the splits; every problem found is reported at once."""
+        problems = Problems()
+        m = read_manifest(self.path, problems, self.encoding)
+        if m.rows == 0:
+            problems.add(f"{self.path}: the manifest has no data rows")
+            problems.raise_if_any()
+        reading = Reading(m, problems, inputs=self.inputs, root=self.root, allow_outside_root=self.allow_outside_root,
+                          loaded=self._loaded)
+        fields = [f for f in [*self.inputs, *self.targets] if f.check_columns(m, problems)]
+        splits = assign_splits(m, self.split, problems)
+        values = {slot(f): f.read(reading, splits["train"]) for f in fields}
+        problems.raise_if_any()
+        prepared = assemble(reading, fields, values, splits, self.targets, self.augment)
+        if self.validate == "full" or self.cache:
+            decode_everything(prepared, problems, self.cache, self.num_workers)
+            problems.raise_if_any()
+        return prepared
 
-def _is_text_encoding(name) -> bool:
+
+def is_text_encoding(name) -> bool:
     try:
         io.TextIOWrapper(io.BytesIO(), encoding=name)  # what open() takes: no hex or base64 codecs
     except (LookupError, TypeError):
         return False
     return isinstance(name, str)  # None would mean the locale's encoding
-
-
-def _parse_augment(node, problems: list[str]) -> Augment:
-    node = _plain(node) or {}
-    if not isinstance(node, dict) or set(node) - {"hflip", "crop_scale"}:
-        problems.append(f"data.augment={node!r}: valid keys: hflip (true/false), crop_scale (null or [lo, hi])")
-        return Augment()
-    hflip, scale = node.get("hflip", False), node.get("crop_scale")
-    if not isinstance(hflip, bool):
-        problems.append(f"data.augment.hflip={hflip!r}: must be true or false")
-        hflip = False
-    if scale is not None:
-        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(is_real(s) for s in scale)
-                and 0 < scale[0] <= scale[1] <= 1):
-            problems.append(f"data.augment.crop_scale={scale!r}: must be null or [lo, hi] with 0 < lo <= hi <= 1 "
-                            f"(the fraction of the area a random crop keeps)")
-            scale = None
-        else:
-            scale = (float(scale[0]), float(scale[1]))
-    return Augment(hflip, scale)

@@ -1,4 +1,7 @@
-"""Reading a manifest (CSV, JSON Lines or Parquet) into columns of cells, and collecting its problems."""
+"""Reading a manifest (CSV, JSON Lines or Parquet) into columns of cells, and the collector of its problems.
+
+Every problem names the manifest, the data row (from 1), the file line where there is one, and the column.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ MAX_SHOWN = 10  # problems shown per column and kind before "... and N more"
 CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform takes (a C long)
 
 
-class _Problems:
+class Problems:
     """Problems found so far; at most MAX_SHOWN per group (a column and a kind of problem), then a count."""
 
     def __init__(self):
@@ -35,6 +38,10 @@ class _Problems:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
+    def total(self) -> int:
+        """Problems added so far, shown or not."""
+        return sum(self.counts.values())
+
     def lines(self) -> list[str]:
         out = []
         for group, shown in self.groups.items():
@@ -48,8 +55,6 @@ class _Problems:
             raise ConfigError(self.lines())
 
 
-
-# ----------------------------------------------------------------------------------------- the manifest
 @dataclass
 class Manifest:
     """The table as read: `cells[column][row]` (None = empty), and each row's line in the file."""
@@ -65,21 +70,21 @@ class Manifest:
         return len(next(iter(self.cells.values()))) if self.cells else 0
 
     def at(self, row: int, column: str) -> str:
-        return _where((self.path, self.numbers, self.lines, column), row)
+        return where((self.path, self.numbers, self.lines, column), row)
 
 
-def _where(origin: tuple, row: int) -> str:
+def where(origin: tuple, row: int) -> str:
     """`<manifest> row N (line L), column 'c'` for row index `row`; origin = (path, numbers, lines, column)."""
     path, numbers, lines, column = origin
     line = f" (line {int(lines[row])})" if lines is not None else ""
     return f"{path} row {int(numbers[row])}{line}, column '{column}'"
 
 
-def _empty(value) -> bool:
+def is_empty(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def read_manifest(path: str, problems: _Problems, encoding: str = "utf-8") -> Manifest:
+def read_manifest(path: str, problems: Problems, encoding: str = "utf-8") -> Manifest:
     """Read a CSV / JSON Lines / Parquet manifest; malformed rows are added to `problems` and skipped."""
     fmt = SUFFIXES.get(Path(path).suffix.lower())
     if fmt == "csv":
@@ -89,7 +94,7 @@ def read_manifest(path: str, problems: _Problems, encoding: str = "utf-8") -> Ma
     return _read_parquet(path)
 
 
-def _lines(path: str, encoding: str, problems: _Problems, newline: str | None = None):
+def _lines(path: str, encoding: str, problems: Problems, newline: str | None = None):
     """The text lines of a manifest; a byte that is not `encoding` stops the read with its line (a problem)."""
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # skips the BOM Excel writes
     with open(path, newline=newline, encoding=codec) as f:
@@ -131,7 +136,7 @@ def _csv_cells_of_any_size():
         csv.field_size_limit(previous)
 
 
-def _read_csv(path: str, problems: _Problems, encoding: str) -> Manifest:
+def _read_csv(path: str, problems: Problems, encoding: str) -> Manifest:
     with _csv_cells_of_any_size():
         reader = csv.reader(_lines(path, encoding, problems, newline=""))
         header = next(reader, None)
@@ -156,7 +161,7 @@ def _read_csv(path: str, problems: _Problems, encoding: str) -> Manifest:
     return Manifest(path, header, {h: list(c) for h, c in cells.items()}, np.array(numbers), np.array(lines))
 
 
-def _check_header(path: str, header: list[str], problems: _Problems) -> None:
+def _check_header(path: str, header: list[str], problems: Problems) -> None:
     seen = set()
     for i, name in enumerate(header):
         if not name:
@@ -166,7 +171,7 @@ def _check_header(path: str, header: list[str], problems: _Problems) -> None:
         seen.add(name)
 
 
-def _read_jsonl(path: str, problems: _Problems, encoding: str) -> Manifest:
+def _read_jsonl(path: str, problems: Problems, encoding: str) -> Manifest:
     records, lines, numbers, columns, number = [], [], [], {}, 0
     for line_number, line in enumerate(_lines(path, encoding, problems), start=1):
         if not line.strip():
@@ -186,7 +191,7 @@ def _read_jsonl(path: str, problems: _Problems, encoding: str) -> Manifest:
         lines.append(line_number)
         numbers.append(number)
         columns.update(dict.fromkeys(record))
-    cells = {c: [None if _empty(r.get(c)) else r.get(c) for r in records] for c in columns}
+    cells = {c: [None if is_empty(r.get(c)) else r.get(c) for r in records] for c in columns}
     return Manifest(path, list(columns), cells, np.array(numbers), np.array(lines))
 
 
@@ -198,5 +203,5 @@ def _read_parquet(path: str) -> Manifest:
                    f"`pip install pyarrow`, or save the table as CSV or JSON Lines")
         raise ConfigError([message]) from None
     table = pq.read_table(path)
-    cells = {name: [None if _empty(v) else v for v in table.column(name).to_pylist()] for name in table.column_names}
+    cells = {name: [None if is_empty(v) else v for v in table.column(name).to_pylist()] for name in table.column_names}
     return Manifest(path, list(table.column_names), cells, np.arange(1, table.num_rows + 1), None)
