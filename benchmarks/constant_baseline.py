@@ -83,7 +83,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose(config_name="train", overrides=args.overrides)
     parts = build_components(cfg)
-    train, scored = parts.data.dataset("train"), parts.data.dataset(args.split)
+    train = parts.data.dataset("train")
     whole = train.__getitems__(list(range(len(train))))  # read once: the targets of every task
     labelled = whole.get("label_mask", {})
     results = {}
@@ -92,8 +92,9 @@ def main() -> None:
             continue
         predictions = {t: fit(task, whole["targets"][t], labelled.get(t), per_pixel=kind == "per_pixel" and task.dense)
                        for t, task in parts.tasks.items()}
-        results[kind] = evaluate_split(ConstantModel(predictions), parts.tasks, scored, device=torch.device("cpu"),
-                                       batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size))
+        cpu = torch.device("cpu")
+        results[kind] = evaluate_split(ConstantModel(predictions), parts.tasks,
+                                       parts.data.eval_loader(args.split, device=cpu), device=cpu)
     if args.json:
         print(json.dumps(results, indent=2))
         return

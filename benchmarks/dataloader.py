@@ -30,12 +30,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mtlrun.build import build_components
+from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
-from mtlrun.data.loading import to_device, train_loader
+from mtlrun.data.loading import to_device
 from mtlrun.distributed import DistInfo
-from mtlrun.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -71,28 +70,19 @@ def loader_rate(cfg, epochs: int) -> tuple[float, float, int]:
     """(batches/s median over epochs, seconds to build the data incl. any cache, batches per epoch)."""
     start = time.perf_counter()
     data = instantiate_node(cfg.data, "data")
-    train = data.dataset("train")
+    data.dataset("train")
     built = time.perf_counter() - start
     rates, n = [], 0
     for epoch in range(epochs):
         start = time.perf_counter()
-        n = sum(1 for _ in train_loader(train, batch_size=data.batch_size, seed=0, epoch=epoch,
-                                        num_workers=data.num_workers))
+        n = sum(1 for _ in data.train_loader(epoch=epoch, seed=0, device=torch.device("cpu")))
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates), built, n
 
 
 def training_rate(cfg, steps: int, run_dir: str) -> tuple[float, str]:
-    torch.manual_seed(0)
-    parts = build_components(cfg)
-    optimizer = instantiate_node(cfg.optim, "optim")(list(parts.model.parameters())
-                                                     + list(parts.weighting.parameters()))
-    trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
-                      scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
-                      seed=cfg.seed, run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True),
-                      dist=DistInfo())
-    batches = [to_device(b, trainer.device) for b in
-               train_loader(parts.data.dataset("train"), batch_size=parts.data.batch_size, seed=0, epoch=0)]
+    trainer = build_trainer(cfg, run_dir, dist=DistInfo())
+    batches = [to_device(b, trainer.device) for b in trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)]
     trainer.model.train()
     for batch in batches[:3]:  # warm-up
         trainer.training_step(batch)
@@ -105,8 +95,8 @@ def training_rate(cfg, steps: int, run_dir: str) -> tuple[float, str]:
     sync(trainer.device)
     rate = steps / (time.perf_counter() - start)
     trainer._check_nonfinite()
-    encoders = getattr(parts.model.encoder, "encoders", {"": parts.model.encoder})
-    model = f"{type(parts.model).__name__}({', '.join(type(e).__name__ for e in encoders.values())})"
+    encoders = getattr(trainer.model.encoder, "encoders", {"": trainer.model.encoder})
+    model = f"{type(trainer.model).__name__}({', '.join(type(e).__name__ for e in encoders.values())})"
     return rate, f"{model} on {trainer.device}"
 
 

@@ -3,7 +3,7 @@
 What it measures: optimizer steps per second of
   * mtlrun: `trainer.training_step(batch); trainer.optimizer_step()`, the per-batch work of
     `Trainer._train_epoch` with accumulate=1, on a Trainer built from the real default config
-    (Hydra compose of configs/train.yaml, `build_components`, the configured optimizer and scheduler);
+    (Hydra compose of configs/train.yaml, then `build_trainer`, the builder `mtlrun train` uses);
   * plain: `zero_grad; model(inputs); sum of F.cross_entropy; backward; AdamW.step; sched.step`, with its
     own torch.optim.AdamW (same hyperparameters) and the same LR schedule.
 Both drive the SAME model object over the SAME pre-built list of batches (data loading is excluded), with
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mtlrun.build import build_components
+from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import to_device
@@ -48,19 +48,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_trainer(overrides: list[str], run_dir: str) -> tuple[Trainer, object]:
-    """The mtlrun side, built the way mtlrun/train.py builds it (minus seeding/validation/logging)."""
+    """The mtlrun side, built by mtlrun.build.build_trainer as `mtlrun train` builds it (minus validation)."""
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "bench", replace=True)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=False)
-    torch.manual_seed(cfg.seed)
-    parts = build_components(cfg)
-    params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    optimizer = instantiate_node(cfg.optim, "optim")(params)
-    trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
-                      scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data, cfg=cfg.trainer,
-                      seed=cfg.seed, run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True),
-                      dist=DistInfo())
-    return trainer, cfg
+    return build_trainer(cfg, run_dir, dist=DistInfo()), cfg
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchjd.autojac import jac_to_grad, mtl_backward
 
+from mtlrun.build import Components, build_trainer
 from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
 from mtlrun.data.base import TargetInfo
@@ -74,13 +75,11 @@ def compose_cfg(overrides):
 
 
 def make_trainer(model, tasks, data, weighting_overrides, run_dir) -> Trainer:
+    """A Trainer over this benchmark's own model and data, built by build_trainer as `mtlrun train` builds it."""
     cfg = compose_cfg(["trainer.device=cpu", "trainer.progress_bar=false", *weighting_overrides])
     weighting = instantiate_node(cfg.weighting, "weighting")
     weighting.setup(tasks, model)
-    optimizer = instantiate_node(cfg.optim, "optim")(list(model.parameters()) + list(weighting.parameters()))
-    return Trainer(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
-                   scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=data, cfg=cfg.trainer, seed=0,
-                   run_dir=run_dir, config={}, dist=DistInfo())
+    return build_trainer(cfg, run_dir, parts=Components(data, tasks, model, weighting), dist=DistInfo())
 
 
 def timed(step, batches, steps: int) -> float:

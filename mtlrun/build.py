@@ -1,11 +1,19 @@
-"""Compose -> instantiate: turn a resolved config into data, tasks, model and weighting.
+"""Compose -> instantiate: turn a validated config into data, tasks, model and weighting, and those into a
+running Trainer.
 
-Shared by `train` and `eval`, so a checkpoint's config rebuilds exactly the model that was trained.
+`build_components` is shared by `train` and `eval`, so a checkpoint's config rebuilds exactly the model that
+was trained; `build_trainer` is the one path from a config to a Trainer, used by `mtlrun train`, the tests and
+the benchmarks alike, so they all exercise what `mtlrun train` runs.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -13,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtlrun.instantiate import instantiate_node
 from mtlrun.task_selection import all_task_configs, task_configs
 from mtlrun.validation import validate_monitor
+from mtlrun import distributed
 from mtlrun.data.base import DataSpec, ModalityInfo
+from mtlrun.engine.trainer import Trainer
 from mtlrun.errors import ConfigError, UsageError
 from mtlrun.models.base import MultiTaskModel
 from mtlrun.models.multimodal import FusedEncoder
@@ -136,3 +146,37 @@ def build_components(cfg: DictConfig, data_state: dict | None = None) -> Compone
     weighting = instantiate_node(cfg.weighting, "weighting")
     weighting.setup(tasks, model)  # before the optimizer is built: learned weights are parameters too
     return Components(data, tasks, model, weighting)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: DictConfig, parts: Components) -> torch.optim.Optimizer:
+    """The `optim` group over the model's parameters; learned loss weights (UW's log-variances, GradNorm's
+    weights) go in their own group without weight decay, which would pull them to 0."""
+    groups = [{"params": list(parts.model.parameters())}]
+    weighting_params = list(parts.weighting.parameters())
+    if weighting_params:
+        groups.append({"params": weighting_params, "weight_decay": 0.0})
+    return instantiate_node(cfg.optim, "optim")(groups)
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | None = None,
+                  parts: Components | None = None, dist: distributed.DistInfo | None = None) -> Trainer:
+    """A Trainer for a validated config: the same initial weights on every rank (`seed`), the components
+    (or `parts`, for a caller that builds its own model or data), optimizer and scheduler, then each rank
+    its own dropout/augmentation stream (`seed + rank`). The Trainer carries the resolved config into its
+    checkpoints; it is resolved before anything is built, as config.yaml is."""
+    dist = dist or distributed.dist_info()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    seed_everything(cfg.seed)
+    parts = parts or build_components(cfg, data_state=data_state)
+    optimizer = build_optimizer(cfg, parts)
+    scheduler_factory = instantiate_node(cfg.scheduler, "scheduler")
+    seed_everything(cfg.seed + dist.rank)
+    return Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
+                   scheduler_factory=scheduler_factory, data=parts.data, config=resolved, run_dir=run_dir,
+                   dist=dist)

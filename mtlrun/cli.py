@@ -150,7 +150,7 @@ def _locked(fn):
 
 
 def _run_guarded(fn, cfg):
-    from mtlrun.engine.trainer import TrainingInterrupted
+    from mtlrun.engine.signals import TrainingInterrupted
     from mtlrun.errors import MtlrunError
 
     log = logging.getLogger("mtlrun")

@@ -61,10 +61,9 @@ def evaluate(cfg: DictConfig) -> dict:
     model = parts.model.to(device)
 
     def measure(transform=None) -> dict[str, float]:
-        return evaluate_split(model, parts.tasks, data.dataset(cfg.split), device=device,
-                              batch_size=data.eval_batch_size, precision=str(run_cfg.trainer.precision),
-                              limit_batches=run_cfg.trainer.limit_eval_batches, num_workers=data.num_workers,
-                              pin_memory=device.type == "cuda", dist=dist, transform=transform)
+        loader = data.eval_loader(cfg.split, device=device, rank=dist.rank, world_size=dist.world_size)
+        return evaluate_split(model, parts.tasks, loader, device=device, precision=str(run_cfg.trainer.precision),
+                              limit_batches=run_cfg.trainer.limit_eval_batches, transform=transform)
 
     if sweep is None:
         measured = measure()

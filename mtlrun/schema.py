@@ -4,9 +4,10 @@ Structured-config style: one dataclass field per key, the field's type annotatio
 metadata says what is valid. `check(node, Schema, prefix)` lists every problem at once, each as
 `key=value: what is valid` (the lines ConfigError prints).
 
-- `Trainer` is closed: it declares every key of configs/trainer/default.yaml (a test keeps the two equal), a
-  key it does not declare is reported, and a key the node lacks takes the schema's default (`with_defaults`),
-  so a checkpoint written before a key existed still loads.
+- The trainer section's schema is closed and lives next to the Trainer (mtlrun/engine/trainer_config.py):
+  it declares every key of configs/trainer/default.yaml (a test keeps the two equal), a key it does not
+  declare is reported, and a key the node lacks takes the schema's default (`with_defaults`), so a
+  checkpoint written before a key existed still loads.
 - `Optim`, `Scheduler` and `Data` are open: which keys a node may have comes from its `_target_`'s signature
   (validation.check_targets); these schemas only say what is valid for the keys they know.
 - The tasks group is open too: any key is a task, except its settings keys (RESERVED_TASK_KEYS).
@@ -40,36 +41,6 @@ def setting(default, doc: str, *, ge=None, gt=None, le=None, lt=None, choices=No
     if is_dataclass(default):
         return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-@dataclass
-class EarlyStopping:
-    patience: Optional[int] = setting(None, "epochs without improvement of the monitor", ge=1, null="off")
-    min_delta: float = setting(0.0, "how much the monitor must improve to count as an improvement", ge=0)
-
-
-@dataclass
-class Trainer:
-    """configs/trainer/default.yaml; mtlrun/engine/trainer.py reads it."""
-
-    max_epochs: int = setting(8, "epochs to train", ge=1)
-    device: str = setting("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps", rule="device")
-    precision: Union[int, str] = setting(32, "32 | bf16 | 16 (fp16 with loss scaling)", choices=PRECISIONS)
-    compile: bool = setting(False, "torch.compile the training forward/backward")
-    accumulate: int = setting(1, "micro-batches per optimizer step", ge=1)
-    grad_clip: Optional[float] = setting(None, "max global gradient norm", gt=0, null="off")
-    limit_train_batches: Union[int, float, None] = setting(None, "batches per training epoch", rule="limit")
-    limit_eval_batches: Union[int, float, None] = setting(None, "batches per evaluation", rule="limit")
-    log_every_n_steps: int = setting(25, "how often losses reach the host (progress bar, NaN check)", ge=1)
-    skip_nonfinite: bool = setting(False, "skip steps whose loss is NaN/inf instead of stopping")
-    monitor: str = setting("auto", "the metric that picks best.pt; checked against the tasks once built")
-    monitor_mode: str = setting("auto", "auto (from the metric's direction) | max | min", choices=MONITOR_MODES)
-    early_stopping: EarlyStopping = setting(EarlyStopping(), "stop when the monitor stops improving")
-    progress_bar: bool = setting(True, "a tqdm bar per epoch")
-    deterministic: bool = setting(False, "torch.use_deterministic_algorithms")
-    sync_batchnorm: bool = setting(False, "DDP only: synchronise batch-norm statistics across ranks")
-    threads: Optional[int] = setting(None, "intra-op CPU threads per process (mtlrun/engine/threads.py)", ge=1,
-                                     null="auto")
 
 
 @dataclass

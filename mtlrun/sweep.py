@@ -68,7 +68,7 @@ def run_job(fn, cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from mtlrun import distributed
-    from mtlrun.engine.trainer import TrainingInterrupted
+    from mtlrun.engine.signals import TrainingInterrupted
     from mtlrun.errors import MtlrunError
 
     hydra_cfg = HydraConfig.get()

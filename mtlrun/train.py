@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun import __version__
-from mtlrun.build import build_components
-from mtlrun.instantiate import instantiate_node
+from mtlrun import __version__, distributed
+from mtlrun.build import build_trainer
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_train
-from mtlrun import distributed
 from mtlrun.engine import checkpoint
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
-from mtlrun.engine.trainer import Trainer
 from mtlrun.trust import check_checkpoint_config
 
 log = logging.getLogger("mtlrun")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _is_own_best(state: dict) -> bool:
@@ -86,25 +75,12 @@ def train(cfg: DictConfig) -> dict:
     apply_threads(cfg.trainer.threads)
     if cfg.trainer.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    seed_everything(cfg.seed)  # same initial weights on every rank
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     if dist.is_main:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
-    parts = build_components(cfg, data_state=(resume_state or {}).get("data"))
-    # learned loss weights (UW's log-variances, GradNorm's weights) must not be pulled to 0 by weight decay
-    groups = [{"params": list(parts.model.parameters())}]
-    weighting_params = list(parts.weighting.parameters())
-    if weighting_params:
-        groups.append({"params": weighting_params, "weight_decay": 0.0})
-    optimizer = instantiate_node(cfg.optim, "optim")(groups)
-    scheduler_factory = instantiate_node(cfg.scheduler, "scheduler")
-    seed_everything(cfg.seed + dist.rank)  # each rank its own dropout/augmentation stream
-    trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
-                      scheduler_factory=scheduler_factory, data=parts.data, cfg=cfg.trainer, seed=cfg.seed,
-                      run_dir=run_dir, config=resolved, dist=dist)
+    trainer = build_trainer(cfg, run_dir, data_state=(resume_state or {}).get("data"), dist=dist)
     log.info(f"run dir {run_dir}  device {trainer.device}  precision {trainer.precision}  "
-             f"world size {dist.world_size}  parameters {sum(p.numel() for p in parts.model.parameters()):,}")
+             f"world size {dist.world_size}  parameters {sum(p.numel() for p in trainer.model.parameters()):,}")
     trainer.fit(resume_state)
 
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
@@ -121,18 +97,18 @@ def train(cfg: DictConfig) -> dict:
     if best_epoch != trainer.best_epoch:
         log.warning(f"{best_path} holds epoch {best_epoch}, not the best epoch {trainer.best_epoch}; the final "
                     f"metrics are those of epoch {best_epoch}")
-    parts.model.load_state_dict(best_state["model"])
+    trainer.model.load_state_dict(best_state["model"])
     val, test = trainer.evaluate("val"), trainer.evaluate("test")
     metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
     if dist.is_main:
         history = trainer.history + [{"epoch": best_epoch, "split": "test", "step": best_state["global_step"],
                                       **test}]
         write_metrics_csv(run_dir / "metrics.csv", history)
-        plot_curves(trainer.history, parts.tasks, run_dir / "curves.png")
+        plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png")
         write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
                       monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},
                       checkpoint=str(best_path), mtlrun_version=__version__)
         log.info("\nbest checkpoint (epoch %s): %s\n%s", best_epoch, best_path,
-                 results_table(parts.tasks, {"val": val, "test": test}))
+                 results_table(trainer.tasks, {"val": val, "test": test}))
     return metrics
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig
 
 from mtlrun import schema
 from mtlrun.checks import is_int, is_number
+from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import ConfigError, Problems, UsageError
 from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.task_selection import task_configs
@@ -62,8 +63,8 @@ def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]
     p = Problems()
     unknown = Problems() if from_checkpoint else None
     if isinstance(cfg.get("trainer"), DictConfig):
-        p.extend(schema.check(cfg.trainer, schema.Trainer, "trainer", unknown=unknown))
-        schema.with_defaults(cfg.trainer, schema.Trainer)
+        p.extend(schema.check(cfg.trainer, TrainerConfig, "trainer", unknown=unknown))
+        schema.with_defaults(cfg.trainer, TrainerConfig)
     else:
         p.add(f"trainer={cfg.get('trainer')}: must be a group of keys; pick trainer=default")
     for line in unknown.lines() if unknown is not None else []:

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY, compose_config, read_results, run_cli
 from mtlrun.build import build_components
-from mtlrun.engine.trainer import unused_parameters
+from mtlrun.engine.ddp import unused_parameters
 
 
 def test_torchrun_two_processes(tmp_path):

@@ -14,9 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from mtlrun.build import build_components
+from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
-from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import to_device
 from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
@@ -33,14 +32,7 @@ SMALL = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "data.batch_size=
 
 
 def make_trainer(overrides, tmp_path) -> Trainer:
-    cfg = compose_config([*SMALL, *overrides])
-    torch.manual_seed(0)
-    parts = build_components(cfg)
-    params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    return Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting,
-                   optimizer=instantiate_node(cfg.optim, "optim")(params),
-                   scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"),
-                   data=parts.data, cfg=cfg.trainer, seed=0, run_dir=tmp_path, config={}, dist=DistInfo())
+    return build_trainer(compose_config([*SMALL, *overrides]), tmp_path, dist=DistInfo())
 
 
 def train_steps(trainer: Trainer, steps: int = 3) -> None:

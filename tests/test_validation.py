@@ -21,6 +21,7 @@ from mtlrun import schema
 from mtlrun.config import config_dir
 from mtlrun.validation import check_targets, validate_eval, validate_train
 from mtlrun.engine.threads import apply_threads, thread_policy
+from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import ConfigError
 
 EVAL_EDITABLE = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "trainer.device",
@@ -115,8 +116,8 @@ def test_train_threads_one_is_applied_and_logged(tmp_path):
 
 def test_schema_declares_every_key_of_the_default_trainer_yaml():
     with open(config_dir() / "trainer" / "default.yaml") as f:
-        assert yaml.safe_load(f) == schema.defaults(schema.Trainer)
-    for f in schema.schema_fields(schema.Trainer).values():
+        assert yaml.safe_load(f) == schema.defaults(TrainerConfig)
+    for f in schema.schema_fields(TrainerConfig).values():
         assert f.metadata["doc"], f.name
 
 

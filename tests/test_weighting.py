@@ -548,11 +548,9 @@ DDP_WORKER = """
 import os, sys, tempfile, torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from mtlrun.build import build_components
+from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
-from mtlrun.instantiate import instantiate_node
 from mtlrun import distributed
-from mtlrun.engine.trainer import Trainer
 
 info = distributed.init_if_launched()
 torch.set_num_threads(1)
@@ -561,15 +559,10 @@ for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda
                   ["weighting=gradnorm"], ["weighting=uw"]]:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, *sys.argv[1:]])
-    torch.manual_seed(0)
-    parts = build_components(cfg)
-    params = list(parts.model.parameters()) + list(parts.weighting.parameters())
-    before = torch.cat([p.detach().flatten() for p in params])
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting,
-                          optimizer=instantiate_node(cfg.optim, "optim")(params),
-                          scheduler_factory=instantiate_node(cfg.scheduler, "scheduler"), data=parts.data,
-                          cfg=cfg.trainer, seed=0, run_dir=run_dir, config={}, dist=info)
+        trainer = build_trainer(cfg, run_dir, dist=info)
+        params = list(trainer.model.parameters()) + list(trainer.weighting.parameters())
+        before = torch.cat([p.detach().flatten() for p in params])
         trainer.fit()
     after = torch.cat([p.detach().flatten() for p in params])
     ranks = distributed.gather_objects(after)

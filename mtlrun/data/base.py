@@ -7,11 +7,17 @@ A sample / batch is the dict of docs/architecture.md (data flow):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
+
+from mtlrun.data.loading import collate, eval_loader, train_loader  # noqa: F401 (collate: re-exported)
+from mtlrun.data.modality import drop_modalities
 
 SPLITS = ("train", "val", "test")
 
@@ -83,19 +89,12 @@ class TensorDictDataset(Dataset):
                 for k, group in self.tensors.items()}
 
 
-def collate(samples):
-    """Collate a list of sample dicts; a batch already assembled by `__getitems__` passes through."""
-    if isinstance(samples, Mapping):
-        return samples
-    return default_collate(samples)
-
-
 class DataModule:
-    """Holds the splits of one dataset and the loader settings from the `data` config group.
+    """Holds the splits of one dataset and hands out their loaders, with the `data` group's loader settings.
 
     Subclasses implement `build()` (the splits) and `full_spec` (every input and target the data has).
     `modalities` (null = all) keeps a subset of the inputs: the model is built for, and the batches carry,
-    only those. `modality_dropout` is applied by the trainer (mtlrun.data.modality.drop_modalities).
+    only those. `modality_dropout` is a transform of training batches on the device (`train_transform`).
     `state_dict()` is what must travel in the checkpoint for `mtlrun eval` to read the data exactly as
     training did (e.g. a text vocabulary or class list built from the training split).
     """
@@ -146,6 +145,43 @@ class DataModule:
                              f"{', '.join(available)} (pick one or more, e.g. data.modalities=[{available[0]}])")
         return [m for m in available if m in self.modalities]  # the data's order, whatever the config's
 
+    # ---------------------------------------------------------------------------------- loaders
+    def pin(self, device: torch.device) -> bool:
+        """data.pin_memory, where null means: pin when the batches go to a CUDA device."""
+        return device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
+
+    def train_loader(self, *, epoch: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                     skip_batches: int = 0) -> DataLoader:
+        """This rank's shuffled batches of epoch `epoch`, a pure function of (seed, epoch); `skip_batches`
+        drops the ones a mid-epoch checkpoint already consumed."""
+        return train_loader(self.dataset("train"), batch_size=self.batch_size, seed=seed, epoch=epoch, rank=rank,
+                            world_size=world_size, drop_last=self.drop_last, skip_batches=skip_batches,
+                            num_workers=self.num_workers, pin_memory=self.pin(device))
+
+    def eval_loader(self, split: str, *, device: torch.device, rank: int = 0, world_size: int = 1,
+                    batch_size: int | None = None) -> DataLoader:
+        """This rank's shard of `split` (every sample on exactly one rank), in order."""
+        return eval_loader(self.dataset(split), batch_size=batch_size or self.eval_batch_size, rank=rank,
+                           world_size=world_size, num_workers=self.num_workers, pin_memory=self.pin(device))
+
+    def train_batches(self, world_size: int = 1) -> int:
+        """Batches per epoch on each rank (what len(train_loader) gives, without building one)."""
+        per_rank = math.ceil(len(self.dataset("train")) / world_size)
+        bs = self.batch_size
+        return per_rank // bs if self.drop_last and per_rank >= bs else math.ceil(per_rank / bs)
+
+    def train_transform(self) -> Callable[[dict], dict] | None:
+        """What happens to every training batch on the device before the forward: modality dropout."""
+        if not self.modality_dropout:
+            return None
+        if len(self.spec.modalities) < 2:
+            logging.getLogger("mtlrun").warning(
+                f"data.modality_dropout={self.modality_dropout} has no effect: the model reads one modality "
+                f"({', '.join(self.spec.modalities)}), and a sample never loses all of them")
+            return None
+        return partial(drop_modalities, p=self.modality_dropout)
+
+    # ------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
         return {}
 

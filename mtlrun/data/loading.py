@@ -13,12 +13,19 @@ traceback as its message, so workers send it back as data instead (`_Failed`).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-from mtlrun.data.base import collate
 from mtlrun.errors import ConfigError, MtlrunError, UsageError
+
+
+def collate(samples):
+    """Collate a list of sample dicts; a batch already assembled by `__getitems__` passes through."""
+    if isinstance(samples, Mapping):
+        return samples
+    return default_collate(samples)
 
 
 class _SkipFirst(Sampler):

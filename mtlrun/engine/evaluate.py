@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtlrun.data.loading import eval_loader, to_device
 from mtlrun import distributed
+from mtlrun.data.loading import to_device
 from mtlrun.engine.device import autocast
 
 
@@ -20,15 +20,12 @@ def count_batches(limit, available: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, tasks: dict, dataset, *, device: torch.device, batch_size: int,
-                   precision: str = "32", limit_batches=None, num_workers: int = 0, pin_memory: bool = False,
-                   dist: distributed.DistInfo | None = None, transform=None) -> dict[str, float]:
-    """{"<task>/loss": ..., "<task>/<metric>": ...} over `dataset` (or its first `limit_batches` batches).
+def evaluate_split(model: nn.Module, tasks: dict, loader, *, device: torch.device, precision: str = "32",
+                   limit_batches=None, transform=None) -> dict[str, float]:
+    """{"<task>/loss": ..., "<task>/<metric>": ...} over this rank's `loader` (DataModule.eval_loader) or its
+    first `limit_batches` batches; sums are all-reduced, so under DDP every rank gets the whole split's values.
 
     `transform(batch) -> batch`, if given, is applied to every batch on the device (robustness noise)."""
-    dist = dist or distributed.dist_info()
-    loader = eval_loader(dataset, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size,
-                         num_workers=num_workers, pin_memory=pin_memory)
     limit = count_batches(limit_batches, len(loader))
     names = list(tasks)
     metrics = {t: tasks[t].metrics() for t in names}

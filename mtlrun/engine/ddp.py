@@ -1,0 +1,71 @@
+"""DDP around the training step: wrapping the model (SyncBatchNorm, DistributedDataParallel, torch.compile)
+and averaging the gradients DDP's reducer does not see."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from mtlrun import distributed
+from mtlrun.data.loading import to_device
+
+log = logging.getLogger("mtlrun")
+
+
+def wrap_for_training(model: nn.Module, *, data, device: torch.device, distributed: bool, sync_batchnorm: bool,
+                      compile: bool) -> nn.Module:
+    """What the training step calls; the plain `model` stays what checkpoints and evaluation use."""
+    wrapped = model
+    if distributed:
+        if sync_batchnorm:
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        ids = [device.index] if device.type == "cuda" else None
+        probe = next(iter(data.eval_loader("train", device=device, batch_size=2)))
+        unused = unused_parameters(model, to_device(probe, device), device)
+        if unused:  # DDP must then not wait for their gradients (it would fail the second step)
+            log.info(f"{len(unused)} parameter(s) take no part in the predictions (e.g. {unused[0]}): "
+                     f"DDP runs with find_unused_parameters")
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids, find_unused_parameters=bool(unused))
+    if compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def unused_parameters(model: nn.Module, batch: dict, device: torch.device) -> list[str]:
+    """Names of the trainable parameters no prediction depends on, e.g. an encoder's token-only parameters
+    under a fusion that reads vectors, or its vector head under `fusion=early`, which reads tokens.
+
+    One forward of `batch` in eval mode and one autograd.grad; the RNG state is restored, so a run is the
+    same with or without this probe. Which parameters take part depends on the config, not the batch.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            preds = model(batch["inputs"], modality_mask=batch.get("modality_mask"))
+            total = sum(p.float().sum() for p in preds.values())
+            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+        finally:
+            model.train(was_training)
+    return [n for (n, _), g in zip(named, grads) if g is None]
+
+
+def average_gradients(params, world_size: int) -> None:
+    """Average over ranks the gradients DDP does not reduce: the weighting's own parameters (e.g. UW's
+    log-variances, which live outside the DDP-wrapped model) and, for multi-backward weightings, the model's.
+    A missing gradient counts as zero, so every rank reduces the same flat tensor."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    distributed.all_reduce_([flat])
+    flat /= world_size
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p.grad))
