@@ -101,3 +101,10 @@ def test_the_type_names_come_from_the_registry_alone(ordinal, tmp_path, monkeypa
                                           "binary, multilabel, regression, segmentation, depth$"):
         ordinal_table(path)
     assert list(INPUT_TYPES) == ["image", "text", "audio", "tabular"]
+
+
+def test_a_type_that_is_not_a_name_is_a_config_error(tmp_path):
+    path = write_manifest(tmp_path, ["S", "L", "M", "M", "S"])
+    with pytest.raises(ConfigError, match=r"data.inputs.stats.type=\['tabular'\]: valid input types: image, text"):
+        Table(path=str(path), inputs={"stats": {"type": ["tabular"], "numeric": ["x"]}},
+              targets={"size": {"type": "regression", "column": "x"}})

@@ -54,7 +54,7 @@ def parse_fields(role: str, node, problems: list[str]) -> list[Field]:
                             f"got {entry!r}")
             continue
         kind = entry.get("type")
-        if kind not in types:
+        if not isinstance(kind, str) or kind not in types:  # a list or mapping is unhashable: not a type name
             problems.append(f"{key}.type={kind}: valid {role[:-1]} types: {', '.join(types)}")
             continue
         if role == "targets" and str(name) in RESERVED_TASK_KEYS:
