@@ -1,0 +1,84 @@
+"""Adding a weighting or a fusion is one file plus one YAML, outside mtlrun: a module on the path and a
+`--config-dir` with the YAMLs (the templates of README.md, "Extending mtlrun"). Nothing in mtlrun is edited."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import torch
+
+from conftest import read_results, run_cli
+
+EXTENSION = '''
+"""A user's own fusion and weighting, as README.md's "Extending mtlrun" templates write them."""
+import torch
+
+from mtlrun.models.fusion.base import Projected
+from mtlrun.weighting.loss_base import LossWeighting
+
+
+class Max(Projected):
+    """Elementwise max of the present modalities' projections (zeros where none is present)."""
+
+    def __init__(self, dims, token_dims, dim=128, trunk=(256,)):
+        super().__init__(dims, token_dims, dim, trunk)
+        self.out_dim = self.dim
+
+    def forward(self, encoded, mask):
+        h, present = self.projections(encoded, mask)
+        h = h.masked_fill(~present.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
+        return h.masked_fill(~present.any(1, keepdim=True), 0.0)
+
+
+class InverseLoss(LossWeighting):
+    """w_k proportional to 1 / L_k (detached), normalised to sum to the number of labelled tasks."""
+
+    def __init__(self, eps: float = 1e-3, grad_on=None):
+        super().__init__(grad_on)
+        self.eps = float(eps)
+
+    def objective(self, losses, labelled):
+        inverse = labelled / (losses.detach() + self.eps)
+        self.weights = inverse * labelled.sum() / inverse.sum().clamp_min(self.eps)
+        return (self.weights * losses).sum()
+'''
+
+TINY_AV = ["experiment=digits_av", "data.n_train=64", "data.n_val=16", "data.n_test=32", "data.batch_size=16",
+           "backbone.image.channels=[8,16]", "backbone.image.out_dim=16", "backbone.audio.channels=[4,8]",
+           "backbone.audio.out_dim=16", "backbone.text.hidden=8", "backbone.text.embed_dim=8",
+           "backbone.text.out_dim=16", "backbone.tabular.hidden=[16]", "backbone.tabular.out_dim=16",
+           "fusion.dim=16", "fusion.trunk=[16]", "trainer.max_epochs=2", "trainer.device=cpu",
+           "trainer.progress_bar=false"]
+
+
+def test_a_fusion_and_a_weighting_from_outside_mtlrun_train_and_evaluate(tmp_path):
+    (tmp_path / "my_methods.py").write_text(textwrap.dedent(EXTENSION))
+    configs = tmp_path / "my_configs"
+    (configs / "fusion").mkdir(parents=True)
+    (configs / "weighting").mkdir()
+    (configs / "fusion" / "max.yaml").write_text("_target_: my_methods.Max\ndim: 128\ntrunk: [256]\n")
+    (configs / "weighting" / "inverse_loss.yaml").write_text("_target_: my_methods.InverseLoss\neps: 0.001\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+
+    run = tmp_path / "run"
+    proc = run_cli("train", "--config-dir", str(configs), *TINY_AV, "fusion=max", "weighting=inverse_loss",
+                   f"hydra.run.dir={run}", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fusion: my_methods.Max" in proc.stdout and "weighting: my_methods.InverseLoss" in proc.stdout
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["config"]["fusion"]["_target_"] == "my_methods.Max"
+    weights = [row for row in (run / "metrics.csv").read_text().splitlines()[1:] if ",train," in row]
+    assert len(weights) == 2  # one train row per epoch, with the method's own logged weights
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"digit/weight", "parity/weight", "ink/weight"} <= set(header)
+
+    # the checkpoint names code outside mtlrun: eval builds it only when the user trusts the module
+    proc = run_cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={tmp_path / 'no'}",
+                   cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "trusted_targets=[my_methods]" in proc.stderr, proc.stderr
+    proc = run_cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "trusted_targets=[my_methods]",
+                   f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trained = json.loads((run / "results.json").read_text())["metrics"]
+    assert read_results(tmp_path / "ev") == {k: v for k, v in trained.items() if k.startswith("test/")}
