@@ -24,7 +24,7 @@ from mtlrun.validation import validate_monitor
 from mtlrun import distributed
 from mtlrun.data.base import DataSpec, ModalityInfo
 from mtlrun.engine.trainer import Trainer
-from mtlrun.errors import ConfigError, UsageError
+from mtlrun.errors import Problems, UsageError
 from mtlrun.models.base import MultiTaskModel
 from mtlrun.models.multimodal import FusedEncoder
 
@@ -45,18 +45,17 @@ def build_tasks(cfg: DictConfig, spec) -> dict:
     """
     if cfg.tasks.get("from_data"):
         _expand_from_data(cfg, spec)
-    tasks, problems = {}, []
+    tasks, problems = {}, Problems()
     for name, node in task_configs(cfg, spec.targets).items():
         if name not in spec.targets:
-            problems.append(f"tasks.{name}: the data '{cfg.data._target_.rsplit('.', 1)[-1]}' has no target "
+            problems.add(f"tasks.{name}: the data '{cfg.data._target_.rsplit('.', 1)[-1]}' has no target "
                             f"'{name}'; available: {', '.join(spec.targets)}")
             continue
         task = instantiate_node(node, f"tasks.{name}")
         task.name = name
-        problems += task.check(spec.targets[name])
+        problems.extend(task.check(spec.targets[name]))
         tasks[name] = task
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return tasks
 
 
@@ -64,15 +63,14 @@ def _expand_from_data(cfg: DictConfig, spec) -> None:
     import mtlrun.tasks
 
     nodes = all_task_configs(cfg, spec.targets)
-    problems = []
+    problems = Problems()
     for name in task_configs(cfg, spec.targets):  # the selected ones: tasks.only can leave a target out
         module, _, cls = str(nodes[name].get("_target_", "")).rpartition(".")
         if module == "mtlrun.tasks" and not hasattr(mtlrun.tasks, cls) and name in spec.targets:
-            problems.append(f"tasks.from_data: the data's target '{name}' is {spec.targets[name].kind}, which needs "
+            problems.add(f"tasks.from_data: the data's target '{name}' is {spec.targets[name].kind}, which needs "
                             f"mtlrun.tasks.{cls}; this version of mtlrun has no such task type. Give it a task "
                             f"class with +tasks.{name}._target_=<your.TaskClass>, or leave it out with tasks.only")
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     with open_dict(cfg.tasks):
         for name, node in nodes.items():
             cfg.tasks[name] = node

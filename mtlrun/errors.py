@@ -74,6 +74,10 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self._shown)
 
+    def total(self) -> int:
+        """Problems added so far, shown or not."""
+        return sum(self._counts.values())
+
     def lines(self) -> list[str]:
         out = []
         for group, shown in self._shown.items():

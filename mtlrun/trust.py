@@ -21,7 +21,7 @@ import importlib
 import inspect
 from collections.abc import Iterator, Sequence
 
-from mtlrun.errors import UsageError
+from mtlrun.errors import Problems, UsageError
 
 # module prefixes whose classes may be built from a checkpoint, when they subclass one of the bases below
 SHIPPED_PREFIXES = ("mtlrun.models", "mtlrun.data", "mtlrun.tasks", "mtlrun.weighting", "torch.optim")
@@ -115,11 +115,12 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
     if not isinstance(config, dict):
         raise UsageError(f"{source}: the checkpoint's config is not a mapping")
     trusted = [str(p).rstrip(".") for p in trusted]
-    problems = [f"{key}={value!r}: a checkpoint's config is stored resolved; interpolations are refused"
-                for key, value in interpolations(config)]
+    problems = Problems()
+    problems.extend(f"{key}={value!r}: a checkpoint's config is stored resolved; interpolations are refused"
+                    for key, value in interpolations(config))
     for key, target in targets(config):
         if not isinstance(target, str) or not target.replace(".", "").replace("_", "").isalnum():
-            problems.append(f"{key}._target_={target!r}: not a dotted Python name")
+            problems.add(f"{key}._target_={target!r}: not a dotted Python name")
             continue
         if _under(target.rpartition(".")[0], trusted):
             continue
@@ -127,12 +128,12 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
         if why is None:
             continue
         if _under(target, ("mtlrun", "torch")):  # trusting mtlrun or torch wholesale is never the fix
-            problems.append(f"{key}._target_={target}: {why}")
+            problems.add(f"{key}._target_={target}: {why}")
         else:
             module = target.split(".")[0]
-            problems.append(f"{key}._target_={target}: {why}; if you trust the checkpoint's author, "
+            problems.add(f"{key}._target_={target}: {why}; if you trust the checkpoint's author, "
                             f"add trusted_targets=[{module}]")
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
+        lines = "\n".join(f"  - {p}" for p in problems.lines())
         raise UsageError(f"{source}: refused: the checkpoint's config names code that mtlrun does not build "
-                         f"from a checkpoint; nothing was built or run ({len(problems)} problem(s)):\n{lines}")
+                         f"from a checkpoint; nothing was built or run ({problems.total()} problem(s)):\n{lines}")

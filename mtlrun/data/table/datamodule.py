@@ -13,9 +13,9 @@ from mtlrun.data.table.augment import parse_augment
 from mtlrun.data.table.assemble import Prepared, assemble, decode_everything, slot
 from mtlrun.data.table.fields import parse_fields
 from mtlrun.data.table.fields.base import STATE_SECTIONS, Reading, plain
-from mtlrun.data.table.manifest import SUFFIXES, Problems, read_manifest
+from mtlrun.data.table.manifest import MAX_SHOWN, SUFFIXES, read_manifest
 from mtlrun.data.table.splits import assign_splits, parse_split
-from mtlrun.errors import ConfigError, UsageError
+from mtlrun.errors import ConfigError, Problems, UsageError
 
 VALIDATE = ("files", "full")
 
@@ -99,7 +99,7 @@ class Table(DataModule):
     def _read(self) -> Prepared:
         """Read the manifest once, validate every cell and file, fit on the train split (or take what a loaded
         checkpoint fitted), and build the splits; every problem found is reported at once."""
-        problems = Problems()
+        problems = Problems(max_shown=MAX_SHOWN)
         m = read_manifest(self.path, problems, self.encoding)
         if m.rows == 0:
             problems.add(f"{self.path}: the manifest has no data rows")

@@ -14,45 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, Problems
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 MAX_SHOWN = 10  # problems shown per column and kind before "... and N more"
 CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform takes (a C long)
-
-
-class Problems:
-    """Problems found so far; at most MAX_SHOWN per group (a column and a kind of problem), then a count."""
-
-    def __init__(self):
-        self.groups: dict[object, list[str]] = {}
-        self.counts: dict[object, int] = {}
-
-    def add(self, message: str, group=None) -> None:
-        group = message if group is None else group
-        self.counts[group] = self.counts.get(group, 0) + 1
-        shown = self.groups.setdefault(group, [])
-        if len(shown) < MAX_SHOWN:
-            shown.append(message)
-
-    def __bool__(self) -> bool:
-        return bool(self.groups)
-
-    def total(self) -> int:
-        """Problems added so far, shown or not."""
-        return sum(self.counts.values())
-
-    def lines(self) -> list[str]:
-        out = []
-        for group, shown in self.groups.items():
-            out += shown
-            if self.counts[group] > len(shown):
-                out.append(f"... and {self.counts[group] - len(shown)} more like the above")
-        return out
-
-    def raise_if_any(self) -> None:
-        if self:
-            raise ConfigError(self.lines())
 
 
 @dataclass
