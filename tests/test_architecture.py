@@ -1,6 +1,7 @@
 """The package's shape, read from the source with `ast` (nothing is imported): modules small enough to read in
 one sitting, no import cycle, and layers that import only downward. docs/architecture.md lists the same
-layers; a test keeps the two equal."""
+layers; a test keeps the two equal. And the tests' own shape: a test module imports no other test module, and
+no helper from conftest (shared helpers live in tests/contracts.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtlrun"
+TESTS = REPO / "tests"
 MAX_LINES = 400
 
 # Bottom to top. A module may import from its own layer and the layers below, never from a layer above. An
@@ -128,6 +130,26 @@ def test_docs_list_the_same_layers():
     listed = [(m["name"], tuple(re.findall(r"`([\w.]+)`", m["modules"])))
               for m in re.finditer(r"^\d+\. \*\*(?P<name>\w+)\*\*: (?P<modules>.+)$", text, re.M)]
     assert listed == LAYERS
+
+
+def test_no_test_module_imports_another_or_conftest():
+    """A test module that imports another runs, and couples to, the other's module-level code; shared code
+    goes in tests/contracts.py (fixtures and hooks in conftest.py, which pytest loads itself)."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):  # relative: a test folder is no package, so test code
+                names = ["." * node.level + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top.startswith("test_") or top in ("conftest", ""):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: imports {name}")
+    assert not found, "test modules import test code (move what they share into tests/contracts.py):\n" + \
+        "\n".join(found)
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

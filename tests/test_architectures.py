@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from contracts import as_list, check_gradient_factorizes, check_parameter_partition, losses_of, run_cli
 from mtlrun.build import build_components
 from mtlrun.config import config_dir
 from mtlrun.data.loading import train_loader
@@ -66,18 +66,6 @@ def built(request):
     return build([f"arch={arch}", f"backbone/image={backbone}", *options])
 
 
-def as_list(shared):
-    return [shared] if isinstance(shared, torch.Tensor) else list(shared)
-
-
-def losses_of(preds, tasks, batch):
-    return {t: tasks[t].loss(preds[t], batch["targets"][t], None) for t in tasks}
-
-
-def zeros_for_none(grads, like):
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
-
-
 # --------------------------------------------------------------------------------------- every arch
 
 
@@ -99,43 +87,11 @@ def test_forward_shapes_and_shared_representation(built):
 
 
 def test_shared_and_task_parameters_partition_all_parameters(built):
-    model, tasks, _ = built
-    all_ids = [id(p) for p in model.parameters()]
-    shared = [id(p) for p in model.shared_parameters()]
-    per_task = {t: [id(p) for p in model.task_parameters(t)] for t in tasks}
-    assert all(per_task.values())
-    flat = shared + [i for ids in per_task.values() for i in ids]
-    assert len(flat) == len(set(flat)), "shared and task parameters overlap"
-    assert sorted(flat) == sorted(all_ids)
-    assert bool(shared) == type(model).has_shared_representation  # soft sharing shares no parameter
+    check_parameter_partition(*built)
 
 
 def test_task_gradient_factorizes_through_shared_representation(built):
-    model, tasks, batch = built
-    model.train()
-    preds, shared = model(batch["inputs"], return_shared=True)
-    losses = losses_of(preds, tasks, batch)
-    shared_params = list(model.shared_parameters())
-    for t, loss in losses.items():
-        own = list(model.task_parameters(t))
-        others = [p for o in tasks if o != t for p in model.task_parameters(o)]
-        grads = torch.autograd.grad(loss, shared_params + own + others, retain_graph=True, allow_unused=True)
-        direct, own_grads, other_grads = (grads[:len(shared_params)], grads[len(shared_params):-len(others)],
-                                          grads[-len(others):])
-        assert all(g is not None for g in own_grads), f"some of task {t}'s parameters do not reach its loss"
-        assert all(g is None or not g.any() for g in other_grads), f"task {t}'s loss reaches another task"
-        if shared is None:
-            assert not shared_params
-            continue
-        # every shared parameter is used by every task (else it would be a task parameter)
-        assert all(g is not None for g in direct), f"a shared parameter does not reach task {t}"
-        pieces = as_list(shared)
-        d_shared = zeros_for_none(torch.autograd.grad(loss, pieces, retain_graph=True, allow_unused=True), pieces)
-        through = torch.autograd.grad(pieces, shared_params, grad_outputs=d_shared, retain_graph=True,
-                                      allow_unused=True)
-        for p, a, b in zip(shared_params, direct, zeros_for_none(through, shared_params)):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-        assert any(g.abs().sum() > 0 for g in direct)
+    check_gradient_factorizes(*built)
 
 
 def test_one_optimizer_step_reduces_the_loss_on_a_fixed_batch(built):

@@ -4,15 +4,14 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import compose_config
+from contracts import REPO, compose_config
 from mtlrun.build import build_components
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+SCRIPT = REPO / "benchmarks" / "overhead.py"
 
 
 def test_overhead_script_runs_and_prints_a_ratio():

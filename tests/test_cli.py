@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli
 
 
 def test_help_lists_commands_and_groups(tmp_path):

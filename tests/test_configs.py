@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import compose_config
+from contracts import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import config_dir, config_groups
 from mtlrun.instantiate import instantiate_node

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, compose_config, read_results, run_cli
+from contracts import TINY, compose_config, read_results, run_cli
 from mtlrun.build import build_components
 from mtlrun.engine.ddp import unused_parameters
 

@@ -5,7 +5,7 @@ Small fake tasks stand in for mtlrun.tasks' dense types (tested in test_dense_ta
 need nothing of a task but `output_dim`, `dense = True` and a loss. Every arch of configs/arch x both
 backbones, built from the shipped YAMLs, with a segmentation-like (5 classes), a depth-like (1 channel)
 and a vector classification task: prediction shapes at 32 x 32 and at sizes that halve to odd ones, the
-model contract checks of test_architectures (parameter partition, gradients factorizing through the
+model contract checks of tests/contracts.py (parameter partition, gradients factorizing through the
 shared representation), one optimizer step.
 """
 
@@ -15,14 +15,12 @@ import copy
 from pathlib import Path
 
 import pytest
-import test_architectures as contract  # its model-contract checks take (model, tasks, batch): reused
 import torch
-from conftest import compose_config
 from omegaconf import OmegaConf
-from test_architectures import losses_of
 from torch import nn
 from torch.nn import functional as F
 
+from contracts import check_gradient_factorizes, check_parameter_partition, compose_config, losses_of
 from mtlrun.build import build_components
 from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
@@ -124,11 +122,11 @@ def test_prediction_shapes_at_sizes_that_halve_to_odd_ones(arch, backbone):
 
 
 def test_shared_and_task_parameters_partition_all_parameters(built):
-    contract.test_shared_and_task_parameters_partition_all_parameters(built)
+    check_parameter_partition(*built)
 
 
 def test_task_gradient_factorizes_through_shared_representation(built):
-    contract.test_task_gradient_factorizes_through_shared_representation(built)
+    check_gradient_factorizes(*built)
 
 
 def test_one_optimizer_step_changes_the_weights_and_reduces_the_loss(built):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from contracts import compose_config
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_train
 from mtlrun.engine import checkpoint, schedulers

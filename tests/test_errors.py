@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from contracts import TINY, run_cli
 
 
 @pytest.mark.parametrize("overrides, fragments", [

@@ -8,7 +8,7 @@ import textwrap
 
 import torch
 
-from conftest import read_results, run_cli
+from contracts import read_results, run_cli
 
 EXTENSION = '''
 """A user's own fusion and weighting, as README.md's "Extending mtlrun" templates write them."""

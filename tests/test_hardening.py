@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli
 
 # Python run as `mtlrun`, after a patch to mtlrun's own modules: the way these tests inject a failure at
 # an exact point (between two checkpoint writes, in the middle of a save) without hooks in mtlrun itself.

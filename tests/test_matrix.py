@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from contracts import compose_config
 from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
 from mtlrun.data.loading import to_device

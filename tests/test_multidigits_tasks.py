@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, TINY, read_results, run_cli
+from contracts import compose_config, TINY, read_results, run_cli
 from mtlrun.build import build_components, build_tasks
 from mtlrun.config import config_dir
 from mtlrun.task_selection import task_configs

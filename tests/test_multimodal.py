@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, read_results, run_cli
+from contracts import compose_config, read_results, run_cli
 from mtlrun.build import build_components, build_model
 from mtlrun.config import config_dir
 from mtlrun.data.base import DataSpec, select_modalities

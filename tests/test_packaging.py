@@ -11,7 +11,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from contracts import REPO
 
 
 def test_package_list_covers_every_subpackage():

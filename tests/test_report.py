@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from conftest import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli
 from mtlrun.cli import main as cli_main
 from mtlrun.metrics import delta_m
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli
 
 # constant LR: the schedule must not depend on max_epochs for "2 then 4" to equal "4"
 EXACT = [*TINY, "scheduler=constant", "optim.lr=0.003"]

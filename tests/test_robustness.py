@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import read_results, run_cli
+from contracts import read_results, run_cli
 from mtlrun.data.base import DataSpec, ModalityInfo
 from mtlrun.data.corruption import AUDIO_CHUNK, NOISES, PROBABILITY_NOISES, corrupt, noises_for
 from mtlrun.errors import UsageError

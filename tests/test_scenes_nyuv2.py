@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import read_results, run_cli
+from contracts import read_results, run_cli
 from mtlrun.data.nyuv2 import LIBMTL_URL, MTAN_URL, NYUv2, random_scale_crop_flip
 from mtlrun.data.scenes import CLASSES, SHAPES, SceneParams, Scenes, camera_rays, render
 from mtlrun.errors import ConfigError, UsageError
@@ -184,7 +184,7 @@ def test_scenes_config_errors_listed_at_once():
 
 
 def test_scenes_config_composes_with_its_tasks():
-    from conftest import compose_config
+    from contracts import compose_config
 
     from mtlrun.build import build_tasks
     from mtlrun.instantiate import instantiate_node
@@ -373,7 +373,7 @@ def test_nyuv2_augment_is_train_only_and_consistent_across_targets(nyu_root):
 
 
 def test_nyuv2_config_composes_with_its_tasks(nyu_root):
-    from conftest import compose_config
+    from contracts import compose_config
 
     from mtlrun.build import build_tasks
     from mtlrun.instantiate import instantiate_node

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, read_results, run_cli
+from contracts import compose_config, read_results, run_cli
 from mtlrun.build import build_components
 from mtlrun.data import celeba as celeba_mod
 from mtlrun.data import cifar10 as cifar_mod

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli
 
 ONE_EPOCH = [*TINY, "trainer.max_epochs=1"]
 

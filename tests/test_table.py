@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, read_results, run_cli
+from contracts import REPO, compose_config, read_results, run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -28,7 +28,6 @@ from mtlrun.data.media import write_wav
 from mtlrun.data.table import Table
 from mtlrun.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 SPLIT = ["train", "train", "train", "train", "val", "val", "test", "test"]
 ANIMAL = ["dog", "cat", None, "cat", "dog", "cat", "cat", "dog"]
 FLAG = ["yes", "no", "no", "yes", None, "yes", "no", "yes"]

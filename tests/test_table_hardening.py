@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from contracts import run_cli
 from PIL import Image
 
 from mtlrun.data.loading import eval_loader

@@ -16,7 +16,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_config, run_cli
+from contracts import TINY, compose_config, run_cli
 from mtlrun import schema
 from mtlrun.config import config_dir
 from mtlrun.validation import check_targets, validate_eval, validate_train

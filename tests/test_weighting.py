@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchjd import aggregation
 
-from conftest import compose_config
+from contracts import compose_config
 from mtlrun.build import build_components
 from mtlrun.config import config_dir, config_groups
 from mtlrun.instantiate import instantiate_node

@@ -1,0 +1,105 @@
+"""The helpers tests share, in one module: running the real CLI on tiny data, reading a run's results, composing
+the real config in-process, and the model contract every sharing architecture must keep.
+
+Fixtures and pytest hooks live in tests/conftest.py; everything a test imports by name lives here (`from
+contracts import ...`: pyproject's `pythonpath = ["tests"]` puts this folder on sys.path wherever the test
+file is). No test module imports another test module (tests/test_architecture.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.config import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A few seconds per run: tiny multidigits, one epoch, no progress bar.
+TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=160", "data.batch_size=32",
+        "trainer.device=cpu"]
+
+
+# --------------------------------------------------------------------------------------- the real CLI
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
+            launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m mtlrun ARGS` (or `launcher ARGS`); stdout and stderr are captured separately."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None) if not (env and "HYDRA_FULL_ERROR" in env) else None
+    cmd = [*(launcher or [sys.executable, "-m", "mtlrun"]), *args]
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_results(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+def compose_config(overrides=(), config_name: str = "train") -> DictConfig:
+    """The real config as `mtlrun train <overrides>` would compose it (minus the hydra node), in-process."""
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+# ------------------------------------------------------------------------------------ the model contract
+# Checks that take (model, tasks, batch): tests/models/ runs them on every sharing architecture, on the
+# image backbones and on the dense ones.
+def as_list(shared):
+    return [shared] if isinstance(shared, torch.Tensor) else list(shared)
+
+
+def losses_of(preds, tasks, batch):
+    return {t: tasks[t].loss(preds[t], batch["targets"][t], None) for t in tasks}
+
+
+def zeros_for_none(grads, like):
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
+
+
+def check_parameter_partition(model, tasks, batch=None):
+    """Shared and per-task parameters partition all parameters; soft sharing shares none."""
+    all_ids = [id(p) for p in model.parameters()]
+    shared = [id(p) for p in model.shared_parameters()]
+    per_task = {t: [id(p) for p in model.task_parameters(t)] for t in tasks}
+    assert all(per_task.values())
+    flat = shared + [i for ids in per_task.values() for i in ids]
+    assert len(flat) == len(set(flat)), "shared and task parameters overlap"
+    assert sorted(flat) == sorted(all_ids)
+    assert bool(shared) == type(model).has_shared_representation  # soft sharing shares no parameter
+
+
+def check_gradient_factorizes(model, tasks, batch):
+    """A task's gradient on the shared parameters is its gradient on `shared`, backpropagated through `shared`
+    (what the representation-level gradient methods rely on); a task's loss reaches its own parameters and
+    no other task's."""
+    model.train()
+    preds, shared = model(batch["inputs"], return_shared=True)
+    losses = losses_of(preds, tasks, batch)
+    shared_params = list(model.shared_parameters())
+    for t, loss in losses.items():
+        own = list(model.task_parameters(t))
+        others = [p for o in tasks if o != t for p in model.task_parameters(o)]
+        grads = torch.autograd.grad(loss, shared_params + own + others, retain_graph=True, allow_unused=True)
+        direct, own_grads, other_grads = (grads[:len(shared_params)], grads[len(shared_params):-len(others)],
+                                          grads[-len(others):])
+        assert all(g is not None for g in own_grads), f"some of task {t}'s parameters do not reach its loss"
+        assert all(g is None or not g.any() for g in other_grads), f"task {t}'s loss reaches another task"
+        if shared is None:
+            assert not shared_params
+            continue
+        # every shared parameter is used by every task (else it would be a task parameter)
+        assert all(g is not None for g in direct), f"a shared parameter does not reach task {t}"
+        pieces = as_list(shared)
+        d_shared = zeros_for_none(torch.autograd.grad(loss, pieces, retain_graph=True, allow_unused=True), pieces)
+        through = torch.autograd.grad(pieces, shared_params, grad_outputs=d_shared, retain_graph=True,
+                                      allow_unused=True)
+        for p, a, b in zip(shared_params, direct, zeros_for_none(through, shared_params)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert any(g.abs().sum() > 0 for g in direct)
