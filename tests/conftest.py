@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import contracts
 from contracts import TINY, run_cli
 
 
@@ -19,6 +20,14 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "exhaustive: part of a full combination grid; skipped unless pytest "
                                        "--exhaustive")
+    config.addinivalue_line("markers", "e2e: starts a process (the mtlrun CLI, torchrun, a benchmark script, a "
+                                       "wheel build); `pytest -m \"not e2e\"` is the fast inner loop")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # before the test's fixtures, which may start the CLI for it (trained_run)
+    contracts.running_e2e_test = item.get_closest_marker("e2e") is not None
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,9 +28,16 @@ TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=1
 
 
 # --------------------------------------------------------------------------------------- the real CLI
+# Whether the test being run is marked `e2e` (conftest sets it before the test's fixtures): run_cli refuses
+# otherwise, so that `pytest -m "not e2e"` never waits on a CLI start-up. True outside pytest.
+running_e2e_test = True
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m mtlrun ARGS` (or `launcher ARGS`); stdout and stderr are captured separately."""
+    if not running_e2e_test:
+        raise AssertionError("run_cli starts a process: mark the test (or its module) @pytest.mark.e2e")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None) if not (env and "HYDRA_FULL_ERROR" in env) else None
     cmd = [*(launcher or [sys.executable, "-m", "mtlrun"]), *args]

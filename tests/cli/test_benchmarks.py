@@ -11,6 +11,8 @@ import torch
 from contracts import REPO, compose_config
 from mtlrun.build import build_components
 
+pytestmark = pytest.mark.e2e  # each test runs a benchmark script in a process of its own
+
 SCRIPT = REPO / "benchmarks" / "overhead.py"
 
 

@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from contracts import TINY, read_results, run_cli
 
+pytestmark = pytest.mark.e2e  # every test starts the CLI (or reads the run of the session's trained_run)
+
 
 def test_help_lists_commands_and_groups(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)

@@ -7,6 +7,8 @@ import torch
 
 from contracts import TINY, run_cli
 
+pytestmark = pytest.mark.e2e  # every test starts the CLI
+
 
 @pytest.mark.parametrize("overrides, fragments", [
     (["data=nope"], ["data/nope", "multidigits"]),
@@ -97,7 +99,7 @@ def test_skip_nonfinite_skips_and_reports(tmp_path):
                    f"hydra.run.dir={run}", cwd=tmp_path)
     out = proc.stdout + proc.stderr
     # after the first (finite) step the weights are broken, so the next 7 of 8 batches are skipped; the
-    # broken weights are then refused at the checkpoint (tests/test_hardening.py: with a good epoch before)
+    # broken weights are then refused at the checkpoint (tests/engine/test_hardening.py: with a good epoch before)
     assert "skipped 7 step(s) with a non-finite loss or gradient (1 batch(es) trained)" in out
     assert proc.returncode == 1, out
     assert "the weights are no longer finite" in proc.stderr and "no checkpoint had been written yet" in proc.stderr

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
 import torch
 
 from contracts import read_results, run_cli
+
+pytestmark = pytest.mark.e2e  # trains and evaluates through the CLI
 
 EXTENSION = '''
 """A user's own fusion and weighting, as README.md's "Extending mtlrun" templates write them."""

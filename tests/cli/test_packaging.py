@@ -11,6 +11,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from contracts import REPO
 
 
@@ -20,6 +22,7 @@ def test_package_list_covers_every_subpackage():
     assert on_disk | {"mtlrun.configs"} == listed
 
 
+@pytest.mark.e2e
 def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     elsewhere.mkdir()

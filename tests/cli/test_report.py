@@ -222,6 +222,7 @@ def test_report_errors_exit_2_without_traceback(tmp_path, capsys, case):
 
 
 # ----------------------------------------------------------------------------------------- end to end
+@pytest.mark.e2e
 def test_stl_sweep_mtl_run_and_report_end_to_end(tmp_path):
     tiny = [o for o in TINY if not o.startswith("experiment=")]
     proc = run_cli("train", "-m", "experiment=[smoke,stl_baselines]", *tiny,

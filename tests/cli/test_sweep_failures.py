@@ -23,6 +23,7 @@ def failed_sweep(tmp_path_factory):
     return sweep, proc
 
 
+@pytest.mark.e2e
 def test_other_jobs_run_and_the_failure_is_recorded(failed_sweep):
     sweep, proc = failed_sweep
     assert proc.returncode == 2, proc.stdout + proc.stderr  # every failure was a usage error
@@ -36,6 +37,7 @@ def test_other_jobs_run_and_the_failure_is_recorded(failed_sweep):
     assert "tasks.only" in (sweep / "1" / "train.log").read_text()  # the job's log has the error too
 
 
+@pytest.mark.e2e
 def test_summary_names_the_failed_job(failed_sweep):
     _, proc = failed_sweep
     summary = proc.stderr[proc.stderr.index("sweep: "):]
@@ -45,6 +47,7 @@ def test_summary_names_the_failed_job(failed_sweep):
     assert "job 0" not in summary and "job 2" not in summary
 
 
+@pytest.mark.e2e
 def test_report_lists_the_failed_job(failed_sweep):
     sweep, _ = failed_sweep
     proc = run_cli("report", str(sweep), cwd=sweep)
@@ -59,6 +62,7 @@ def test_report_lists_the_failed_job(failed_sweep):
     assert all(r["error"] == "" for r in rows if r["kind"] != "failed")
 
 
+@pytest.mark.e2e
 def test_run_failure_exits_1_and_unknown_group_option_still_exits_2(tmp_path):
     # a non-finite loss in job 0 is a run failure (exit 1) even though job 1 succeeds
     sweep = tmp_path / "sweep"

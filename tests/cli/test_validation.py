@@ -58,6 +58,7 @@ TRAIN_BAD = {  # override -> what the message must say (the key=value and what i
 }
 
 
+@pytest.mark.e2e
 def test_train_lists_every_bad_value_at_once(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", *TINY, *TRAIN_BAD, f"hydra.run.dir={run}", cwd=tmp_path)
@@ -65,6 +66,7 @@ def test_train_lists_every_bad_value_at_once(tmp_path):
     assert not (run / "checkpoints").exists()  # refused before the first step
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=abc", "optim.lr=abc: must be a finite number > 0"),
     ("optim.lr=nan", "optim.lr=nan: must be a finite number > 0"),
@@ -75,6 +77,7 @@ def test_train_learning_rate_must_be_a_finite_positive_number(tmp_path, override
     assert_usage_error(proc, run, ["invalid config (1 problem(s))", message])
 
 
+@pytest.mark.e2e
 def test_eval_validates_its_overrides_like_train(tmp_path, trained_run):
     run = tmp_path / "ev"
     proc = run_cli("eval", f"checkpoint={trained_run / 'checkpoints' / 'best.pt'}", "trainer.limit_eval_batches=-1",
@@ -89,6 +92,7 @@ def test_eval_validates_its_overrides_like_train(tmp_path, trained_run):
     assert not (run / "metrics.csv").exists()
 
 
+@pytest.mark.e2e
 def test_eval_threads_and_train_threads_are_logged(tmp_path, trained_run):
     run = tmp_path / "ev"
     proc = run_cli("eval", f"checkpoint={trained_run / 'checkpoints' / 'best.pt'}", "trainer.threads=1",
@@ -101,6 +105,7 @@ def test_eval_threads_and_train_threads_are_logged(tmp_path, trained_run):
                      (trained_run / "train.log").read_text())
 
 
+@pytest.mark.e2e
 def test_train_threads_one_is_applied_and_logged(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", *TINY, "trainer.threads=1", "data.n_train=64", "data.n_val=32", "data.n_test=32",

@@ -153,6 +153,7 @@ def test_tasks_only_unknown_or_empty_is_a_usage_error_listing_the_tasks():
 
 
 # ------------------------------------------------------------------------------------- end to end
+@pytest.mark.e2e
 def test_train_all_four_tasks_end_to_end(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", *TINY, "tasks=multidigits_all", f"hydra.run.dir={run}", cwd=tmp_path)
@@ -164,6 +165,7 @@ def test_train_all_four_tasks_end_to_end(tmp_path):
     assert metrics["test/sum/mae"] < 18  # a prediction in digit units, not a NaN or a blow-up
 
 
+@pytest.mark.e2e
 def test_train_with_partial_labels_end_to_end(tmp_path):
     # right: a quarter of the training labels; sum: none at all, so every batch has no sum label and its
     # loss is exactly 0 (no NaN); sum is auxiliary: trained and reported, not monitored

@@ -318,6 +318,7 @@ def image_sweep(checkpoint):
     return out, proc
 
 
+@pytest.mark.e2e
 def test_image_sweep_results(image_sweep, checkpoint):
     out, proc = image_sweep
     payload = json.loads((out / "results.json").read_text())
@@ -345,6 +346,7 @@ def test_image_sweep_results(image_sweep, checkpoint):
     assert "robustness of test to gaussian on image" in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_sweep_level_zero_equals_plain_eval_and_training(image_sweep, checkpoint):
     out, _ = image_sweep
     proc, plain = eval_run(checkpoint, out.parent / "plain")
@@ -357,6 +359,7 @@ def test_sweep_level_zero_equals_plain_eval_and_training(image_sweep, checkpoint
     assert not (plain / "robustness.png").exists()
 
 
+@pytest.mark.e2e
 def test_sweep_is_reproducible(image_sweep, checkpoint):
     out, _ = image_sweep
     proc, again = eval_run(checkpoint, out.parent / "again", *IMAGE_SWEEP)
@@ -366,6 +369,7 @@ def test_sweep_is_reproducible(image_sweep, checkpoint):
     assert first["robustness"] == second["robustness"] and first["metrics"] == second["metrics"]
 
 
+@pytest.mark.e2e
 def test_text_missing_sweep(checkpoint):
     proc, out = eval_run(checkpoint, checkpoint.parents[2] / "text", "robustness.modality=text",
                          "robustness.noise=missing", "robustness.seed=3")
@@ -378,6 +382,7 @@ def test_text_missing_sweep(checkpoint):
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 5
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("overrides, key, listed", [
     (["robustness.modality=video", "robustness.noise=gaussian"], "robustness.modality",
      "image, audio, text, tabular"),

@@ -388,6 +388,7 @@ def test_nyuv2_config_composes_with_its_tasks(nyu_root):
 # ----------------------------------------------------------------------------- end to end (CLI)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["mtan", "cross_stitch"])
 def test_stagewise_archs_train_and_evaluate_dense_tasks_end_to_end(tmp_path, arch):
     """`mtlrun train experiment=scenes_hps arch=...` on tiny scenes, then `mtlrun eval` of its best checkpoint

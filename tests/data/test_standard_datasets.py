@@ -378,6 +378,7 @@ def _cli(*args, cwd):
                    "scheduler.warmup_steps=0", cwd=cwd)
 
 
+@pytest.mark.e2e
 def test_train_cli_on_fake_cifar10(tmp_path):
     write_cifar(tmp_path / "data")
     proc = _cli("data=cifar10", "data.root=data", "data.val_size=20", "data.batch_size=16", "data.augment=true",
@@ -388,6 +389,7 @@ def test_train_cli_on_fake_cifar10(tmp_path):
         assert key in metrics and 0 <= metrics[key] <= 1, key
 
 
+@pytest.mark.e2e
 def test_train_cli_on_fake_celeba_and_missing_data_exit_code(tmp_path):
     write_celeba(tmp_path / "data")
     proc = _cli("data=celeba", "data.root=data", "data.image_size=16", "data.batch_size=4", "data.num_workers=0",

@@ -400,6 +400,7 @@ def load_example_script():
     return module
 
 
+@pytest.mark.e2e
 def test_example_trains_and_eval_reproduces_its_test_metrics(tmp_path):
     out = tmp_path / "data"
     load_example_script().main(["--out", str(out), "--n-train", "96", "--n-val", "32", "--n-test", "32"])
@@ -427,6 +428,7 @@ def test_example_trains_and_eval_reproduces_its_test_metrics(tmp_path):
     assert all(trained[k] == measured[k] for k in test_keys)
 
 
+@pytest.mark.e2e
 def test_digits_av_example_writes_digits_av_and_trains_from_the_files(tmp_path):
     """examples/make_digits_av_table.py writes exactly data=digits_av's samples; the example config trains on
     all four modalities from the files."""

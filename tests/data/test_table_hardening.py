@@ -80,6 +80,7 @@ def table(path: Path, inputs=None, targets=None, **kw) -> Table:
 
 
 # ------------------------------------------------------------------------------------ 1. encodings
+@pytest.mark.e2e
 def test_non_utf8_manifest_names_file_line_and_the_encoding_option_which_then_reads_it(tmp_path):
     rows = manifest_rows(label=["a", "café", "a", "café", "a", "café", "a", "café"])
     manifest = write_csv(tmp_path / "latin.csv", rows, encoding="latin-1")
@@ -112,6 +113,7 @@ def test_encoding_of_jsonl_bom_and_unknown_encoding_names(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ 2. huge CSV cells
+@pytest.mark.e2e
 def test_csv_cell_over_128_kib_reads_as_in_jsonl(tmp_path):
     long_text = "word " * 40_000  # 200 KB, over csv's default field_size_limit of 131072
     rows = manifest_rows(note=[long_text if i == 1 else "short note" for i in range(8)])
@@ -144,6 +146,7 @@ data:
     return config_dir
 
 
+@pytest.mark.e2e
 def test_unquoted_yes_no_in_yaml_match_the_labels_or_say_to_quote_them(tmp_path):
     manifest = write_csv(tmp_path / "m.csv", manifest_rows(flag=["yes", "no"] * 4))
     config_dir = write_experiment(tmp_path, manifest, "no")  # YAML: False; the default would be "yes"
@@ -195,6 +198,7 @@ def test_a_boolean_with_several_matching_labels_or_none_names_the_option(tmp_pat
 
 
 # ------------------------------------------------------------------------------------ 4. paths outside the root
+@pytest.mark.e2e
 def test_paths_leaving_the_data_root_are_refused_unless_allowed(tmp_path):
     data = tmp_path / "data"
     images = write_images(data / "img")
@@ -240,6 +244,7 @@ def test_a_symlinked_folder_leading_out_is_refused_and_data_root_moves_the_bound
 
 
 # ------------------------------------------------------------------------------------ 5. errors in workers
+@pytest.mark.e2e
 def test_unreadable_file_in_a_worker_gives_the_in_process_message(tmp_path):
     images = write_images(tmp_path / "img")
     (tmp_path / "img" / "1.png").write_bytes(b"not a png")  # exists, so validate: files passes it
@@ -272,6 +277,7 @@ def test_a_file_deleted_after_validation_fails_alike_with_and_without_workers(tm
 
 
 # ------------------------------------------------------------------------------------ 6. a single class
+@pytest.mark.e2e
 def test_single_class_in_the_train_split_warns_and_trains(tmp_path):
     manifest = write_csv(tmp_path / "m.csv", manifest_rows(label=["a"] * 8))
     proc, out = train(tmp_path, manifest, STATS, LABEL)

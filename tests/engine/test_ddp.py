@@ -12,6 +12,7 @@ from mtlrun.build import build_components
 from mtlrun.engine.ddp import unused_parameters
 
 
+@pytest.mark.e2e
 def test_torchrun_two_processes(tmp_path):
     # odd split sizes: shards are uneven, so padding or dropping samples would change the counts
     args = [*TINY, "data.n_val=101", "data.n_test=157", "data.eval_batch_size=16", "trainer.max_epochs=2"]
@@ -41,6 +42,7 @@ def test_torchrun_two_processes(tmp_path):
             assert abs(measured[f"{split}/{task}/loss"] - ddp[f"{split}/{task}/loss"]) < 1e-5
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fusion", ["concat", "early"])
 def test_torchrun_multimodal_with_parameters_a_fusion_leaves_unused(tmp_path, fusion):
     """concat reads vectors (the tabular encoder's token parameters stay unused), early reads tokens (the

@@ -16,6 +16,8 @@ import torch
 
 from contracts import TINY, read_results, run_cli
 
+pytestmark = pytest.mark.e2e  # every test starts the CLI or reads the checkpoint of the session's trained_run
+
 # Python run as `mtlrun`, after a patch to mtlrun's own modules: the way these tests inject a failure at
 # an exact point (between two checkpoint writes, in the middle of a save) without hooks in mtlrun itself.
 PATCHED = [sys.executable, "-c"]

@@ -12,6 +12,8 @@ import torch
 
 from contracts import TINY, read_results, run_cli
 
+pytestmark = pytest.mark.e2e  # every test starts the CLI
+
 # constant LR: the schedule must not depend on max_epochs for "2 then 4" to equal "4"
 EXACT = [*TINY, "scheduler=constant", "optim.lr=0.003"]
 

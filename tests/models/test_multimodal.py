@@ -586,6 +586,7 @@ def test_digits_av_targets(digits):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+@pytest.mark.e2e
 def test_cli_train_with_modality_dropout_then_eval(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", "experiment=digits_av", *TINY_DATA, "data.n_train=64", "data.n_test=48",

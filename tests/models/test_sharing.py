@@ -339,6 +339,7 @@ def sweep(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", E2E_ARCHS)
 def test_train_end_to_end(sweep, arch):
     run = sweep[arch]

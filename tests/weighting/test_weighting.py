@@ -577,6 +577,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.e2e
 def test_ddp_keeps_the_ranks_in_step(tmp_path):
     """Two CPU processes: per-task-gradient methods (outside DDP's reducer), GradNorm and UW (whose
     learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks."""
