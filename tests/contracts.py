@@ -28,20 +28,34 @@ TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=1
 
 
 # --------------------------------------------------------------------------------------- the real CLI
-# Whether the test being run is marked `e2e` (conftest sets it before the test's fixtures): run_cli refuses
-# otherwise, so that `pytest -m "not e2e"` never waits on a CLI start-up. True outside pytest.
+# Whether the test being run is marked `e2e` (conftest sets it before the test's fixtures): run_cli and
+# start_cli refuse otherwise, so that `pytest -m "not e2e"` never waits on a CLI start-up. True outside pytest.
 running_e2e_test = True
+
+
+def cli_env(env: dict | None = None) -> dict:
+    """The environment of a CLI process: this one's, unbuffered, HYDRA_FULL_ERROR only where the test sets it,
+    and one intra-op thread (OMP_NUM_THREADS=1, which mtlrun's auto thread policy follows) unless the test
+    sets another: the tests' processes run side by side on a small CPU."""
+    if not running_e2e_test:
+        raise AssertionError("this starts a process: mark the test (or its module) @pytest.mark.e2e")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    if not (env and "HYDRA_FULL_ERROR" in env):
+        full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m mtlrun ARGS` (or `launcher ARGS`); stdout and stderr are captured separately."""
-    if not running_e2e_test:
-        raise AssertionError("run_cli starts a process: mark the test (or its module) @pytest.mark.e2e")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None) if not (env and "HYDRA_FULL_ERROR" in env) else None
     cmd = [*(launcher or [sys.executable, "-m", "mtlrun"]), *args]
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """Start `python -m mtlrun ARGS` without waiting (to signal or race it), in run_cli's environment."""
+    return subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def read_results(run_dir: Path) -> dict[str, float]:

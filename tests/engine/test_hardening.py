@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contracts import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli, start_cli
 
 pytestmark = pytest.mark.e2e  # every test starts the CLI or reads the checkpoint of the session's trained_run
 
@@ -114,8 +114,7 @@ def test_user_class_in_a_checkpoint_needs_trusted_targets(trained_run, tmp_path)
 def test_second_run_into_a_live_run_dir_is_refused(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "data.n_train=4096", "trainer.max_epochs=50", f"hydra.run.dir={run}"]
-    first = subprocess.Popen([sys.executable, "-m", "mtlrun", "train", *args], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = start_cli("train", *args, cwd=tmp_path, stderr=subprocess.STDOUT)
     try:
         for line in first.stdout:
             if line.startswith("epoch 1/"):
@@ -253,8 +252,7 @@ def test_second_signal_during_the_save_waits_for_it(tmp_path):
 def test_double_signal_exits_cleanly(tmp_path, sig, code):
     run = tmp_path / "run"
     args = [*TINY, "data.n_train=4096", "trainer.max_epochs=50", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "mtlrun", "train", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli("train", *args, cwd=tmp_path)
     last = run / "checkpoints" / "last.pt"
     for line in proc.stdout:
         if line.startswith("epoch 1/"):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from contracts import TINY, read_results, run_cli
+from contracts import TINY, read_results, run_cli, start_cli
 
 pytestmark = pytest.mark.e2e  # every test starts the CLI
 
@@ -66,8 +64,7 @@ def test_signal_saves_last_and_resume_is_exact(tmp_path, sig, code):
     straight, stopped, resumed = tmp_path / "straight", tmp_path / "stopped", tmp_path / "resumed"
     assert run_cli("train", *args, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "mtlrun", "train", *args, f"hydra.run.dir={stopped}"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli("train", *args, f"hydra.run.dir={stopped}", cwd=tmp_path)
     for line in proc.stdout:
         if line.startswith("epoch 1/3"):
             time.sleep(0.3)
