@@ -41,11 +41,24 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One tiny training run shared by the tests that only read its outputs."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli("train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    """One tiny training run shared by the tests that only read its outputs (copy it to change anything). It
+    writes where a run goes by default, outputs/train/<date>/<time> under the working directory, which
+    tests/cli/test_cli.py checks."""
+    cwd = tmp_path_factory.mktemp("trained")
+    proc = run_cli("train", *TINY, "trainer.max_epochs=2", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return run_dir
+    runs = [p for p in (cwd / "outputs" / "train").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "results.json").is_file(), runs
+    return runs[0]
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(tmp_path_factory) -> Path:
+    """`mtlrun train -m TINY seed=0,1`: two tiny multi-task runs in one sweep dir (jobs 0 and 1)."""
+    root = tmp_path_factory.mktemp("seeds")
+    proc = run_cli("train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "sweep"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -101,11 +101,8 @@ def test_eval_refuses_training_overrides(trained_run, tmp_path):
     assert "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_multirun_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_cli("train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    results = [read_results(sweep / str(i)) for i in (0, 1)]
+def test_multirun_sweep(seed_sweep):
+    results = [read_results(seed_sweep / str(i)) for i in (0, 1)]
     assert results[0]["test/left/accuracy"] != results[1]["test/left/accuracy"] or \
         results[0]["test/left/loss"] != results[1]["test/left/loss"]  # different seeds, different runs
 
@@ -124,25 +121,53 @@ def test_user_config_dir_adds_groups(tmp_path):
     assert state["model"]["encoder.stages.0.0.weight"].shape[0] == 8
 
 
-def test_default_run_dir_is_under_outputs(tmp_path):
-    proc = run_cli("train", *TINY, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    runs = [p for p in (tmp_path / "outputs" / "train").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1 and (runs[0] / "results.json").is_file()
+def test_default_run_dir_is_under_outputs(trained_run):
+    # trained_run gave no hydra.run.dir: its run went to outputs/train/<date>/<time> under its working directory
+    assert trained_run.parents[2].name == "outputs" and trained_run.parents[1].name == "train"
+    assert [p for p in trained_run.parents[3].iterdir()] == [trained_run.parents[2]]  # and nowhere else
+    assert (trained_run / "results.json").is_file()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["trainer.precision=bf16"],
-    ["trainer.precision=16"],
-    ["trainer.accumulate=3", "trainer.grad_clip=1.0", "optim=sgd", "scheduler=multistep"],
-    ["trainer.limit_train_batches=2", "trainer.limit_eval_batches=0.5", "trainer.early_stopping.patience=1"],
-    ["backbone/image=resnet18", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
-    ["trainer.compile=true", "data.n_train=128"],
-], ids=["bf16", "fp16", "accumulate-clip-sgd", "limits", "resnet18", "compile"])
-def test_trainer_options_run_end_to_end(tmp_path, overrides):
-    run = tmp_path / "run"
-    proc = run_cli("train", *TINY, *overrides, f"hydra.run.dir={run}", cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+# Each option set of the trainer, as a config of a user group `case` (YAML: the overrides it stands for), so that
+# one `mtlrun train -m +case=...` process runs them all: one start-up instead of one per option.
+TRAINER_OPTIONS = {
+    "bf16": "trainer:\n  precision: bf16\n",
+    "fp16": "trainer:\n  precision: 16\n",
+    # trainer.accumulate=3 trainer.grad_clip=1.0 optim=sgd scheduler=multistep
+    "accumulate_clip_sgd": "defaults:\n  - override /optim: sgd\n  - override /scheduler: multistep\n"
+                           "trainer:\n  accumulate: 3\n  grad_clip: 1.0\n",
+    "limits": "trainer:\n  limit_train_batches: 2\n  limit_eval_batches: 0.5\n  early_stopping:\n    patience: 1\n",
+    # backbone/image=resnet18 data.n_train=64 data.n_val=32 data.n_test=32
+    "resnet18": "defaults:\n  - override /backbone/image: resnet18\ndata:\n  n_train: 64\n  n_val: 32\n  n_test: 32\n",
+    "compile": "trainer:\n  compile: true\ndata:\n  n_train: 128\n",  # last: it leaves compiled code cached
+}
+
+
+@pytest.fixture(scope="module")
+def trainer_options_sweep(tmp_path_factory) -> dict[str, tuple]:
+    """{option: (job dir, error.json text or None)} of one sweep over TRAINER_OPTIONS."""
+    root = tmp_path_factory.mktemp("options")
+    (root / "conf" / "case").mkdir(parents=True)
+    for name, body in TRAINER_OPTIONS.items():
+        (root / "conf" / "case" / f"{name}.yaml").write_text("# @package _global_\n" + body)
+    sweep = root / "sweep"
+    proc = run_cli("train", "-m", "--config-dir", str(root / "conf"), *TINY, f"+case={','.join(TRAINER_OPTIONS)}",
+                   f"hydra.sweep.dir={sweep}", cwd=root, timeout=900)
+    output = proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {}
+    for job, name in enumerate(TRAINER_OPTIONS):
+        run = sweep / str(job)
+        assert (run / ".hydra" / "overrides.yaml").is_file(), output
+        assert f"+case={name}" in (run / ".hydra" / "overrides.yaml").read_text()
+        error = run / "error.json"
+        jobs[name] = (run, error.read_text() if error.exists() else output)
+    return jobs
+
+
+@pytest.mark.parametrize("option", list(TRAINER_OPTIONS))
+def test_trainer_options_run_end_to_end(trainer_options_sweep, option):
+    run, error = trainer_options_sweep[option]
+    assert (run / "results.json").is_file(), error
     metrics = read_results(run)
     assert all(0.0 <= metrics[f"test/{t}/accuracy"] <= 1.0 for t in ("left", "right"))
     assert all(v == v for v in metrics.values())  # no NaN

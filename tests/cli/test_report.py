@@ -223,21 +223,20 @@ def test_report_errors_exit_2_without_traceback(tmp_path, capsys, case):
 
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.mark.e2e
-def test_stl_sweep_mtl_run_and_report_end_to_end(tmp_path):
+def test_stl_sweep_mtl_run_and_report_end_to_end(tmp_path, seed_sweep):
     tiny = [o for o in TINY if not o.startswith("experiment=")]
     proc = run_cli("train", "-m", "experiment=[smoke,stl_baselines]", *tiny,
                    f"hydra.sweep.dir={tmp_path / 'stl'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for job, task in ((0, "left"), (1, "right")):  # one single-task run per task
         assert {k.split("/")[1] for k in read_results(tmp_path / "stl" / str(job))} == {task}
-    proc = run_cli("train", *TINY, f"hydra.run.dir={tmp_path / 'mtl' / 'run'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mtl_run = seed_sweep / "0"  # the multi-task run: TINY at the default seed, like the single-task runs
 
-    proc = run_cli("report", "mtl", "stl", "--out", "rep", cwd=tmp_path)
+    proc = run_cli("report", str(mtl_run), "stl", "--out", "rep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = read_csv(tmp_path / "rep" / "report.csv")
     assert list(rows) == ["arch=hps weighting=static", "STL left", "STL right"]
-    mtl = read_results(tmp_path / "mtl" / "run")
+    mtl = read_results(mtl_run)
     stl = {**read_results(tmp_path / "stl" / "0"), **read_results(tmp_path / "stl" / "1")}
     keys = [f"test/{t}/{m}" for t in ("left", "right") for m in ("accuracy", "macro_f1")]
     if all(stl[k] > 0 for k in keys):  # a tiny run can score 0 macro-F1; then Δm% is rightly undefined

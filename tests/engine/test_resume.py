@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,9 +44,9 @@ def test_two_epochs_plus_resume_equals_four_straight(tmp_path):
     assert "max_epochs: 4" in (resumed / "config.yaml").read_text()
 
 
-def test_resume_refuses_changing_a_group(tmp_path):
+def test_resume_refuses_changing_a_group(tmp_path, trained_run):
     first = tmp_path / "first"
-    assert run_cli("train", *TINY, f"hydra.run.dir={first}", cwd=tmp_path).returncode == 0
+    shutil.copytree(trained_run, first)  # resume continues in the checkpoint's run dir: not the shared one
     proc = run_cli("train", f"resume={first / 'checkpoints/last.pt'}", "optim=sgd",
                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode == 2
@@ -56,13 +58,24 @@ def test_resume_refuses_changing_a_group(tmp_path):
     assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# 3 epochs of 64 steps: a signal lands somewhere in epoch 2 or 3; wherever it lands, resuming must reproduce
+# the uninterrupted run bit for bit.
+LONG = [*EXACT, "data.n_train=2048", "trainer.max_epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def straight_long_run(tmp_path_factory) -> Path:
+    """The uninterrupted LONG run both signal tests compare with (only read)."""
+    straight = tmp_path_factory.mktemp("straight") / "run"
+    proc = run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=straight.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return straight
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_last_and_resume_is_exact(tmp_path, sig, code):
-    # 3 epochs of 64 steps: the signal lands somewhere in epoch 2 or 3; wherever it lands, resuming must
-    # reproduce the uninterrupted run bit for bit.
-    args = [*EXACT, "data.n_train=2048", "trainer.max_epochs=3"]
-    straight, stopped, resumed = tmp_path / "straight", tmp_path / "stopped", tmp_path / "resumed"
-    assert run_cli("train", *args, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
+def test_signal_saves_last_and_resume_is_exact(tmp_path, straight_long_run, sig, code):
+    args = LONG
+    straight, stopped, resumed = straight_long_run, tmp_path / "stopped", tmp_path / "resumed"
 
     proc = start_cli("train", *args, f"hydra.run.dir={stopped}", cwd=tmp_path)
     for line in proc.stdout:
