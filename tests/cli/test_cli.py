@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
-from contracts import TINY, read_results, run_cli
+from contracts import TINY, compose_config, read_results, run_cli
+from mtlrun.config import config_dir
 
 pytestmark = pytest.mark.e2e  # every test starts the CLI (or reads the run of the session's trained_run)
 
@@ -128,31 +131,49 @@ def test_default_run_dir_is_under_outputs(trained_run):
     assert (trained_run / "results.json").is_file()
 
 
-# Each option set of the trainer, as a config of a user group `case` (YAML: the overrides it stands for), so that
-# one `mtlrun train -m +case=...` process runs them all: one start-up instead of one per option.
+# Each option set of the trainer, run end to end. One `mtlrun train -m +case=...` process runs them all (one
+# start-up, not one per set): each set becomes a config of a user group `case`, which sets what its overrides
+# and TINY's would set on the command line.
 TRAINER_OPTIONS = {
-    "bf16": "trainer:\n  precision: bf16\n",
-    "fp16": "trainer:\n  precision: 16\n",
-    # trainer.accumulate=3 trainer.grad_clip=1.0 optim=sgd scheduler=multistep
-    "accumulate_clip_sgd": "defaults:\n  - override /optim: sgd\n  - override /scheduler: multistep\n"
-                           "trainer:\n  accumulate: 3\n  grad_clip: 1.0\n",
-    "limits": "trainer:\n  limit_train_batches: 2\n  limit_eval_batches: 0.5\n  early_stopping:\n    patience: 1\n",
-    # backbone/image=resnet18 data.n_train=64 data.n_val=32 data.n_test=32
-    "resnet18": "defaults:\n  - override /backbone/image: resnet18\ndata:\n  n_train: 64\n  n_val: 32\n  n_test: 32\n",
-    "compile": "trainer:\n  compile: true\ndata:\n  n_train: 128\n",  # last: it leaves compiled code cached
+    "bf16": ["trainer.precision=bf16"],
+    # float16 on a CPU takes seconds a step (no fast kernels): 2 steps, not 8, show that it trains and scales
+    "fp16": ["trainer.precision=16", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    "accumulate-clip-sgd": ["trainer.accumulate=3", "trainer.grad_clip=1.0", "optim=sgd", "scheduler=multistep"],
+    "limits": ["trainer.limit_train_batches=2", "trainer.limit_eval_batches=0.5", "trainer.early_stopping.patience=1"],
+    "resnet18": ["backbone/image=resnet18", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    "compile": ["trainer.compile=true", "data.n_train=128"],  # last: it leaves compiled code cached
 }
+
+
+def as_global_config(overrides: list[str]) -> str:
+    """A `# @package _global_` YAML that does what `overrides` do on the command line: `group=option` becomes an
+    override in its defaults list, `a.b=value` a value."""
+    groups, values = [], {}
+    for override in overrides:
+        key, value = override.split("=", 1)
+        if (Path(config_dir()) / key).is_dir():
+            groups.append({f"override /{key}": value})
+            continue
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return "# @package _global_\n" + yaml.safe_dump({"defaults": groups, **values} if groups else values,
+                                                      sort_keys=False)
 
 
 @pytest.fixture(scope="module")
 def trainer_options_sweep(tmp_path_factory) -> dict[str, tuple]:
-    """{option: (job dir, error.json text or None)} of one sweep over TRAINER_OPTIONS."""
+    """{option: (job dir, what to show if it has no results)} of one sweep over TRAINER_OPTIONS."""
     root = tmp_path_factory.mktemp("options")
     (root / "conf" / "case").mkdir(parents=True)
-    for name, body in TRAINER_OPTIONS.items():
-        (root / "conf" / "case" / f"{name}.yaml").write_text("# @package _global_\n" + body)
+    base = [o for o in TINY if not o.startswith("experiment=")]
+    for name, overrides in TRAINER_OPTIONS.items():
+        (root / "conf" / "case" / f"{name}.yaml").write_text(as_global_config([*base, *overrides]))
     sweep = root / "sweep"
-    proc = run_cli("train", "-m", "--config-dir", str(root / "conf"), *TINY, f"+case={','.join(TRAINER_OPTIONS)}",
-                   f"hydra.sweep.dir={sweep}", cwd=root, timeout=900)
+    proc = run_cli("train", "-m", "--config-dir", str(root / "conf"), "experiment=smoke",
+                   f"+case={','.join(TRAINER_OPTIONS)}", f"hydra.sweep.dir={sweep}", cwd=root, timeout=900)
     output = proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {}
     for job, name in enumerate(TRAINER_OPTIONS):
@@ -162,6 +183,17 @@ def trainer_options_sweep(tmp_path_factory) -> dict[str, tuple]:
         error = run / "error.json"
         jobs[name] = (run, error.read_text() if error.exists() else output)
     return jobs
+
+
+def test_each_trainer_option_set_is_what_its_run_used(trainer_options_sweep):
+    for name, overrides in TRAINER_OPTIONS.items():
+        run, _ = trainer_options_sweep[name]
+        expected = compose_config(["experiment=smoke", *[o for o in TINY if not o.startswith("experiment=")],
+                                   *overrides])
+        used = OmegaConf.load(run / "config.yaml")
+        for section in ("data", "trainer", "optim", "scheduler", "backbone"):
+            assert OmegaConf.to_container(used[section]) == OmegaConf.to_container(expected[section], resolve=True), \
+                (name, section)
 
 
 @pytest.mark.parametrize("option", list(TRAINER_OPTIONS))
