@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import contracts
-from contracts import TINY, run_cli
+from contracts import TINY, TRAINED_RUN, run_cli
 
 
 def pytest_addoption(parser):
@@ -41,11 +41,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One tiny training run shared by the tests that only read its outputs (copy it to change anything). It
-    writes where a run goes by default, outputs/train/<date>/<time> under the working directory, which
-    tests/cli/test_cli.py checks."""
+    """One tiny training run shared by the tests that only read its outputs (copy it to change anything): two
+    epochs of TINY at a constant learning rate, so that it is also the first half of the exact-resume test
+    (tests/engine/test_resume.py). It writes where a run goes by default, outputs/train/<date>/<time> under the
+    working directory, which tests/cli/test_cli.py checks."""
     cwd = tmp_path_factory.mktemp("trained")
-    proc = run_cli("train", *TINY, "trainer.max_epochs=2", cwd=cwd)
+    proc = run_cli("train", *TRAINED_RUN, cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = [p for p in (cwd / "outputs" / "train").glob("*/*") if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "results.json").is_file(), runs

@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 # A few seconds per run: tiny multidigits, one epoch, no progress bar.
 TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=160", "data.batch_size=32",
         "trainer.device=cpu"]
+# TINY at a constant learning rate, whose schedule does not depend on max_epochs: resuming a run for more epochs
+# reproduces a longer run exactly. The session's trained_run (tests/conftest.py) is this run for 2 epochs.
+EXACT = [*TINY, "scheduler=constant", "optim.lr=0.003"]
+TRAINED_RUN = [*EXACT, "trainer.max_epochs=2"]
 
 
 # --------------------------------------------------------------------------------------- the real CLI

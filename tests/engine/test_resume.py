@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from contracts import TINY, read_results, run_cli, start_cli
+from contracts import EXACT, TRAINED_RUN, read_results, run_cli, start_cli
 
 pytestmark = pytest.mark.e2e  # every test starts the CLI
 
-# constant LR: the schedule must not depend on max_epochs for "2 then 4" to equal "4"
-EXACT = [*TINY, "scheduler=constant", "optim.lr=0.003"]
 
 
 def _weights(run):
@@ -29,12 +27,12 @@ def _assert_same_weights(a, b):
         assert torch.equal(wa[key], wb[key]), key
 
 
-def test_two_epochs_plus_resume_equals_four_straight(tmp_path):
+def test_two_epochs_plus_resume_equals_four_straight(tmp_path, trained_run):
     straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
     assert run_cli("train", *EXACT, "trainer.max_epochs=4", f"hydra.run.dir={straight}",
                    cwd=tmp_path).returncode == 0
-    assert run_cli("train", *EXACT, "trainer.max_epochs=2", f"hydra.run.dir={first}",
-                   cwd=tmp_path).returncode == 0
+    assert TRAINED_RUN == [*EXACT, "trainer.max_epochs=2"]  # trained_run is the first two epochs
+    shutil.copytree(trained_run, first)  # resume continues in the checkpoint's run dir: not the shared one
     proc = run_cli("train", f"resume={first / 'checkpoints/last.pt'}", "trainer.max_epochs=4",
                    f"hydra.run.dir={resumed}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
