@@ -388,17 +388,28 @@ def test_nyuv2_config_composes_with_its_tasks(nyu_root):
 # ----------------------------------------------------------------------------- end to end (CLI)
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("arch", ["mtan", "cross_stitch"])
-def test_stagewise_archs_train_and_evaluate_dense_tasks_end_to_end(tmp_path, arch):
-    """`mtlrun train experiment=scenes_hps arch=...` on tiny scenes, then `mtlrun eval` of its best checkpoint
-    gives the same test metrics (every dense metric finite and in range)."""
-    run = tmp_path / "run"
-    tiny = ["experiment=scenes_hps", f"arch={arch}", "data.n_train=16", "data.n_val=8", "data.n_test=8",
+E2E_ARCHS = ["mtan", "cross_stitch"]
+
+
+@pytest.fixture(scope="module")
+def scenes_sweep(tmp_path_factory) -> dict[str, Path]:
+    """`mtlrun train -m experiment=scenes_hps arch=mtan,cross_stitch` on tiny scenes: {arch: run dir}."""
+    root = tmp_path_factory.mktemp("scenes")
+    tiny = ["experiment=scenes_hps", f"arch={','.join(E2E_ARCHS)}", "data.n_train=16", "data.n_val=8", "data.n_test=8",
             "data.image_size=16", "data.batch_size=8", "backbone.image.channels=[8,16]", "trainer.max_epochs=2",
             "trainer.device=cpu", "trainer.progress_bar=false"]
-    proc = run_cli("train", *tiny, f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli("train", "-m", *tiny, f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {arch: root / "sweep" / str(job) for job, arch in enumerate(E2E_ARCHS)}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("arch", E2E_ARCHS)
+def test_stagewise_archs_train_and_evaluate_dense_tasks_end_to_end(tmp_path, scenes_sweep, arch):
+    """`mtlrun train experiment=scenes_hps arch=...` on tiny scenes, then `mtlrun eval` of its best checkpoint
+    gives the same test metrics (every dense metric finite and in range)."""
+    run = scenes_sweep[arch]
+    assert f"arch={arch}" in (run / ".hydra" / "overrides.yaml").read_text()
     trained = read_results(run)
     assert 0 <= trained["test/segmentation/miou"] <= 1 and 0 <= trained["test/segmentation/pixel_accuracy"] <= 1
     assert trained["test/depth/abs_err"] > 0 and 0 <= trained["test/normals/mean_angle"] <= 180

@@ -28,13 +28,13 @@ def test_torchrun_two_processes(tmp_path):
     assert len(list(run.glob("*.log"))) == 1
     ddp = read_results(run)
 
-    # single-process evaluation of the same checkpoint sees every sample once as well
-    for split, n in (("test", 157), ("val", 101)):
-        ev = tmp_path / f"ev_{split}"
-        single = run_cli("eval", f"checkpoint={run / 'checkpoints/best.pt'}", f"split={split}",
-                         f"hydra.run.dir={ev}", cwd=tmp_path)
-        assert single.returncode == 0, single.stderr
-        measured = read_results(ev)
+    # single-process evaluation of the same checkpoint sees every sample once as well (both splits: one sweep)
+    single = run_cli("eval", "-m", f"checkpoint={run / 'checkpoints/best.pt'}", "split=test,val",
+                     f"hydra.sweep.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    for job, (split, n) in enumerate((("test", 157), ("val", 101))):
+        measured = read_results(tmp_path / "ev" / str(job))
+        assert measured and all(key.startswith(f"{split}/") for key in measured), measured  # job <-> split
         for task in ("left", "right"):
             key = f"{split}/{task}/accuracy"
             assert measured[key] == ddp[key]
