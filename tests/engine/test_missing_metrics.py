@@ -165,3 +165,15 @@ def test_eval_of_a_split_without_labels_writes_null(unlabelled_right, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert read_results(tmp_path / "eval")["val/right/macro_f1"] is None
     assert "val split: nothing to measure for task(s) 'right'" in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_report_of_runs_without_a_measurement_shows_a_dash(unlabelled_right, tmp_path, capsys):
+    from mtlrun.cli import main as cli_main
+
+    sweep, _ = unlabelled_right
+    cli_main(["report", str(sweep), "--out", str(tmp_path), "--split", "val"])
+    md = (tmp_path / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| trainer.monitor=")]
+    assert len(rows) == 2 and all(row.endswith("| – | – |") for row in rows), rows
+    assert "–: no measurement" in md
