@@ -24,7 +24,7 @@ from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
 from mtlrun.engine.monitor import Monitor
-from mtlrun.engine.records import write_metrics_csv
+from mtlrun.engine.records import MISSING, write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import NonFiniteLossError, UsageError
@@ -296,9 +296,10 @@ class Trainer:
         val_row = {"epoch": epoch + 1, "split": "val", "step": self.global_step, **val, "monitor": value}
         self.history += [train_row, val_row]
         self.epoch, self.batches_done = epoch + 1, 0
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if not k.endswith("/loss"))
+        fmt = lambda v: MISSING if math.isnan(v) else f"{v:.4f}"  # noqa: E731 - NaN: nothing measured
+        shown = "  ".join(f"{k} {fmt(v)}" for k, v in val.items() if not k.endswith("/loss"))
         log.info(f"epoch {epoch + 1}/{self.cfg.max_epochs}  train loss {train_row['objective']:.4f}  "
-                 f"val {shown}  monitor {value:.4f}{'  (best)' if improved else ''}")
+                 f"val {shown}  monitor {fmt(value)}{'  (best)' if improved else ''}")
         self._save_last(best=improved or stand_in)
 
     def state_dict(self) -> dict:

@@ -144,6 +144,7 @@ def test_a_split_without_labels_for_a_task_is_written_as_null(unlabelled_right):
     table_rows = [line.split() for line in output.splitlines() if line.startswith("right ")]
     assert ["right", "accuracy", "↑", "–", "–"] in table_rows
     assert output.count("val split: nothing to measure") == 2  # once per run, not once per epoch
+    assert "right/accuracy –  right/macro_f1 –" in output  # the epoch log line
 
 
 @pytest.mark.e2e
