@@ -235,10 +235,10 @@ class NormalsMetrics(Metrics):
     Over every valid pixel (target norm > 0) of the split: `mean_angle`, `median_angle`, and the fractions
     of pixels with an error below 11.25, 22.5 and 30 degrees (`within_*`). The mean and the fractions are
     exact (sums and counts; each angle computed in float64, except on MPS, which has no float64: float32
-    there, within ~0.02 degree per pixel near 0 or 180). The median comes from a histogram of the errors with BIN_DEGREES-wide bins
-    over [0, 180] kept on the device, so it can be summed across batches and ranks: it is the lower median
-    (the ((n - 1) // 2)-th smallest error, as torch.median) located to its bin and linearly interpolated
-    within it, so it is within one bin (0.1 degree) of the exact value.
+    there, within ~2e-5 degree per pixel). The median comes from a histogram of the errors with
+    BIN_DEGREES-wide bins over [0, 180] kept on the device, so it can be summed across batches and ranks:
+    it is the lower median (the ((n - 1) // 2)-th smallest error, as torch.median) located to its bin and
+    linearly interpolated within it, so it is within one bin (0.1 degree) of the exact value.
     """
 
     BIN_DEGREES = 0.1

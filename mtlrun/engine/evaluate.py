@@ -30,7 +30,8 @@ def count_batches(limit, available: int) -> int:
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, tasks: dict, loader, *, device: torch.device, precision: str = "32",
-                   limit_batches=None, transform=None, split: str = "evaluation", warn: bool = True) -> dict[str, float]:
+                   limit_batches=None, transform=None, split: str = "evaluation",
+                   warn: bool = True) -> dict[str, float]:
     """{"<task>/loss": ..., "<task>/<metric>": ...} over this rank's `loader` (DataModule.eval_loader) or its
     first `limit_batches` batches; sums are all-reduced, so under DDP every rank gets the whole split's values.
 

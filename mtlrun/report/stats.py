@@ -101,12 +101,12 @@ def compute_delta(group: Group, directions: dict[str, bool | None]) -> None:
         return
     higher = {k: bool(directions[k]) for k in keys}
     complete = [r for r in group.runs if all(k in r.metrics for k in keys)]
-    if len(complete) < len(group.runs):
-        lacking = sorted({k for r in group.runs for k in keys if k not in r.metrics})
-        group.note = (f"over {len(complete)} of {len(group.runs)} runs: the others have no measurement of "
-                      f"{', '.join(lacking)}")
+    lacking = ", ".join(sorted({k for r in group.runs for k in keys if k not in r.metrics}))
     if not complete:
+        group.note = f"not computed: no run has a measurement of every metric (missing: {lacking})"
         return
+    if len(complete) < len(group.runs):
+        group.note = f"over {len(complete)} of {len(group.runs)} runs: the others have no measurement of {lacking}"
     try:
         group.delta = [delta_m({k: r.metrics[k] for k in keys}, {k: baseline[k] for k in keys}, higher)
                        for r in complete]

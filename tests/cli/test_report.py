@@ -279,6 +279,8 @@ def test_report_null_metrics_are_missing_runs_not_zeros(tmp_path, capsys):
     assert "| -10.00 ± 0.00 (n=2) |" in md
     assert "Δm% of weighting=static: over 2 of 3 runs: the others have no measurement of right/accuracy" in md
     assert pcgrad["right/accuracy"] == "" and pcgrad["delta_m"] == ""
+    assert "Δm% of weighting=pcgrad: not computed: no run has a measurement of every metric (missing: " \
+           "right/accuracy, right/macro_f1)" in md
     assert "| weighting=pcgrad | 0,1,2 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 | – | – |" in md
     assert "–: no measurement (null in results.json" in md
 
