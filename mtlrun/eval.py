@@ -63,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict:
     def measure(transform=None) -> dict[str, float]:
         loader = data.eval_loader(cfg.split, device=device, rank=dist.rank, world_size=dist.world_size)
         return evaluate_split(model, parts.tasks, loader, device=device, precision=str(run_cfg.trainer.precision),
-                              limit_batches=run_cfg.trainer.limit_eval_batches, transform=transform)
+                              limit_batches=run_cfg.trainer.limit_eval_batches, transform=transform,
+                              split=cfg.split)
 
     if sweep is None:
         measured = measure()

@@ -3,12 +3,17 @@
 Every accumulator keeps its state as tensors on the training device and is updated without a host sync;
 `compute()` is the only place values reach the CPU. Under DDP the states are summed across ranks before
 `compute()`, and since the evaluation shards never pad or overlap, each sample is counted exactly once.
+
+A split with nothing to measure (no labelled sample for the task, or no valid pixel) gives NaN for every
+metric of the task: "missing", never a 0 that would look perfect for a lower-is-better metric. Every
+definition, and how it compares with scikit-learn, torchmetrics and LibMTL: docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 
 
 class Metrics:
@@ -28,7 +33,11 @@ class Metrics:
         raise NotImplementedError
 
     def compute(self) -> dict[str, float]:
+        """The metrics of everything seen since `reset`; NaN for all of them when nothing was measured."""
         raise NotImplementedError
+
+    def missing(self) -> dict[str, float]:
+        return dict.fromkeys(self.names, math.nan)
 
 
 class ClassificationMetrics(Metrics):
@@ -54,12 +63,13 @@ class ClassificationMetrics(Metrics):
     def compute(self):
         cm = self.confusion.double()
         total = cm.sum()
+        if total == 0:
+            return self.missing()
         tp = cm.diag()
         support, predicted = cm.sum(1), cm.sum(0)
         f1 = 2 * tp / (support + predicted).clamp_min(1)
         present = (support + predicted) > 0  # classes never seen nor predicted don't dilute macro-F1
-        return {"accuracy": (tp.sum() / total.clamp_min(1)).item(),
-                "macro_f1": (f1[present].mean() if present.any() else f1.sum()).item()}
+        return {"accuracy": (tp.sum() / total).item(), "macro_f1": f1[present].mean().item()}
 
 
 class MultilabelMetrics(Metrics):
@@ -86,7 +96,10 @@ class MultilabelMetrics(Metrics):
 
     def compute(self):
         tp, fp, fn, tn = self.counts.double()
-        accuracy = (tp + tn).sum() / (tp + fp + fn + tn).sum().clamp_min(1)
+        total = (tp + fp + fn + tn).sum()
+        if total == 0:
+            return self.missing()
+        accuracy = (tp + tn).sum() / total
         f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
         return {"accuracy": accuracy.item(), "f1": f1.mean().item()}
 
@@ -115,7 +128,8 @@ class RegressionMetrics(Metrics):
 
     def compute(self):
         abs_sum, sq_sum, n = self.sums.tolist()
-        n = max(n, 1.0)
+        if n == 0:
+            return self.missing()
         return {"mae": abs_sum / n, "rmse": (sq_sum / n) ** 0.5}
 
 
@@ -123,6 +137,11 @@ class RegressionMetrics(Metrics):
 # Dense predictions are [B, C, H, W] at the target's resolution; which pixels count is read from the
 # target itself (see mtlrun.tasks: segmentation ignore_index, depth > 0, normals with a non-zero norm)
 # and from the sample-level label mask.
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """Per-pixel errors are computed in float64 so sums are exact to ~1e-12; MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _pixel_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -135,8 +154,10 @@ class SegmentationMetrics(Metrics):
 
     The matrix is summed over the whole split (and across DDP ranks) before anything is divided, so mIoU
     is the split-level IoU of each class averaged over the classes that occur in the target or in the
-    prediction anywhere in the split (a class absent from both has no IoU and is left out), as in
-    MTAN / LibMTL. Ignored pixels (target == ignore_index) and unlabelled samples are not counted.
+    prediction anywhere in the split (a class absent from both has no IoU and is left out; LibMTL's mean
+    would be NaN). Ignored pixels (target == ignore_index) and unlabelled samples are not counted. An
+    `ignore_index` inside 0..C-1 is not a class (as torchmetrics): its pixels are skipped, it is left out of
+    the mean, and predicting it is a miss for the pixel's true class (it is never a correct prediction).
     """
 
     names = ("miou", "pixel_accuracy")
@@ -163,12 +184,16 @@ class SegmentationMetrics(Metrics):
 
     def compute(self):
         cm = self.confusion.double()
+        if cm.sum() == 0:
+            return self.missing()
         tp = cm.diag()
         union = cm.sum(0) + cm.sum(1) - tp
         present = union > 0
+        if 0 <= self.ignore_index < self.num_classes:  # its row is empty; its column: misses of other classes
+            present[self.ignore_index] = False
         iou = tp[present] / union[present]
-        return {"miou": iou.mean().item() if present.any() else 0.0,
-                "pixel_accuracy": (tp.sum() / cm.sum().clamp_min(1)).item()}
+        return {"miou": iou.mean().item(),  # some non-ignored row is non-empty, so `present` is too
+                "pixel_accuracy": (tp.sum() / cm.sum()).item()}
 
 
 class DepthMetrics(Metrics):
@@ -184,12 +209,13 @@ class DepthMetrics(Metrics):
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum |e|, sum |e| / gt, valid pixels
 
     def update(self, pred, target, mask):
-        target = target.float()
+        dtype = _exact_dtype(pred.device)
+        target = target.to(dtype)
         valid = target > 0  # False for a NaN placeholder too
         if mask is not None:
             valid &= _pixel_mask(mask, target)
         gt = torch.where(valid, target, 1.0)
-        err = torch.where(valid, (pred.float().view_as(gt) - gt).abs(), 0.0)
+        err = torch.where(valid, (pred.to(dtype).view_as(gt) - gt).abs(), 0.0)
         self.sums += torch.stack([err.sum(dtype=torch.float64), (err / gt).sum(dtype=torch.float64),
                                   valid.sum().double()])
 
@@ -198,7 +224,8 @@ class DepthMetrics(Metrics):
 
     def compute(self):
         abs_sum, rel_sum, n = self.sums.tolist()
-        n = max(n, 1.0)
+        if n == 0:
+            return self.missing()
         return {"abs_err": abs_sum / n, "rel_err": rel_sum / n}
 
 
@@ -207,10 +234,11 @@ class NormalsMetrics(Metrics):
 
     Over every valid pixel (target norm > 0) of the split: `mean_angle`, `median_angle`, and the fractions
     of pixels with an error below 11.25, 22.5 and 30 degrees (`within_*`). The mean and the fractions are
-    exact (sums and counts). The median comes from a histogram of the errors with BIN_DEGREES-wide bins
-    over [0, 180] kept on the device, so it can be summed across batches and ranks: it is the lower median
-    (the ((n - 1) // 2)-th smallest error, as torch.median) located to its bin and linearly interpolated
-    within it, so it is within one bin (0.1 degree) of the exact value.
+    exact (sums and counts; each angle computed in float64, except on MPS, which has no float64: float32
+    there, within ~2e-5 degree per pixel). The median comes from a histogram of the errors with
+    BIN_DEGREES-wide bins over [0, 180] kept on the device, so it can be summed across batches and ranks:
+    it is the lower median (the ((n - 1) // 2)-th smallest error, as torch.median) located to its bin and
+    linearly interpolated within it, so it is within one bin (0.1 degree) of the exact value.
     """
 
     BIN_DEGREES = 0.1
@@ -244,7 +272,7 @@ class NormalsMetrics(Metrics):
         counts = self.histogram.double().cpu()
         n = counts.sum().item()
         if n == 0:
-            return 0.0
+            return math.nan
         k = (n - 1) // 2  # 0-based rank of the lower median
         cumulative = counts.cumsum(0)
         b = int(torch.searchsorted(cumulative, torch.tensor(k + 1, dtype=torch.float64)).item())
@@ -253,20 +281,31 @@ class NormalsMetrics(Metrics):
 
     def compute(self):
         angle_sum, n, *within = self.sums.tolist()
-        out = {"mean_angle": angle_sum / max(n, 1.0), "median_angle": self.median_from_histogram()}
-        out.update({name: count / max(n, 1.0) for name, count in zip(self.names[2:], within)})
+        if n == 0:
+            return self.missing()
+        out = {"mean_angle": angle_sum / n, "median_angle": self.median_from_histogram()}
+        out.update({name: count / n for name, count in zip(self.names[2:], within)})
         return out
 
 
 def normal_angles(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None):
-    """(angle in degrees [B, H, W], valid [B, H, W]) between normalised pred [B, 3, H, W] and target."""
-    target = target.float()
+    """(angle in degrees [B, H, W], valid [B, H, W]) between pred [B, 3, H, W] and target, in float64.
+
+    atan2(|p x t|, p . t) rather than acos of the normalised dot product: acos loses half the digits near
+    0 and 180 degrees (float32: ~0.02 degree), atan2 is accurate at every angle and needs no normalisation.
+    A zero prediction has angle 90 degrees (atan2(0, 0) = 0 would call it perfect)."""
+    dtype = _exact_dtype(pred.device)
+    target = target.to(dtype)
     valid = target.square().sum(1) > 0  # False for a NaN placeholder too
     if mask is not None:
         valid &= _pixel_mask(mask, valid)
     target = torch.where(valid.unsqueeze(1), target, 0.0)
-    cos = (F.normalize(pred.float(), dim=1) * F.normalize(target, dim=1)).sum(1)
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))), valid
+    pred = pred.to(dtype)
+    cross = torch.linalg.cross(pred, target, dim=1).square().sum(1).sqrt()
+    dot = (pred * target).sum(1)
+    angle = torch.rad2deg(torch.atan2(cross, dot))
+    zero = pred.square().sum(1) == 0
+    return torch.where(zero, 90.0, angle), valid
 
 
 def delta_m(results: dict[str, float], baseline: dict[str, float], higher_is_better: dict[str, bool]) -> float:

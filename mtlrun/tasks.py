@@ -195,7 +195,8 @@ class DenseTask(Task):
 
 class Segmentation(DenseTask):
     """Per-pixel classification: cross-entropy over the pixels whose target is not `ignore_index`;
-    metrics mIoU and pixel accuracy (mtlrun.metrics.SegmentationMetrics)."""
+    metrics mIoU and pixel accuracy (mtlrun.metrics.SegmentationMetrics). An `ignore_index` inside
+    0..num_classes-1 is not a class: skipped, left out of mIoU (docs/metrics.md)."""
 
     kind = "segmentation"
 

@@ -94,7 +94,10 @@ def train(cfg: DictConfig) -> dict:
     best_state = checkpoint.load(best_path)
     best_epoch = best_state["epoch"]
     best_value = best_state["best_value"] if _is_own_best(best_state) else None
-    if best_epoch != trainer.best_epoch:
+    if trainer.best_epoch is None:  # mtlrun/engine/monitor.py: a NaN monitor is never best
+        log.warning(f"val/{trainer.monitor_key} was NaN at every epoch (nothing to measure in the val split), "
+                    f"so no epoch is best: {best_path.name} is the checkpoint of the last epoch ({best_epoch})")
+    elif best_epoch != trainer.best_epoch:
         log.warning(f"{best_path} holds epoch {best_epoch}, not the best epoch {trainer.best_epoch}; the final "
                     f"metrics are those of epoch {best_epoch}")
     trainer.model.load_state_dict(best_state["model"])

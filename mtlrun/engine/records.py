@@ -1,4 +1,7 @@
-"""Run outputs: metrics.csv, results.json and the printed per-task table (docs/architecture.md, run directory)."""
+"""Run outputs: metrics.csv, results.json and the printed per-task table (docs/architecture.md, run directory).
+
+A metric with nothing to measure is NaN in memory (mtlrun.metrics) and "missing" on disk: an empty cell in
+metrics.csv, `null` in results.json (which stays strict JSON: no NaN token), "–" in the printed table."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 from mtlrun.errors import WriteError
 
 LEADING = ("epoch", "split", "step")
+MISSING = "–"  # a metric with nothing to measure, in printed tables
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -43,7 +47,9 @@ def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def _fmt(value):
-    return f"{value:.6g}" if isinstance(value, float) else value
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
 
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
@@ -64,8 +70,19 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
 
 
 def write_results(path: str | os.PathLike, metrics: dict[str, float], **extra) -> None:
+    """results.json; every non-finite number in it (a metric with nothing to measure) becomes null."""
     payload = {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, **extra}
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(_finite_or_null(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_null(node):
+    if isinstance(node, float):
+        return node if math.isfinite(node) else None
+    if isinstance(node, dict):
+        return {k: _finite_or_null(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_finite_or_null(v) for v in node]
+    return node
 
 
 def results_table(tasks: dict, columns: dict[str, dict[str, float]]) -> str:
@@ -79,7 +96,7 @@ def results_table(tasks: dict, columns: dict[str, dict[str, float]]) -> str:
             cells = []
             for split_values in columns.values():
                 v = split_values.get(f"{name}/{metric}")
-                cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
+                cells.append(MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
             lines.append([label, f"{metric} {arrow}", *cells])
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731

@@ -24,7 +24,7 @@ from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
 from mtlrun.engine.monitor import Monitor
-from mtlrun.engine.records import write_metrics_csv
+from mtlrun.engine.records import MISSING, write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import NonFiniteLossError, UsageError
@@ -85,6 +85,7 @@ class Trainer:
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode, tasks, cfg.early_stopping.min_delta,
                                cfg.early_stopping.patience)
         self._reset_train_sums()
+        self._warned_splits: set[str] = set()
         self.signals = StopSignals(self._last_good, announce=self.dist.is_main)
 
     @property
@@ -269,8 +270,10 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
+        warn = split not in self._warned_splits  # which tasks are unlabelled does not change between epochs
+        self._warned_splits.add(split)
         return evaluate_split(self.model, self.tasks, loader, device=self.device, precision=self.precision,
-                              limit_batches=self.cfg.limit_eval_batches)
+                              limit_batches=self.cfg.limit_eval_batches, split=split, warn=warn)
 
     # ------------------------------------------------------------------------ history, checkpoints
     def _train_row(self, epoch: int) -> dict:
@@ -288,13 +291,16 @@ class Trainer:
     def _end_epoch(self, epoch: int, train_row: dict, val: dict[str, float]) -> None:
         value = self.monitor.value(val)
         improved = self.monitor.update(epoch + 1, value)
+        # no epoch measured yet (monitor NaN): the latest checkpoint stands in as best.pt, so best.pt exists
+        stand_in = self.monitor.best_epoch is None
         val_row = {"epoch": epoch + 1, "split": "val", "step": self.global_step, **val, "monitor": value}
         self.history += [train_row, val_row]
         self.epoch, self.batches_done = epoch + 1, 0
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if not k.endswith("/loss"))
+        fmt = lambda v: MISSING if math.isnan(v) else f"{v:.4f}"  # noqa: E731 - NaN: nothing measured
+        shown = "  ".join(f"{k} {fmt(v)}" for k, v in val.items() if not k.endswith("/loss"))
         log.info(f"epoch {epoch + 1}/{self.cfg.max_epochs}  train loss {train_row['objective']:.4f}  "
-                 f"val {shown}  monitor {value:.4f}{'  (best)' if improved else ''}")
-        self._save_last(best=improved)
+                 f"val {shown}  monitor {fmt(value)}{'  (best)' if improved else ''}")
+        self._save_last(best=improved or stand_in)
 
     def state_dict(self) -> dict:
         return {

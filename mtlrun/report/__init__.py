@@ -71,7 +71,7 @@ def report(args: argparse.Namespace) -> dict:
     else:
         mtl = [g for g in groups if len(g.tasks) > 1]
         baselines = [g for g in groups if len(g.tasks) == 1]
-    shared = set.intersection(*(set(r.metrics) for g in mtl for r in g.runs)) if mtl else {"-"}
+    shared = set.intersection(*(set(r.metrics) | r.missing for g in mtl for r in g.runs)) if mtl else {"-"}
     if not shared:
         have = "; ".join(f"{r.path}: {', '.join(sorted({k.split('/')[0] for k in r.metrics}))}"
                          for g in mtl for r in g.runs[:1])

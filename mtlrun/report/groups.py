@@ -38,7 +38,15 @@ class Group:
         return bool(task_nodes(self.runs[0].config).get(task, {}).get("auxiliary", False))
 
     def values(self, key: str) -> list[float]:
+        """The runs' values of `key`; a run whose value is null (nothing measured) is left out."""
         return [r.metrics[key] for r in self.runs if key in r.metrics]
+
+    def keys(self) -> set[str]:
+        """Every `<task>/<metric>` of the group's runs, measured or null."""
+        return {k for r in self.runs for k in [*r.metrics, *r.missing]}
+
+    def missing_runs(self, key: str) -> list[Run]:
+        return [r for r in self.runs if key in r.missing]
 
     def mean(self, key: str) -> float | None:
         values = self.values(key)

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlrun.errors import UsageError
@@ -26,6 +26,7 @@ class Run:
     choices: dict[str, str]  # Hydra group choices from .hydra/hydra.yaml ({} when the run has none)
     tasks: list[str]
     robustness: dict | None = None  # an eval run's corruption sweep (results.json "robustness")
+    missing: set[str] = field(default_factory=set)  # "<task>/<metric>" written as null: nothing measured
 
     @property
     def seed(self):
@@ -73,17 +74,20 @@ def load_run(path: Path, split: str) -> tuple[Run | None, str]:
     raw = results.get("metrics") if isinstance(results, dict) else None
     if not isinstance(config, dict) or not isinstance(raw, dict):
         return None, "config.yaml or results.json is not in the run-dir format"
-    metrics = {}
+    metrics, missing = {}, set()
     for key, value in raw.items():
         key_split, _, rest = key.partition("/")
         task, _, metric = rest.partition("/")
         if key_split == split and task and metric and metric != "loss":
-            metrics[rest] = float(value)
-    if not metrics:
+            if value is None:  # null: the split had nothing to measure for the task (mtlrun.engine.evaluate)
+                missing.add(rest)
+            else:
+                metrics[rest] = float(value)
+    if not metrics and not missing:
         measured = sorted({k.split("/", 1)[0] for k in raw})
         return None, f"no {split} metrics (it has: {', '.join(measured) or 'none'})"
     order = list(task_nodes(config))
-    present = {k.split("/", 1)[0] for k in metrics}
+    present = {k.split("/", 1)[0] for k in [*metrics, *missing]}
     tasks = [t for t in order if t in present] + sorted(present - set(order))
     choices = {}
     hydra_file = path / ".hydra" / "hydra.yaml"
@@ -95,7 +99,7 @@ def load_run(path: Path, split: str) -> tuple[Run | None, str]:
         except (KeyError, TypeError, yaml.YAMLError):
             choices = {}
     sweep = results.get("robustness")
-    return Run(path, config, metrics, choices, tasks, sweep if isinstance(sweep, dict) else None), ""
+    return Run(path, config, metrics, choices, tasks, sweep if isinstance(sweep, dict) else None, missing), ""
 
 
 def load_failure(path: Path) -> FailedJob:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from mtlrun.errors import UsageError
@@ -17,6 +18,14 @@ def _cell(values: list[float], fmt: str) -> str:
     if mean is None:
         return "-"
     return f"{mean:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if std is not None else "")
+
+
+def _metric_cell(group: Group, key: str) -> str:
+    """mean ± std of `key` over the group's runs that measured it; `(n=k)` where some runs have it null."""
+    values, unmeasured = group.values(key), len(group.missing_runs(key))
+    if unmeasured and not values:
+        return "–"
+    return _cell(values, ".4f") + (f" (n={len(values)})" if unmeasured else "")
 
 
 def _seeds(group: Group) -> str:
@@ -40,15 +49,19 @@ def render_markdown(split: str, mtl: list[Group], baselines: list[Group], column
         for c in columns:
             task = c.split("/")[0]  # (aux) on the cell where only some groups have the task as auxiliary
             marked = group in mtl and task not in aux_tasks and task in group.tasks and group.auxiliary(task)
-            row.append(_cell(group.values(c), ".4f") + (" (aux)" if marked else ""))
+            row.append(_metric_cell(group, c) + (" (aux)" if marked else ""))
         if has_delta:
-            row.append(_cell(group.delta, "+.2f") if group.delta else ("" if group in baselines else "-"))
+            n = f" (n={len(group.delta)})" if group.delta and len(group.delta) < len(group.runs) else ""
+            row.append(_cell(group.delta, "+.2f") + n if group.delta else ("" if group in baselines else "-"))
         rows.append(row)
     lines = [f"# mtlrun report ({split} split)", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|",
              *("| " + " | ".join(r) + " |" for r in rows), ""]
     lines.append("Mean ± sample std over seeds; ↑ higher is better, ↓ lower is better; (aux): auxiliary task, "
                  "not in Δm%.")
+    if any(g.missing_runs(c) for g in [*mtl, *baselines] for c in columns):
+        lines.append("–: no measurement (null in results.json: the split had no label for the task); (n=k): "
+                     "over the k runs that measured it.")
     if has_delta:
         lines += ["", "Δm% = (1/K) Σ_k (-1)^δ_k (M_k - M_stl,k) / M_stl,k × 100 over the K metrics of the "
                       "non-auxiliary tasks, δ_k = 1 where higher is better: negative means the multi-task "
@@ -115,14 +128,21 @@ def plot_report(path: Path, mtl: list[Group], baselines: list[Group], columns: l
     for c in columns:
         primary.setdefault(c.split("/")[0], c)
     panels = [(c, [g for g in [*mtl, *baselines] if g.values(c)]) for c in primary.values()]
+    panels = [(c, groups) for c, groups in panels if groups]  # a task no run measured (all null): no panel
     if any(g.delta for g in mtl):
         panels.append(("Δm% (lower is better)", [g for g in mtl if g.delta]))
+    if not panels:  # nothing measured at all: an empty figure, with the title saying so
+        panels = [("no measurement", [])]
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
     width = max(4.2, 0.55 * max(len(groups) for _, groups in panels) + 1.5)
     fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows), squeeze=False)
     colours = {g: f"C{i % 10}" for i, g in enumerate(mtl)}
     for ax, (title, groups) in zip(axes.flat, panels):
+        if not groups:
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+            continue
         is_delta = title.startswith("Δm%")
         stats = [mean_std(g.delta if is_delta else g.values(title)) for g in groups]
         means = [m for m, _ in stats]
@@ -174,11 +194,12 @@ def render_robustness(groups: list[Group], split: str, out: Path) -> str:
             runs = [r.robustness["metrics"][key] for r in group.runs if key in r.robustness.get("metrics", {})]
             if not runs:
                 continue
-            mean_curve = [sum(v) / len(v) for v in zip(*runs)]
+            mean_curve = [math.nan if None in v else sum(v) / len(v) for v in zip(*runs)]  # null: missing
             curves[group.label][key.split("/", 1)[1]] = mean_curve
-            aucs = [r.robustness["auc"][key] for r in group.runs if key in r.robustness.get("auc", {})]
+            aucs = [r.robustness["auc"][key] for r in group.runs if r.robustness.get("auc", {}).get(key) is not None]
             lines.append(f"| {group.label.replace('|', '/')} | {key.split('/', 1)[1]} | "
-                         + " | ".join(f"{v:.4f}" for v in mean_curve) + f" | {_cell(aucs, '.4f')} |")
+                         + " | ".join("–" if math.isnan(v) else f"{v:.4f}" for v in mean_curve)
+                         + f" | {_cell(aucs, '.4f')} |")
     lines += ["", "Mean over seeds at each corruption level; AUC: area under the metric-level curve divided by "
                   "the level range (mean ± std over seeds)."]
     from mtlrun.engine.plots import plot_robustness

@@ -1,5 +1,11 @@
 """Statistics over groups: the metric columns and their directions, each task's single-task baseline, Δm%
-per seed (mtlrun.metrics.delta_m) and mean ± sample std."""
+per seed (mtlrun.metrics.delta_m) and mean ± sample std.
+
+A metric written as null (nothing measured in that split, e.g. a task without labels) is missing for that
+run: the mean ± std is over the runs that measured it (the report shows n), and Δm% is never computed from
+a missing value. A run that lacks a measurement of any Δm% metric has no Δm% (the group's Δm% is over the
+other runs, with a note); a baseline without a measurement of a metric leaves the group without Δm% (a note
+says which): leaving the metric out instead would change K and make Δm% incomparable with other groups."""
 
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def metric_columns(groups: list[Group]) -> tuple[list[str], dict[str, bool | Non
     columns, directions = [], {}
     for group in groups:
         for task in group.tasks:
-            names = sorted({k.split("/", 1)[1] for k in group.runs[0].metrics if k.split("/", 1)[0] == task})
+            names = sorted({k.split("/", 1)[1] for k in group.keys() if k.split("/", 1)[0] == task})
             built = _build_task(group.runs[0].config, task)
             own = list(built.metric_names) if built is not None else []
             known = dict(built.higher_is_better) if built is not None else {}
@@ -82,17 +88,28 @@ def compute_delta(group: Group, directions: dict[str, bool | None]) -> None:
     if missing:
         group.note = f"no baseline for {', '.join(missing)}"
         return
-    keys = [k for r in group.runs[:1] for k in r.metrics if k.split("/")[0] in main
-            and directions.get(k) is not None]
-    baseline = {k: group.baseline_for[k.split("/")[0]].mean(k) for k in keys}
+    keys = sorted(k for k in group.keys() if k.split("/")[0] in main and directions.get(k) is not None)
+    stl = {k: group.baseline_for[k.split("/")[0]] for k in keys}
+    unmeasured = [k for k in keys if stl[k].mean(k) is None and stl[k].missing_runs(k)]
+    if unmeasured:
+        group.note = f"not computed: the baseline has no measurement of {', '.join(unmeasured)} (null)"
+        return
+    baseline = {k: stl[k].mean(k) for k in keys}
     keys = [k for k in keys if baseline[k] is not None]
     if not keys:
         group.note = "the baselines share no metric with it"
         return
     higher = {k: bool(directions[k]) for k in keys}
+    complete = [r for r in group.runs if all(k in r.metrics for k in keys)]
+    lacking = ", ".join(sorted({k for r in group.runs for k in keys if k not in r.metrics}))
+    if not complete:
+        group.note = f"not computed: no run has a measurement of every metric (missing: {lacking})"
+        return
+    if len(complete) < len(group.runs):
+        group.note = f"over {len(complete)} of {len(group.runs)} runs: the others have no measurement of {lacking}"
     try:
         group.delta = [delta_m({k: r.metrics[k] for k in keys}, {k: baseline[k] for k in keys}, higher)
-                       for r in group.runs if all(k in r.metrics for k in keys)]
+                       for r in complete]
     except ValueError as exc:
         group.delta, group.note = None, str(exc)
 

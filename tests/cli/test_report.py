@@ -254,3 +254,43 @@ def test_report_labels_name_the_choice_and_the_values_that_differ(tmp_path, caps
     report(tmp_path, capsys=capsys)
     assert list(read_csv(tmp_path / "report.csv")) == [
         "weighting=static optim.lr=0.001", "weighting=static optim.lr=0.002", "weighting=pcgrad optim.lr=0.001"]
+
+
+def test_report_null_metrics_are_missing_runs_not_zeros(tmp_path, capsys):
+    # `right` has no label in the reported split for one seed of static and every run of pcgrad (results.json
+    # null): the mean is over the runs that measured it (n shown), a run without it has no Δm%, and a group
+    # none of whose runs measured it shows "–" and no Δm%; a baseline without a measurement gives no Δm%.
+    none = dict.fromkeys(cls("right", 0), None)
+    for seed, right in enumerate((cls("right", 0.77), cls("right", 0.77), none)):
+        fake_run(tmp_path / "mtl" / str(seed), seed=seed, metrics={**cls("left", 0.88), **right, "sum/mae": 2.0})
+        fake_run(tmp_path / "mtl" / str(seed + 3), seed=seed, weighting="pcgrad",
+                 metrics={**cls("left", 0.80), **none, "sum/mae": 2.0})
+    for seed in range(2):
+        fake_run(tmp_path / "stl" / str(seed), seed=seed, only=["left"], metrics=cls("left", 0.80))
+        fake_run(tmp_path / "stl" / str(seed + 2), seed=seed, only=["right"], metrics=cls("right", 0.70))
+    report(tmp_path / "mtl", "--stl", tmp_path / "stl", "--out", tmp_path / "rep", capsys=capsys)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    rows = read_csv(tmp_path / "rep" / "report.csv")
+    static, pcgrad = rows["weighting=static"], rows["weighting=pcgrad"]
+    assert float(static["right/accuracy"]) == pytest.approx(0.77) and static["runs"] == "3"
+    assert "| weighting=static | 0,1,2 | 0.8800 ± 0.0000 | 0.8800 ± 0.0000 | 0.7700 ± 0.0000 (n=2) |" in md
+    # Δm% of seeds 0 and 1 only (left and right 10 % better): never from a 0 put in for the missing run
+    assert float(static["delta_m"]) == pytest.approx(-10.0)
+    assert "| -10.00 ± 0.00 (n=2) |" in md
+    assert "Δm% of weighting=static: over 2 of 3 runs: the others have no measurement of right/accuracy" in md
+    assert pcgrad["right/accuracy"] == "" and pcgrad["delta_m"] == ""
+    assert "Δm% of weighting=pcgrad: not computed: no run has a measurement of every metric (missing: " \
+           "right/accuracy, right/macro_f1)" in md
+    assert "| weighting=pcgrad | 0,1,2 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 | – | – |" in md
+    assert "–: no measurement (null in results.json" in md
+
+    for seed in range(2):  # the right baseline without a measurement: no Δm% for anyone
+        results = tmp_path / "stl" / str(seed + 2) / "results.json"
+        payload = json.loads(results.read_text())
+        payload["metrics"].update({k: None for k in payload["metrics"] if k.startswith("test/right/")})
+        results.write_text(json.dumps(payload))
+    report(tmp_path / "mtl", "--stl", tmp_path / "stl", "--out", tmp_path / "rep2", capsys=capsys)
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert read_csv(tmp_path / "rep2" / "report.csv")["weighting=static"]["delta_m"] == ""
+    assert ("Δm% of weighting=static: not computed: the baseline has no measurement of right/accuracy, "
+            "right/macro_f1 (null)") in md

@@ -228,7 +228,8 @@ def test_metrics_csv_rounds_to_six_significant_digits(tmp_path):
     write_metrics_csv(path, [{"epoch": 2, "split": "test", "step": 7, "a/mae": 1 / 3, "a/rmse": float("nan")}])
     (row,) = read_metrics_csv(path)
     assert row["a/mae"] == pytest.approx(1 / 3, rel=1e-6)
-    assert math.isnan(row["a/rmse"])
+    assert "a/rmse" not in row  # NaN (nothing measured) is an empty cell, read back as missing
+    assert path.read_text().splitlines()[1] == "2,test,7,0.333333,"
     assert (row["epoch"], row["split"], row["step"]) == (2, "test", 7)
 
 
@@ -255,7 +256,7 @@ def test_results_table_lines():
         ["left", "accuracy", "↑", "0.9000", "0.8500"],
         ["left", "macro_f1", "↑", "0.8800", "0.8000"],
         ["age", "(aux)", "mae", "↓", "1.5000", "2.0000"],
-        ["age", "(aux)", "rmse", "↓", "-", "-"],
+        ["age", "(aux)", "rmse", "↓", "–", "–"],  # NaN (nothing measured) and absent: missing, not 0
     ]
 
 
