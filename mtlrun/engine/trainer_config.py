@@ -33,6 +33,7 @@ class TrainerConfig:
     limit_train_batches: Union[int, float, None] = setting(None, "batches per training epoch", rule="limit")
     limit_eval_batches: Union[int, float, None] = setting(None, "batches per evaluation", rule="limit")
     log_every_n_steps: int = setting(25, "how often losses reach the host (progress bar, NaN check)", ge=1)
+    conflict: bool = setting(False, "log gradient conflict between tasks at the shared representation, at log steps")
     skip_nonfinite: bool = setting(False, "skip steps whose loss or gradients are NaN/inf instead of stopping")
     monitor: str = setting("auto", "the metric that picks best.pt; checked against the tasks once built")
     monitor_mode: str = setting("auto", "auto (from the metric's direction) | max | min", choices=MONITOR_MODES)
