@@ -91,8 +91,10 @@ def compute_delta(group: Group, directions: dict[str, bool | None]) -> None:
         return
     higher = {k: bool(directions[k]) for k in keys}
     try:
+        measured = [r for r in group.runs if all(k in r.metrics for k in keys)]
         group.delta = [delta_m({k: r.metrics[k] for k in keys}, {k: baseline[k] for k in keys}, higher)
-                       for r in group.runs if all(k in r.metrics for k in keys)]
+                       for r in measured]
+        group.delta_seeds = [r.seed for r in measured]
     except ValueError as exc:
         group.delta, group.note = None, str(exc)
 
