@@ -18,6 +18,7 @@ from datetime import datetime
 SUBCOMMANDS = {
     "train": ("mtlrun.train:train", "train a model (default: two-digit multidigits, small CNN, hard sharing)"),
     "eval": ("mtlrun.eval:evaluate", "evaluate a checkpoint: mtlrun eval checkpoint=PATH [split=test]"),
+    "affinity": ("mtlrun.affinity:affinity", "which tasks help each other: lookahead task affinity (TAG) and groupings"),
     "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm% against single-task baselines"),
 }
 NOT_HYDRA = ("report",)

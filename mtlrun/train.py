@@ -81,6 +81,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, run_dir, data_state=(resume_state or {}).get("data"), dist=dist)
     log.info(f"run dir {run_dir}  device {trainer.device}  precision {trainer.precision}  "
              f"world size {dist.world_size}  parameters {sum(p.numel() for p in trainer.model.parameters()):,}")
+    log.info(trainer.monitor.describe())
     trainer.fit(resume_state)
 
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.

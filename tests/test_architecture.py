@@ -26,7 +26,7 @@ LAYERS = [
     ("engine", ("mtlrun.engine",)),
     ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
                   "mtlrun.build")),
-    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.cli", "mtlrun.__main__")),
+    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.affinity", "mtlrun.cli", "mtlrun.__main__")),
 ]
 
 # Function-level imports that close an import cycle, each with the reason it is tolerated. Every entry is a

@@ -10,7 +10,14 @@ Targets (all always present; the `tasks` preset picks which are trained, `left` 
 - `sum`: left + right as a raw float in 0..18 (regression, one value). Deliberately not rescaled: its MSE
   starts near 100 while a cross-entropy starts near 2.3, which is the loss-scale imbalance that loss
   weighting methods exist for;
-- `parity`: 1 if the left digit is odd, else 0 (binary).
+- `parity`: 1 if the left digit is odd, else 0 (binary);
+- `larger`: 1 if the left digit is larger than the right one, else 0 (binary; it needs both digits);
+- `zero`: 1 if the left digit is a 0, else 0 (binary, about 10% positive: class imbalance).
+
+Label noise: `label_noise={task: p}` replaces the label of a seeded fraction p of the samples of each split
+in `label_noise_splits` (train only by default) with a different class drawn uniformly (classification) or
+the other value (binary): a task whose labels mislead. `experiment=multidigits_hard` combines these into a
+benchmark where tasks differ in type, loss scale, noise, labels and balance.
 
 Partial labels: `label_fraction={task: f}` keeps the labels of a seeded fraction f of the samples of each
 split in `label_fraction_splits` (train only by default) and emits `label_mask` for those tasks. The
@@ -45,7 +52,9 @@ MIN_OVERLAP = DIGIT * DIGIT // 4
 TARGETS = {"left": TargetInfo("classification", num_classes=10),
            "right": TargetInfo("classification", num_classes=10),
            "sum": TargetInfo("regression", dim=1),
-           "parity": TargetInfo("binary", dim=1)}
+           "parity": TargetInfo("binary", dim=1),
+           "larger": TargetInfo("binary", dim=1),
+           "zero": TargetInfo("binary", dim=1)}
 
 
 def _source_pools(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
@@ -100,7 +109,25 @@ def digit_targets(left: np.ndarray, right: np.ndarray) -> dict[str, torch.Tensor
     left_t, right_t = torch.from_numpy(left).long(), torch.from_numpy(right).long()
     return {"left": left_t, "right": right_t,
             "sum": (left_t + right_t).float().unsqueeze(1),  # [N, 1], raw 0..18
-            "parity": (left_t % 2).float()}  # [N]: the one-label binary layout
+            "parity": (left_t % 2).float(),  # [N]: the one-label binary layout
+            "larger": (left_t > right_t).float(),
+            "zero": (left_t == 0).float()}
+
+
+def add_label_noise(target: torch.Tensor, rate: float, num_classes: int | None, seed: int, split: str,
+                    task: str) -> torch.Tensor:
+    """Exactly round(rate * n) labels replaced, chosen from (seed, split, task) only: a class by a different
+    class drawn uniformly (num_classes), a binary label by the other value (num_classes None)."""
+    n = len(target)
+    stream = np.random.default_rng([seed, 104_729, SPLITS.index(split), zlib.crc32(task.encode())])
+    picked = torch.from_numpy(stream.permutation(n)[: round(rate * n)])
+    noisy = target.clone()
+    if num_classes is None:
+        noisy[picked] = 1.0 - noisy[picked]
+    else:  # shift by 1..C-1: never the true class, every other class equally likely
+        shift = torch.from_numpy(stream.integers(1, num_classes, size=len(picked)))
+        noisy[picked] = (noisy[picked] + shift) % num_classes
+    return noisy
 
 
 def label_mask(n: int, fraction: float, seed: int, split: str, task: str) -> torch.Tensor:
@@ -122,13 +149,16 @@ class MultiDigits(DataModule):
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 2000,
                  source_split: tuple[float, float, float] = (0.6, 0.15, 0.25), seed: int = 0,
                  label_fraction: Mapping[str, float] | None = None,
-                 label_fraction_splits: Sequence[str] = ("train",), **loader):
+                 label_fraction_splits: Sequence[str] = ("train",), label_noise: Mapping[str, float] | None = None,
+                 label_noise_splits: Sequence[str] = ("train",), **loader):
         super().__init__(**loader)
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.source_split = tuple(source_split)
         self.seed = seed
         self.label_fraction = {str(k): v for k, v in dict(label_fraction or {}).items()}
         self.label_fraction_splits = [str(s) for s in label_fraction_splits]
+        self.label_noise = {str(k): v for k, v in dict(label_noise or {}).items()}
+        self.label_noise_splits = [str(s) for s in label_noise_splits]
         self._check_label_fraction()
 
     def _check_label_fraction(self) -> None:
@@ -140,9 +170,19 @@ class MultiDigits(DataModule):
             elif isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
                 problems.append(f"data.label_fraction.{task}={fraction}: must be a number in [0, 1] "
                                 f"(the fraction of samples that keep their label)")
-        for split in self.label_fraction_splits:
-            if split not in SPLITS:
-                problems.append(f"data.label_fraction_splits: '{split}' is not a split; valid: {', '.join(SPLITS)}")
+        for task, rate in self.label_noise.items():
+            if task not in TARGETS or TARGETS[task].kind == "regression":
+                noisy = [t for t, info in TARGETS.items() if info.kind != "regression"]
+                problems.append(f"data.label_noise.{task}: label noise applies to a class or binary target of "
+                                f"multidigits: {', '.join(noisy)}")
+            elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+                problems.append(f"data.label_noise.{task}={rate}: must be a number in [0, 1] (the fraction of "
+                                f"samples whose label is replaced by a wrong one)")
+        for key, splits in (("label_fraction_splits", self.label_fraction_splits),
+                            ("label_noise_splits", self.label_noise_splits)):
+            for split in splits:
+                if split not in SPLITS:
+                    problems.append(f"data.{key}: '{split}' is not a split; valid: {', '.join(SPLITS)}")
         if problems:
             raise ConfigError(problems)
 
@@ -168,6 +208,11 @@ class MultiDigits(DataModule):
             canvas, left, right, _ = compose(digits.images, digits.target, pool, self.sizes[split],
                                              seed=self.seed * 1000 + 17 + i)
             targets = digit_targets(left, right)
+            if split in self.label_noise_splits:
+                for task, rate in self.label_noise.items():
+                    if rate > 0:
+                        targets[task] = add_label_noise(targets[task], float(rate), TARGETS[task].num_classes,
+                                                        self.seed, split, task)
             masks = self._label_masks(split, len(canvas))
             targets.update({task: hide_unlabelled(targets[task], mask) for task, mask in masks.items()})
             splits[split] = TensorDictDataset(inputs={"image": torch.from_numpy(canvas)}, targets=targets,

@@ -13,14 +13,18 @@ import logging
 import math
 
 log = logging.getLogger("mtlrun")
+# `auto`: a first-validation value this close to 0 (e.g. an MAE of 0) is not divided by
+REFERENCE_FLOOR = 1e-8
 
 
 class Monitor:
     """Turns validation metrics into one higher-is-better number and tracks the best epoch.
 
-    `auto` is the mean over main (non-auxiliary) tasks of each task's first metric, signed by its direction;
-    otherwise a `val/<task>/<metric>` key, whose direction comes from the metric (a loss is lower-is-better)
-    unless `mode` says max or min.
+    `auto` is scale-free: the mean over main (non-auxiliary) tasks of the relative change of each task's first
+    metric against the first validation of the run, signed by the metric's direction (as Δm% is against a
+    baseline), so an MAE of 8.5 weighs no more than an accuracy of 0.9. It is 0 at the first validation and
+    > 0 once the tasks improve on average. Otherwise a `val/<task>/<metric>` key, whose direction comes from
+    the metric (a loss is lower-is-better) unless `mode` says max or min.
     """
 
     def __init__(self, key: str, mode: str, tasks: dict, min_delta: float, patience: int | None):
@@ -31,6 +35,27 @@ class Monitor:
         self.best_epoch: int | None = None
         self.epochs_since_best = 0
         self._warned: set[str] = set()
+        self.reference: dict[str, float] | None = None  # `auto`: the first validation's metrics
+
+    def _auto_terms(self) -> list[tuple[str, float]]:
+        """(`task/metric`, sign) of the tasks `auto` averages: each main task's first metric."""
+        main = [t for t, task in self.tasks.items() if not task.auxiliary] or list(self.tasks)
+        return [(f"{t}/{self.tasks[t].metric_names[0]}",
+                 1.0 if self.tasks[t].higher_is_better[self.tasks[t].metric_names[0]] else -1.0) for t in main]
+
+    def describe(self) -> str:
+        """What the monitor is, for the log."""
+        if self.key != "monitor":
+            return f"monitor: val/{self.key} ({'higher' if self._higher() else 'lower'} is better)"
+        terms = ", ".join(f"{key} {'↑' if sign > 0 else '↓'}" for key, sign in self._auto_terms())
+        return (f"monitor: auto = mean over tasks of the relative change of {terms} against the first "
+                f"validation (0 there, > 0 when the tasks improve; scale-free, as Δm%)")
+
+    def _higher(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "max"
+        task, _, metric = self.key.partition("/")
+        return metric != "loss" and self.tasks[task].higher_is_better[metric]
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
@@ -40,26 +65,22 @@ class Monitor:
     def value(self, val: dict[str, float]) -> float:
         """The signed monitor value of one validation pass; NaN when there is nothing to measure."""
         if self.key == "monitor":
-            main = [t for t, task in self.tasks.items() if not task.auxiliary] or list(self.tasks)
-            values, unmeasured = [], []
-            for t in main:
-                metric = self.tasks[t].metric_names[0]
-                sign = 1.0 if self.tasks[t].higher_is_better[metric] else -1.0
-                v = val[f"{t}/{metric}"]
-                if math.isnan(v):
-                    unmeasured.append(t)
-                else:
-                    values.append(sign * v)
-            if unmeasured and values:
+            terms = [(key, sign) for key, sign in self._auto_terms() if not math.isnan(val[key])]
+            unmeasured = [key for key, _ in self._auto_terms() if math.isnan(val[key])]
+            if unmeasured and terms:
                 self._warn_once("auto", f"trainer.monitor=auto: val has nothing to measure for "
                                         f"{', '.join(unmeasured)}; the monitor averages over "
-                                        f"{len(values)} other task(s)")
-            return sum(values) / len(values) if values else math.nan
-        task, _, metric = self.key.partition("/")
-        higher = metric != "loss" and self.tasks[task].higher_is_better[metric]
-        if self.mode != "auto":
-            higher = self.mode == "max"
-        return val[self.key] if higher else -val[self.key]
+                                        f"{len(terms)} other task(s)")
+            if not terms:
+                return math.nan
+            if self.reference is None:
+                self.reference = {}
+            for key, _ in terms:  # the first validation that measured the metric
+                self.reference.setdefault(key, val[key])
+            changes = [sign * (val[key] - self.reference[key]) / max(abs(self.reference[key]), REFERENCE_FLOOR)
+                       for key, sign in terms]
+            return sum(changes) / len(changes)
+        return val[self.key] if self._higher() else -val[self.key]
 
     def update(self, epoch: int, value: float) -> bool:
         """Record epoch `epoch` (1-based); True when it is the new best. NaN: no measurement, nothing changes."""
@@ -82,5 +103,17 @@ class Monitor:
                 "epochs_since_best": self.epochs_since_best}
 
     def load_state_dict(self, state: dict) -> None:
+        """From a checkpoint. `auto` takes its reference from the checkpoint's history (its first validation)
+        and recomputes the best value from the best epoch's row, so a checkpoint written when `auto` was the
+        plain mean of the metrics resumes on the scale-free value without a jump."""
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.epochs_since_best = state["epochs_since_best"]
+        if self.key != "monitor":
+            return
+        val_rows = [row for row in state.get("history", []) if row.get("split") == "val"]
+        if val_rows:
+            self.reference = None
+            self.value(val_rows[0])
+            best = [row for row in val_rows if row.get("epoch") == self.best_epoch]
+            if best:
+                self.best_value = self.value(best[0])

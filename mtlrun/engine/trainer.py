@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mtlrun import __version__, distributed
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
+from mtlrun.engine.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
@@ -86,6 +87,12 @@ class Trainer:
                                cfg.early_stopping.patience)
         self._reset_train_sums()
         self._warned_splits: set[str] = set()
+        self.conflict = None  # gradient conflict at the shared representation, measured at log steps
+        if cfg.conflict:
+            if not getattr(model, "has_shared_representation", True):
+                raise UsageError(f"trainer.conflict=true: {type(model).__name__} shares no representation "
+                                 f"between tasks, so there is no gradient conflict to measure there")
+            self.conflict = ConflictMeter(self.task_names, self.device)
         self.signals = StopSignals(self._last_good, announce=self.dist.is_main)
 
     @property
@@ -118,13 +125,14 @@ class Trainer:
             loss = loss / self.accumulate
         return self.scaler.scale(loss) if self.scaler else loss
 
-    def compute_losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Per-task losses, and the shared representation when the weighting works on it."""
+    def compute_losses(self, batch: dict, need_shared: bool = False
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Per-task losses, and the shared representation when the weighting works on it (or `need_shared`)."""
         if self.train_transform is not None:
             batch = self.train_transform(batch)
         modality_mask = batch.get("modality_mask")
         with self.autocast():
-            if self.weighting.needs_shared:
+            if self.weighting.needs_shared or need_shared:
                 preds, shared = self.train_model(batch["inputs"], return_shared=True, modality_mask=modality_mask)
             else:
                 preds, shared = self.train_model(batch["inputs"], modality_mask=modality_mask), None
@@ -134,11 +142,14 @@ class Trainer:
 
     def training_step(self, batch: dict) -> None:
         """Forward, per-task losses, weighting.backward. Gradients accumulate until `optimizer_step`."""
-        losses, shared = self.compute_losses(batch)
+        measure = self.conflict is not None and (self.global_step + 1) % int(self.cfg.log_every_n_steps) == 0
+        losses, shared = self.compute_losses(batch, need_shared=measure)
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.cfg.skip_nonfinite and not all_finite(stacked, self.dist):
             self.skipped_steps += 1  # the one host sync a user opts into with skip_nonfinite
             return
+        if measure:  # before the weighting's backward frees the graph
+            self.conflict.measure(losses, shared)
         regularizer = self.model.regularizer()  # e.g. soft sharing's distance penalty; None if there is none
         objective = self.weighting.backward(losses, scale=self._scale, shared=shared, extra=regularizer)
         reg = regularizer.detach().float().view(1) if regularizer is not None else self._zero
@@ -283,6 +294,8 @@ class Trainer:
         if self.model.regularizer() is None:
             del row["regularizer"]
         self.weighting.on_epoch_end({t: means[f"{t}/loss"] for t in self.task_names})
+        if self.conflict is not None:
+            row.update(self.conflict.epoch_row(self.dist))  # collective under DDP: every rank gets here
         if self.skipped_steps:
             row["skipped_steps"] = self.skipped_steps
         self._reset_train_sums()

@@ -33,8 +33,10 @@ class TrainerConfig:
     limit_train_batches: Union[int, float, None] = setting(None, "batches per training epoch", rule="limit")
     limit_eval_batches: Union[int, float, None] = setting(None, "batches per evaluation", rule="limit")
     log_every_n_steps: int = setting(25, "how often losses reach the host (progress bar, NaN check)", ge=1)
+    conflict: bool = setting(False, "log gradient conflict between tasks at the shared representation, at log steps")
     skip_nonfinite: bool = setting(False, "skip steps whose loss or gradients are NaN/inf instead of stopping")
-    monitor: str = setting("auto", "the metric that picks best.pt; checked against the tasks once built")
+    monitor: str = setting("auto", "the metric that picks best.pt (auto: the mean relative change of each "
+                                   "task's first metric against the first validation); checked once built")
     monitor_mode: str = setting("auto", "auto (from the metric's direction) | max | min", choices=MONITOR_MODES)
     early_stopping: EarlyStopping = setting(EarlyStopping(), "stop when the monitor stops improving")
     progress_bar: bool = setting(True, "a tqdm bar per epoch")

@@ -34,7 +34,9 @@ from pathlib import Path
 from mtlrun.errors import MtlrunError, UsageError
 from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
+from mtlrun.report.pareto import pareto_keys, render_pareto
 from mtlrun.report.render import plot_report, render_csv, render_failures, render_markdown, render_robustness
+from mtlrun.report.significance import find_reference, render_significance
 from mtlrun.report.stats import compute_delta, match_baselines, metric_columns
 
 
@@ -55,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
                    help="where to write report.md/.csv/.png (default: the first DIR)")
     p.add_argument("--ignore", nargs="+", metavar="KEY", default=[],
                    help="more config keys that do not split runs into groups (e.g. data.seed)")
+    p.add_argument("--reference", metavar="LABEL", default=None,
+                   help="the method the others are tested against, paired by seed (default: weighting=static "
+                        "where the runs have it)")
+    p.add_argument("--pareto", nargs=2, metavar=("X", "Y"), default=None,
+                   help="two metric columns (e.g. left/accuracy sum/mae) for pareto.png and the Pareto front "
+                        "(default: the first metrics of the two tasks, when the runs have exactly two)")
     return p
 
 
@@ -99,6 +107,12 @@ def report(args: argparse.Namespace) -> dict:
     out = Path(args.out if args.out is not None else args.dirs[0]).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(args.split, mtl, baselines, columns, directions, aux_tasks, notes, has_delta)
+    reference = find_reference(mtl, args.reference)
+    if reference is not None:
+        markdown += render_significance(mtl, reference, columns, directions)
+    axes = pareto_keys(args.pareto, columns, directions, mtl)
+    if axes:
+        markdown += render_pareto(mtl, axes, directions, out)
     markdown += render_robustness([*mtl, *baselines], args.split, out)
     markdown += render_failures(failed)
     (out / "report.md").write_text(markdown)
@@ -107,6 +121,8 @@ def report(args: argparse.Namespace) -> dict:
     print(markdown)
     extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
         else ""
+    if axes and "## Pareto front" in markdown:
+        extra += f", {out / 'pareto.png'}"
     print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}{extra}")
     return {"mtl": mtl, "baselines": baselines, "columns": columns, "out": out, "failed": failed}
 

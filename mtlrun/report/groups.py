@@ -24,6 +24,7 @@ class Group:
     label: str = ""
     baseline_for: dict = field(default_factory=dict)  # task -> the baseline Group used for it
     delta: list[float] | None = None  # Δm% per run
+    delta_seeds: list = field(default_factory=list)  # the seed of each Δm% value
     note: str = ""
 
     @property

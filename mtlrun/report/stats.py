@@ -110,6 +110,7 @@ def compute_delta(group: Group, directions: dict[str, bool | None]) -> None:
     try:
         group.delta = [delta_m({k: r.metrics[k] for k in keys}, {k: baseline[k] for k in keys}, higher)
                        for r in complete]
+        group.delta_seeds = [r.seed for r in complete]
     except ValueError as exc:
         group.delta, group.note = None, str(exc)
 

@@ -50,3 +50,14 @@ def test_constant_baseline_scores_the_train_statistics_on_test():
     assert results["global"]["segmentation/pixel_accuracy"] == pytest.approx(accuracy, rel=1e-6)
     # the per-pixel layout prior is the stronger of the two on these scenes
     assert results["per_pixel"]["segmentation/pixel_accuracy"] > results["global"]["segmentation/pixel_accuracy"]
+
+
+def test_diagnostics_script_times_both_sides_and_prints_the_ratio():
+    script = SCRIPT.parent / "diagnostics.py"
+    args = ["--rounds", "1", "--windows", "1", "--threads", "1", "data.batch_size=16", "trainer.log_every_n_steps=2",
+            "data.n_train=64"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180,
+                          cwd=script.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"measured every 2 steps, 2 steps per side per round", proc.stdout), proc.stdout
+    assert re.search(r"median on/off per step: [0-9.]+ ", proc.stdout), proc.stdout

@@ -294,3 +294,63 @@ def test_report_null_metrics_are_missing_runs_not_zeros(tmp_path, capsys):
     assert read_csv(tmp_path / "rep2" / "report.csv")["weighting=static"]["delta_m"] == ""
     assert ("Δm% of weighting=static: not computed: the baseline has no measurement of right/accuracy, "
             "right/macro_f1 (null)") in md
+
+# ------------------------------------------------------------------------ significance and the Pareto view
+
+def test_paired_test_and_interval_equal_the_t_formulas():
+    from scipy.stats import t
+
+    from mtlrun.report.significance import confidence_interval, paired_test
+
+    values, reference = {0: 0.90, 1: 0.92, 2: 0.95, 7: 0.5}, {0: 0.88, 1: 0.91, 2: 0.90}
+    result = paired_test(values, reference)  # seed 7 has no partner: left out
+    diffs = [0.02, 0.01, 0.05]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    stat = mean / (sd / math.sqrt(3))
+    assert (result.n, result.difference) == (3, pytest.approx(mean))
+    assert result.p_value == pytest.approx(2 * t.sf(abs(stat), 2))
+    low, high = confidence_interval(diffs)
+    half = t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert (low, high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert paired_test({0: 1.0}, {1: 1.0}) is None and confidence_interval([1.0]) is None
+    assert paired_test({0: 1.0}, {0: 0.5}).p_value is None  # one seed: no test
+
+
+def test_pareto_front_follows_each_metrics_direction():
+    from mtlrun.report.pareto import pareto_front
+
+    points = [(0.9, 3.0), (0.8, 2.0), (0.85, 3.5), (0.7, 2.5), (0.9, 3.0)]
+    # accuracy up, MAE down: (0.85, 3.5) is beaten by (0.9, 3.0); (0.7, 2.5) by (0.8, 2.0); ties both stay
+    assert pareto_front(points, (True, False)) == [0, 1, 4]
+    assert pareto_front(points, (True, True)) == [0, 2, 4]
+
+
+def test_report_tests_against_static_and_draws_the_pareto_front(runs, capsys):
+    from scipy.stats import ttest_rel
+
+    out = report(runs / "multirun", runs / "stl", "--out", runs / "rep", "--pareto", "left/accuracy",
+                 "right/accuracy", capsys=capsys)
+    md = (runs / "rep" / "report.md").read_text()
+    assert "## Against weighting=static (paired by seed)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| weighting=pcgrad | -0.1200"))
+    p_left = ttest_rel([0.76] * 3, [0.86, 0.88, 0.90]).pvalue
+    assert f"-0.1200 (p={p_left:.3f}, n=3)" in row
+    # Δm% per seed: static -9.375, -10, -10.625; pcgrad 0 -> +10 on average
+    p_delta = ttest_rel([0.0] * 3, [-9.375, -10.0, -10.625]).pvalue
+    assert row.endswith(f"+10.0000 (p={p_delta:.3f}, n=3)* |")
+    assert "- Δm% of weighting=static: 95% CI [-11.55, -8.45] over 3 seeds" in md
+    assert "## Pareto front: left/accuracy ↑ vs right/accuracy ↑" in md
+    assert "- weighting=static: 0.8800, 0.7700" in md and "Dominated: weighting=pcgrad." in md
+    assert (runs / "rep" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pareto.png" in out.out.splitlines()[-1]
+
+
+def test_report_refuses_an_unknown_reference_or_pareto_metric(runs, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report(runs / "multirun", "--reference", "weighting=nope", capsys=capsys)
+    assert exc.value.code == 2
+    assert "--reference weighting=nope: no group has that label" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        report(runs / "multirun", "--pareto", "left/accuracy", "left/nope", capsys=capsys)
+    assert exc.value.code == 2 and "left/nope is not a metric of the runs" in capsys.readouterr().err

@@ -166,7 +166,7 @@ def test_multidigits_spec():
     spec = MultiDigits(n_train=4, n_val=4, n_test=4).spec
     assert isinstance(spec, DataSpec)
     assert spec.modalities == {"image": ModalityInfo("image", (1, 16, 16), {"in_channels": 1, "input_size": (16, 16)})}
-    assert set(spec.targets) == {"left", "right", "sum", "parity"}  # tasks=multidigits trains left + right
+    assert set(spec.targets) == {"left", "right", "sum", "parity", "larger", "zero"}  # tasks=multidigits trains left + right
     for task in ("left", "right"):
         assert spec.targets[task] == TargetInfo("classification", num_classes=10)
 

@@ -183,3 +183,38 @@ def test_train_with_partial_labels_end_to_end(tmp_path):
     assert "test/sum/mae" in metrics
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.data.label_fraction.right == 0.25 and saved.tasks.sum.auxiliary is True
+
+
+def test_new_targets_and_label_noise_are_exact_and_seeded():
+    import torch
+
+    from mtlrun.data.multidigits import MultiDigits
+
+    clean = MultiDigits(n_train=2000, n_val=50, n_test=50).build()
+    noisy_dm = MultiDigits(n_train=2000, n_val=50, n_test=50, label_noise={"right": 0.4, "parity": 0.25})
+    noisy = noisy_dm.build()
+    t, n = clean["train"].tensors["targets"], noisy["train"].tensors["targets"]
+    assert torch.equal(t["larger"], (t["left"] > t["right"]).float())
+    assert torch.equal(t["zero"], (t["left"] == 0).float()) and 0.05 < t["zero"].mean() < 0.15
+    changed = n["right"] != t["right"]
+    assert int(changed.sum()) == 800  # exactly 40% of 2000, always to a different class
+    assert n["right"].min() >= 0 and n["right"].max() <= 9
+    assert int((n["parity"] != t["parity"]).sum()) == 500 and set(n["parity"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(n["left"], t["left"])  # other tasks untouched
+    assert torch.equal(noisy["val"].tensors["targets"]["right"], clean["val"].tensors["targets"]["right"])
+    again = MultiDigits(n_train=2000, n_val=50, n_test=50, label_noise={"right": 0.4, "parity": 0.25}).build()
+    assert torch.equal(again["train"].tensors["targets"]["right"], n["right"])  # a pure function of the seed
+
+
+def test_label_noise_on_a_regression_target_or_out_of_range_is_refused():
+    import pytest
+
+    from mtlrun.data.multidigits import MultiDigits
+    from mtlrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        MultiDigits(label_noise={"sum": 0.1, "left": 1.5}, label_noise_splits=["dev"])
+    text = str(exc.value)
+    assert "data.label_noise.sum: label noise applies to a class or binary target" in text
+    assert "data.label_noise.left=1.5: must be a number in [0, 1]" in text
+    assert "data.label_noise_splits: 'dev' is not a split" in text

@@ -105,8 +105,9 @@ def test_a_nan_monitor_value_is_never_best_nor_counts_toward_patience(caplog):
 def test_auto_monitor_averages_over_the_measured_main_tasks_only(caplog):
     monitor = Monitor("auto", "auto", _tasks(), min_delta=0.0, patience=None)
     with caplog.at_level(logging.WARNING, logger="mtlrun"):
-        assert monitor.value({"cls/accuracy": 0.75, "reg/mae": math.nan}) == 0.75
-        assert monitor.value({"cls/accuracy": 0.5, "reg/mae": 2.0}) == pytest.approx((0.5 - 2.0) / 2)
+        # scale-free: relative to each metric's first measurement (cls: 0.75; reg: 2.0, first seen below)
+        assert monitor.value({"cls/accuracy": 0.75, "reg/mae": math.nan}) == 0.0
+        assert monitor.value({"cls/accuracy": 0.5, "reg/mae": 2.0}) == pytest.approx((-0.25 / 0.75 + 0.0) / 2)
         assert math.isnan(monitor.value({"cls/accuracy": math.nan, "reg/mae": math.nan}))
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "nothing to measure for reg" in warning and "averages over 1 other task" in warning

@@ -1,0 +1,172 @@
+"""Lookahead inter-task affinity (Fifty et al., 2021, "Efficiently Identifying Task Groupings for Multi-Task
+Learning", TAG) and the task groupings it suggests.
+
+Affinity of task i onto task j at one step: take a plain gradient step on the shared parameters with task
+i's loss alone, θ'_s = θ_s - lr ∇_{θ_s} L_i, and see how task j's loss on the same batch changes:
+
+    Z[i, j] = 1 - L_j(θ'_s, θ_j) / L_j(θ_s, θ_j)
+
+Z > 0: a step for i lowers j's loss (i helps j); Z < 0: it raises it (the two conflict). Both losses are
+measured in eval mode (BatchNorm's running statistics, no dropout), so the ratio compares the same function
+of the parameters and the lookahead leaves no trace in the model. The matrix is the mean over the measured
+steps; it stays on the device until the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+
+class AffinityMeter:
+    """Accumulates Z over steps for `model` (a MultiTaskModel) and `tasks` ({name: task})."""
+
+    def __init__(self, model: torch.nn.Module, tasks: dict, lr: float, device: torch.device):
+        if not lr > 0:
+            raise ValueError(f"lookahead lr must be > 0, got {lr}")
+        self.model, self.tasks, self.lr = model, tasks, float(lr)
+        self.names = list(tasks)
+        named = dict(model.named_parameters())
+        shared_ids = {id(p) for p in model.shared_parameters()}
+        self.shared = {n: p for n, p in named.items() if id(p) in shared_ids and p.requires_grad}
+        if not self.shared:
+            raise ValueError("the model has no shared parameters: there is no shared step whose effect on the "
+                             "other tasks could be measured")
+        n = len(self.names)
+        self.sum = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def _losses(self, batch: dict, params: dict | None = None) -> torch.Tensor:
+        inputs, targets = batch["inputs"], batch["targets"]
+        masks = batch.get("label_mask", {})
+        kwargs = {"modality_mask": batch.get("modality_mask")}
+        if params is None:
+            preds = self.model(inputs, **kwargs)
+        else:
+            preds = functional_call(self.model, params, (inputs,), kwargs, strict=False)
+        return torch.stack([self.tasks[t].loss(preds[t], targets[t], masks.get(t)).float() for t in self.names])
+
+    def measure(self, batch: dict) -> None:
+        """One lookahead per task on `batch` (already on the device). The model's mode is restored."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            losses = self._losses(batch)
+            shared = list(self.shared.values())
+            grads = [torch.autograd.grad(losses[i], shared, retain_graph=i + 1 < len(self.names),
+                                         allow_unused=True) for i in range(len(self.names))]
+            with torch.no_grad():
+                before = losses.detach()
+                rows = []
+                for task_grads in grads:
+                    stepped = {n: p - self.lr * g if g is not None else p
+                               for (n, p), g in zip(self.shared.items(), task_grads)}
+                    rows.append(1.0 - self._losses(batch, stepped) / before)
+                self.sum += torch.stack(rows).double()
+                self.steps += 1
+        finally:
+            self.model.train(was_training)
+
+    def matrix(self) -> list[list[float]]:
+        """The mean Z over the measured steps (one host read). NaN where a task's loss was 0 at a step."""
+        if self.steps == 0:
+            raise ValueError("no step was measured")
+        return (self.sum / self.steps).tolist()
+
+
+def partitions(items: list, k: int):
+    """Every way to split `items` into exactly k non-empty groups (order of groups and within them ignored)."""
+    if k == 1:
+        yield [list(items)]
+        return
+    if len(items) == k:
+        yield [[x] for x in items]
+        return
+    if len(items) < k or k < 1:
+        return
+    first, rest = items[0], items[1:]
+    for smaller in partitions(rest, k - 1):  # `first` alone
+        yield [[first], *smaller]
+    for same in partitions(rest, k):  # `first` joins one of the k groups
+        for i in range(len(same)):
+            yield [*same[:i], [first, *same[i]], *same[i + 1:]]
+
+
+def grouping_score(groups: list[list[int]], z: list[list[float]]) -> float:
+    """TAG's total affinity of a grouping: for each task, the mean affinity onto it from the other tasks of its
+    group (0 for a task alone), summed over tasks."""
+    total = 0.0
+    for group in groups:
+        for j in group:
+            others = [z[i][j] for i in group if i != j]
+            if others:
+                total += sum(others) / len(others)
+    return total
+
+
+MAX_EXHAUSTIVE_TASKS = 10  # S(10, k) <= 42,525 partitions: a second; 12 tasks would be millions
+
+
+def best_groupings(names: list[str], z: list[list[float]], k: int, top: int = 3) -> list[tuple[float, list]]:
+    """The `top` partitions of the tasks into k groups by total affinity, best first: [(score, [[names]])]."""
+    n = len(names)
+    if not 1 <= k <= n:
+        raise ValueError(f"groups must be between 1 and the number of tasks ({n}), got {k}")
+    if n > MAX_EXHAUSTIVE_TASKS:
+        raise ValueError(f"{n} tasks: suggesting groupings searches every partition, which is feasible up to "
+                         f"{MAX_EXHAUSTIVE_TASKS} tasks; the affinity matrix itself is still written")
+    scored = [(grouping_score(p, z), p) for p in partitions(list(range(n)), k)]
+    scored = [s for s in scored if not math.isnan(s[0])]
+    scored.sort(key=lambda s: -s[0])
+    return [(score, [[names[i] for i in g] for g in p]) for score, p in scored[:top]]
+
+
+def lowest_pair(names: list[str], z: list[list[float]]) -> tuple[str, str, float]:
+    """The pair of tasks with the lowest symmetric affinity (Z[i,j] + Z[j,i]) / 2: the strongest conflict."""
+    pairs = [((z[i][j] + z[j][i]) / 2, names[i], names[j]) for i, j in itertools.combinations(range(len(names)), 2)]
+    pairs = [p for p in pairs if not math.isnan(p[0])] or pairs
+    value, a, b = min(pairs)
+    return a, b, value
+
+
+def format_matrix(names: list[str], z: list[list[float]]) -> str:
+    width = max(8, *(len(n) for n in names)) + 1
+    head = "step on \\ loss of".ljust(width + 9) + "".join(n.rjust(width) for n in names)
+    rows = [head] + [names[i].ljust(width + 9) + "".join(f"{v:+.3g}".rjust(width) if i != j else "—".rjust(width)
+                                                          for j, v in enumerate(row)) for i, row in enumerate(z)]
+    return "\n".join(rows)
+
+
+def plot_affinity(names: list[str], z: list[list[float]], path: Path, title: str = "") -> None:
+    """A heatmap of Z: rows are the task whose step is taken, columns the task whose loss changes; a diverging
+    colour map centred at 0 (blue helps, red hurts), each cell annotated, the diagonal left blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    values = [[float("nan") if i == j else z[i][j] for j in range(n)] for i in range(n)]
+    finite = [abs(v) for row in values for v in row if not math.isnan(v)]
+    bound = max(finite) if finite else 1.0
+    size = 1.2 + 0.9 * n
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("loss of task j")
+    ax.set_ylabel("step on task i")
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                ax.text(j, i, f"{z[i][j]:+.2g}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(z[i][j]) > 0.6 * bound else "black")
+    fig.colorbar(image, ax=ax, label="affinity 1 - L_j(after i's step) / L_j (> 0: i helps j)")
+    ax.set_title(title or "lookahead task affinity (TAG)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

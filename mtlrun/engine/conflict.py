@@ -1,0 +1,74 @@
+"""Gradient conflict between tasks, measured at the shared representation (`trainer.conflict=true`).
+
+At a measured step, each task's loss is differentiated with respect to the shared representation alone
+(its gradient wrt the shared parameters is this one backpropagated through the encoder, so the
+representation is where the tasks meet; heads are cheap to differentiate through). From the per-task
+gradients g_t (flattened over the batch):
+
+- cos(a, b) = <g_a, g_b> / (|g_a| |g_b|) for every pair: < 0 means a step for a raises b's loss;
+- the fraction of pairs with cos < 0;
+- each task's gradient norm over the mean norm of all tasks (which task's gradient dominates the update).
+
+Everything is summed on the device and read once per epoch, where the Trainer writes the means into the
+epoch's train row (metrics.csv). Under DDP each rank measures its own batch and the sums are averaged
+across ranks at the end of the epoch. Weighting-independent: it looks at the raw task losses, before any
+weighting or aggregation changes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from mtlrun import distributed
+
+
+def pair_name(a: str, b: str) -> str:
+    return f"conflict/cos/{a}~{b}"
+
+
+class ConflictMeter:
+    def __init__(self, task_names: list[str], device: torch.device):
+        self.names = list(task_names)
+        self.pairs = list(itertools.combinations(range(len(self.names)), 2))
+        # cos per pair, conflicting-pair fraction, relative norm per task
+        self.sums = torch.zeros(len(self.pairs) + 1 + len(self.names), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def measure(self, losses: dict[str, torch.Tensor], shared) -> None:
+        """`shared`: the representation (a tensor, or a list of tensors for stage-wise archs) the losses were
+        computed from, graph alive. Leaves the graph in place for the weighting's backward."""
+        inputs = [s for s in (shared if isinstance(shared, (list, tuple)) else [shared]) if s.requires_grad]
+        rows = []
+        for t in self.names:
+            grads = torch.autograd.grad(losses[t].float(), inputs, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(-1).double()
+                                   for g, x in zip(grads, inputs)]))
+        g = torch.stack(rows)  # tasks x features
+        norms = g.norm(dim=1)
+        unit = g / norms.clamp_min(1e-30)[:, None]
+        cos = unit @ unit.T
+        pair_cos = torch.stack([cos[i, j] for i, j in self.pairs]) if self.pairs else cos.new_zeros(0)
+        fraction = (pair_cos < 0).double().mean().view(1) if self.pairs else cos.new_zeros(1)
+        relative = norms / norms.mean().clamp_min(1e-30)
+        self.sums += torch.cat([pair_cos, fraction, relative])
+        self.count += 1
+
+    def epoch_row(self, dist: distributed.DistInfo | None = None) -> dict[str, float]:
+        """The means since the last call (reset afterwards), averaged across ranks under DDP; {} when no step
+        was measured (e.g. an epoch shorter than the logging interval)."""
+        totals = torch.cat([self.sums, self.sums.new_tensor([float(self.count)])])
+        if dist is not None and dist.enabled:
+            distributed.all_reduce_([totals])
+        count = float(totals[-1])
+        self.sums.zero_()
+        self.count = 0
+        if count == 0:
+            return {}
+        means = (totals[:-1] / count).tolist()
+        n_pairs = len(self.pairs)
+        row = {pair_name(self.names[i], self.names[j]): v for (i, j), v in zip(self.pairs, means[:n_pairs])}
+        row["conflict/fraction"] = means[n_pairs]
+        row.update({f"conflict/norm/{t}": v for t, v in zip(self.names, means[n_pairs + 1:])})
+        return row
