@@ -21,7 +21,8 @@ Writes `report.md`, `report.csv` and `report.png` into `--out` (default: the fir
 next to the runs it describes and never overwrites a file in the working directory).
 
 Modules: load (find and read run dirs) -> groups (group runs, label groups) -> stats (metric columns,
-baselines, Δm%) -> render (report.md, report.csv, report.png); this one is the command line.
+baselines, Δm%) -> render (report.md, report.csv, robustness.png) and figures (report.png); this one is the
+command line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pathlib import Path
 from mtlrun.errors import MtlrunError, UsageError
 from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
-from mtlrun.report.render import plot_report, render_csv, render_failures, render_markdown, render_robustness
+from mtlrun.report.figures import plot_report
+from mtlrun.report.render import render_csv, render_failures, render_markdown, render_robustness
 from mtlrun.report.stats import compute_delta, match_baselines, metric_columns
 
 
@@ -99,11 +101,11 @@ def report(args: argparse.Namespace) -> dict:
     out = Path(args.out if args.out is not None else args.dirs[0]).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(args.split, mtl, baselines, columns, directions, aux_tasks, notes, has_delta)
-    markdown += render_robustness([*mtl, *baselines], args.split, out)
+    markdown += render_robustness([*mtl, *baselines], args.split, out, directions)
     markdown += render_failures(failed)
     (out / "report.md").write_text(markdown)
     (out / "report.csv").write_text(render_csv(mtl, baselines, columns, failed))
-    plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks)
+    plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks, args.split)
     print(markdown)
     extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
         else ""
