@@ -190,7 +190,9 @@ def build_robustness_figure(curves: dict[str, dict[str, list[list[float]]]], lev
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     dodged = f"; groups drawn up to {DODGE * 100:g}% of the level range apart" if len(curves) > 1 else ""
-    fig.suptitle(f"{title}: mean ± std over seeds{dodged}", fontsize=10)
+    single = all(len(c) == 1 for run in curves.values() for c in run.values())
+    fig.suptitle(f"{title}: one run each, no spread over seeds" if single else
+                 f"{title}: mean ± std over seeds{dodged}", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -130,5 +130,10 @@ def test_robustness_seed_spread_and_direction(figures):
     (single,) = mae.containers  # one seed: no error bar
     assert single.lines[2] == ()
     # the groups are drawn side by side, never more than 2 % of the level range from their level
+    assert fig._suptitle.get_text().endswith("mean ± std over seeds; groups drawn up to 2% of the level range apart")
+    one = build_robustness_figure({"model": {"ink/mae": [[0.2, 0.3, 0.5]]}}, levels, "image: gaussian")
+    figures.append(one)
+    assert one._suptitle.get_text() == "image: gaussian: one run each, no spread over seeds"
+    assert panels(one)["ink/mae"].get_ylabel() == "ink/mae"  # direction unknown: no arrow, no claim
     xs = [list(c.lines[0].get_xdata()) for c in acc.containers]
     assert xs[0] != xs[1] and all(abs(x - lv) <= 0.02 for curve in xs for x, lv in zip(curve, levels))
