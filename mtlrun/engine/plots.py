@@ -60,7 +60,9 @@ def _weights_vary(weights: dict[str, list[float]]) -> bool:
 def _loss_scale(ax, values: list[float]) -> str:
     """Log scale, since losses fall by orders of magnitude; a loss <= 0 (an NLL can be negative) has no
     logarithm, so then symlog: logarithmic above the smallest positive magnitude, linear through zero."""
-    if values and min(values) > 0:
+    if not values:
+        return " (no epoch finished)"
+    if min(values) > 0:
         ax.set_yscale("log")
         return ""
     positive = [abs(v) for v in values if v != 0]

@@ -104,6 +104,12 @@ def test_curves_non_positive_loss_falls_back_to_symlog(figures):
     assert panels(fig)[title].get_yscale() == "symlog" and "a loss ≤ 0" in title
 
 
+def test_curves_of_a_run_with_no_finished_epoch(figures):
+    fig = build_curves_figure([], TASKS)
+    figures.append(fig)
+    assert "loss per task (no epoch finished)" in panels(fig)
+
+
 def test_plot_curves_writes_a_png(tmp_path):
     plot_curves(history(epochs=1), TASKS, tmp_path / "curves.png", best_epoch=1)  # one point per curve
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
