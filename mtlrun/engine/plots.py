@@ -121,7 +121,8 @@ def build_curves_figure(rows: list[dict], tasks: dict, best_epoch: int | None = 
                             markeredgecolor="black", label=f"{best}: {ys[xs.index(best_epoch)]:.4g}")
             ax.set_title(f"{t}/{metric} {ARROW.get(higher, '')}".rstrip())
             ax.set_ylabel(f"{metric} ({BETTER[higher]})" if higher is not None else metric)
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
         elif panel == "weight":
             for t, ys in weights.items():
                 ax.plot(_series(rows, "train", f"{t}/weight")[0], ys, "--", color=colour[t], marker="o",
