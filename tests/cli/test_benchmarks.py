@@ -50,3 +50,12 @@ def test_constant_baseline_scores_the_train_statistics_on_test():
     assert results["global"]["segmentation/pixel_accuracy"] == pytest.approx(accuracy, rel=1e-6)
     # the per-pixel layout prior is the stronger of the two on these scenes
     assert results["per_pixel"]["segmentation/pixel_accuracy"] > results["global"]["segmentation/pixel_accuracy"]
+
+
+def test_plot_time_script_runs_and_prints_its_times():
+    script = SCRIPT.parent / "plot_time.py"
+    proc = subprocess.run([sys.executable, str(script), "--epochs", "2", "--repeat", "1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"2 epochs, 3 tasks: first call ([0-9.]+) s .* median ([0-9.]+) s over 1 calls", proc.stdout)
+    assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, proc.stdout
