@@ -137,8 +137,11 @@ def area(levels: list[float], values: list[float]) -> float:
 
 def _report_sweep(tasks: dict, sweep: dict, split: str, run_dir: Path) -> None:
     keys = [f"{split}/{t}/{task.metric_names[0]}" for t, task in tasks.items()]
-    plot_robustness({"model": {k: sweep["metrics"][k] for k in keys}}, sweep["levels"],
-                    f"{sweep['modality']}: {sweep['noise']}", run_dir / "robustness.png")
+    directions = {f"{split}/{t}/{task.metric_names[0]}": task.higher_is_better.get(task.metric_names[0])
+                  for t, task in tasks.items()}
+    plot_robustness({"model": {k: [sweep["metrics"][k]] for k in keys}}, sweep["levels"],
+                    f"{sweep['modality']}: {sweep['noise']}", run_dir / "robustness.png", directions,
+                    xlabel=f"{sweep['noise']} level on {sweep['modality']}")
     width = max(len(k) for k in keys)
     lines = [f"robustness of {split} to {sweep['noise']} on {sweep['modality']}",
              f"{'level':<{width}}  " + "  ".join(f"{v:>7g}" for v in sweep["levels"]) + "      AUC"]

@@ -108,7 +108,7 @@ def train(cfg: DictConfig) -> dict:
         history = trainer.history + [{"epoch": best_epoch, "split": "test", "step": best_state["global_step"],
                                       **test}]
         write_metrics_csv(run_dir / "metrics.csv", history)
-        plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png")
+        plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png", best_epoch=best_epoch)
         write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
                       monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},
                       checkpoint=str(best_path), mtlrun_version=__version__)

@@ -21,7 +21,8 @@ Writes `report.md`, `report.csv` and `report.png` into `--out` (default: the fir
 next to the runs it describes and never overwrites a file in the working directory).
 
 Modules: load (find and read run dirs) -> groups (group runs, label groups) -> stats (metric columns,
-baselines, Δm%) -> render (report.md, report.csv, report.png); this one is the command line.
+baselines, Δm%) -> render (report.md, report.csv, robustness.png) and figures (report.png); this one is the
+command line.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from pathlib import Path
 from mtlrun.errors import MtlrunError, UsageError
 from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
+from mtlrun.report.figures import plot_report
 from mtlrun.report.pareto import pareto_keys, render_pareto
-from mtlrun.report.render import plot_report, render_csv, render_failures, render_markdown, render_robustness
+from mtlrun.report.render import render_csv, render_failures, render_markdown, render_robustness
 from mtlrun.report.significance import find_reference, render_significance
 from mtlrun.report.stats import compute_delta, match_baselines, metric_columns
 
@@ -113,11 +115,11 @@ def report(args: argparse.Namespace) -> dict:
     axes = pareto_keys(args.pareto, columns, directions, mtl)
     if axes:
         markdown += render_pareto(mtl, axes, directions, out)
-    markdown += render_robustness([*mtl, *baselines], args.split, out)
+    markdown += render_robustness([*mtl, *baselines], args.split, out, directions)
     markdown += render_failures(failed)
     (out / "report.md").write_text(markdown)
     (out / "report.csv").write_text(render_csv(mtl, baselines, columns, failed))
-    plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks)
+    plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks, args.split)
     print(markdown)
     extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
         else ""

@@ -1,4 +1,5 @@
-"""What the report writes: report.md (table, notes, robustness, failed jobs), report.csv and report.png."""
+"""What the report writes: report.md (table, notes, robustness, failed jobs), report.csv and robustness.png
+(report.png: figures.py)."""
 
 from __future__ import annotations
 
@@ -116,63 +117,10 @@ def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str],
     return buf.getvalue()
 
 
-def plot_report(path: Path, mtl: list[Group], baselines: list[Group], columns: list[str],
-                directions: dict, aux_tasks: set[str]) -> None:
-    """One panel per task (its first metric) with a bar per group and std error bars, plus Δm%."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    primary: dict[str, str] = {}  # task -> its first metric
-    for c in columns:
-        primary.setdefault(c.split("/")[0], c)
-    panels = [(c, [g for g in [*mtl, *baselines] if g.values(c)]) for c in primary.values()]
-    panels = [(c, groups) for c, groups in panels if groups]  # a task no run measured (all null): no panel
-    if any(g.delta for g in mtl):
-        panels.append(("Δm% (lower is better)", [g for g in mtl if g.delta]))
-    if not panels:  # nothing measured at all: an empty figure, with the title saying so
-        panels = [("no measurement", [])]
-    cols = min(3, len(panels))
-    nrows = -(-len(panels) // cols)
-    width = max(4.2, 0.55 * max(len(groups) for _, groups in panels) + 1.5)
-    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows), squeeze=False)
-    colours = {g: f"C{i % 10}" for i, g in enumerate(mtl)}
-    for ax, (title, groups) in zip(axes.flat, panels):
-        if not groups:
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-            continue
-        is_delta = title.startswith("Δm%")
-        stats = [mean_std(g.delta if is_delta else g.values(title)) for g in groups]
-        means = [m for m, _ in stats]
-        errs = [s or 0.0 for _, s in stats]
-        bars = ax.bar(range(len(groups)), means, yerr=errs, capsize=4,
-                      color=[colours.get(g, "0.75") for g in groups], edgecolor="black", linewidth=0.5)
-        for bar, g in zip(bars, groups):
-            if g in baselines:
-                bar.set_hatch("//")
-        ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right", fontsize=7)
-        lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
-        pad = 0.15 * (hi - lo) or 0.05 * abs(hi) or 1.0
-        if is_delta:
-            ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_ylim(min(lo, 0) - pad, max(hi, 0) + pad)
-        else:  # zoomed to the values: differences between methods are often a fraction of a percent
-            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
-            title = column_title(title, directions, aux_tasks)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def render_robustness(groups: list[Group], split: str, out: Path) -> str:
+def render_robustness(groups: list[Group], split: str, out: Path, directions: dict | None = None) -> str:
     """For eval runs with a corruption sweep: each group's mean curve per metric, its area under the curve
-    (mean ± std over seeds), and robustness.png with one line per group. Empty when no run has a sweep."""
+    (mean ± std over seeds), and robustness.png with one line per group (error bars: the std over seeds).
+    Empty when no run has a sweep. `directions`: {task/metric: higher is better}, for the axis labels."""
     swept = [g for g in groups if all(r.robustness for r in g.runs)]
     if not swept:
         return ""
@@ -195,7 +143,7 @@ def render_robustness(groups: list[Group], split: str, out: Path) -> str:
             if not runs:
                 continue
             mean_curve = [math.nan if None in v else sum(v) / len(v) for v in zip(*runs)]  # null: missing
-            curves[group.label][key.split("/", 1)[1]] = mean_curve
+            curves[group.label][key.split("/", 1)[1]] = runs
             aucs = [r.robustness["auc"][key] for r in group.runs if r.robustness.get("auc", {}).get(key) is not None]
             lines.append(f"| {group.label.replace('|', '/')} | {key.split('/', 1)[1]} | "
                          + " | ".join("–" if math.isnan(v) else f"{v:.4f}" for v in mean_curve)
@@ -204,5 +152,6 @@ def render_robustness(groups: list[Group], split: str, out: Path) -> str:
                   "the level range (mean ± std over seeds)."]
     from mtlrun.engine.plots import plot_robustness
 
-    plot_robustness(curves, list(levels), f"{noise} on {modality} ({split})", out / "robustness.png")
+    plot_robustness(curves, list(levels), f"{noise} on {modality} ({split})", out / "robustness.png", directions,
+                    xlabel=f"{noise} level on {modality}")
     return "\n".join(lines) + "\n"

@@ -61,3 +61,12 @@ def test_diagnostics_script_times_both_sides_and_prints_the_ratio():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"measured every 2 steps, 2 steps per side per round", proc.stdout), proc.stdout
     assert re.search(r"median on/off per step: [0-9.]+ ", proc.stdout), proc.stdout
+
+
+def test_plot_time_script_runs_and_prints_its_times():
+    script = SCRIPT.parent / "plot_time.py"
+    proc = subprocess.run([sys.executable, str(script), "--epochs", "2", "--repeat", "1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"2 epochs, 3 tasks: first call ([0-9.]+) s .* median ([0-9.]+) s over 1 calls", proc.stdout)
+    assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, proc.stdout

@@ -354,3 +354,89 @@ def test_report_refuses_an_unknown_reference_or_pareto_metric(runs, capsys):
     with pytest.raises(SystemExit) as exc:
         report(runs / "multirun", "--pareto", "left/accuracy", "left/nope", capsys=capsys)
     assert exc.value.code == 2 and "left/nope is not a metric of the runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- report.png, robustness.png
+def errorbars(ax, first) -> dict[str, tuple[float, float | None]]:
+    """{group row label: (mean, half-width of its error bar or None)} of one report.png panel (the labels are
+    on the first panel of its row of panels, `first`)."""
+    labels = {tick: text.get_text() for tick, text in zip(first.get_yticks(), first.get_yticklabels())}
+    found = {}
+    for container in ax.containers:
+        point, _, bars = container.lines
+        (x,), (y,) = point.get_xdata(), point.get_ydata()
+        half = (bars[0].get_segments()[0][1][0] - bars[0].get_segments()[0][0][0]) / 2 if bars else None
+        found[labels.get(y, y)] = (x, half)
+    return found
+
+
+def test_report_figure_points_with_seed_error_bars_every_metric(runs, capsys):
+    import matplotlib.pyplot as plt
+
+    from mtlrun.report import main as report_main
+    from mtlrun.report.figures import build_report_figure
+    from mtlrun.report.stats import metric_columns
+
+    result = report_main([str(runs / "multirun"), str(runs / "stl"), "--out", str(runs / "rep")])
+    columns, directions = metric_columns([*result["mtl"], *result["baselines"]])
+    fig = build_report_figure(result["mtl"], result["baselines"], columns, directions, {"sum"}, split="test")
+    try:
+        axes = {ax.get_title(): ax for ax in fig.axes if ax.axison}
+        assert list(axes) == ["left/accuracy ↑", "left/macro_f1 ↑", "right/accuracy ↑", "right/macro_f1 ↑",
+                              "sum/mae ↓ (aux)", "sum/rmse ↓ (aux)", "Δm% ↓ vs single-task"]
+        # the group labels (with n) are on the first panel of each row of panels
+        assert [t.get_text() for t in axes["left/accuracy ↑"].get_yticklabels()] == [
+            "weighting=static (n=3)", "weighting=pcgrad (n=3)", "STL left (n=2)", "STL right (n=2)"]
+        first = axes["left/accuracy ↑"]
+        acc = errorbars(first, first)
+        assert acc["weighting=static (n=3)"] == pytest.approx((0.88, 0.02))  # sample std of .86 .88 .90
+        assert acc["weighting=pcgrad (n=3)"][0] == pytest.approx(0.76)
+        assert acc["STL left (n=2)"] == pytest.approx((0.80, 0.02 * 2 ** 0.5))
+        assert "STL right (n=2)" not in acc  # no left metric: no point
+        for title, ax in axes.items():
+            lo, hi = ax.get_xlim()
+            for mean, half in errorbars(ax, first).values():
+                assert lo < mean - (half or 0) and mean + (half or 0) < hi, title
+            if title.startswith("Δm%"):
+                assert lo < 0 < hi and errorbars(ax, first)["weighting=static (n=3)"] == pytest.approx((-10.0, 0.625))
+            else:  # points, not bars: the axis spans the data and says when it does not start at 0
+                assert ("axis not from 0" in ax.get_xlabel()) == (not lo <= 0 <= hi), title
+                assert ("higher is better" if "↑" in title else "lower is better") in ax.get_xlabel()
+        # one dot per seed below its group's point
+        seeds = [ln for ln in axes["left/accuracy ↑"].get_lines() if ln.get_marker() == "."]
+        assert sorted(x for ln in seeds for x in ln.get_xdata()) == pytest.approx([0.76] * 3 + [0.78, 0.82, 0.86,
+                                                                                   0.88, 0.90])
+    finally:
+        plt.close(fig)
+
+
+def test_report_robustness_passes_every_seed_and_the_directions(runs, capsys, monkeypatch):
+    from mtlrun.engine import plots
+
+    levels = [0.0, 1.0]
+    for seed, run in enumerate(sorted((runs / "multirun").iterdir())):
+        results = json.loads((run / "results.json").read_text())
+        curves = {k: [v, v - 0.1 * (seed + 1)] for k, v in results["metrics"].items() if k.startswith("test/")}
+        results["robustness"] = {"modality": "image", "noise": "gaussian", "levels": levels, "seed": 0,
+                                 "metrics": curves, "auc": {k: sum(c) / 2 for k, c in curves.items()}}
+        (run / "results.json").write_text(json.dumps(results))
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_robustness", lambda curves, lv, title, path, directions, xlabel: drawn.update(
+        curves=curves, levels=lv, title=title, directions=directions, xlabel=xlabel))
+    out = report(runs / "multirun", "--out", runs / "rep", capsys=capsys)
+    assert "## Robustness: gaussian on image (test split)" in out.out
+    assert drawn["levels"] == levels and drawn["xlabel"] == "gaussian level on image"
+    static = drawn["curves"]["weighting=static"]["left/accuracy"]  # every seed's curve, not their mean
+    assert [c for curve in static for c in curve] == pytest.approx([0.86, 0.76, 0.88, 0.68, 0.90, 0.60])
+    assert drawn["directions"]["left/accuracy"] is True and drawn["directions"]["sum/mae"] is False
+
+
+def test_report_robustness_png_written(runs, capsys):
+    for seed, run in enumerate(sorted((runs / "multirun").iterdir())):
+        results = json.loads((run / "results.json").read_text())
+        curves = {k: [v, v / 2] for k, v in results["metrics"].items() if k.startswith("test/")}
+        results["robustness"] = {"modality": "audio", "noise": "white", "levels": [0, 1], "seed": 0,
+                                 "metrics": curves, "auc": {k: sum(c) / 2 for k, c in curves.items()}}
+        (run / "results.json").write_text(json.dumps(results))
+    report(runs / "multirun", "--out", runs / "rep", capsys=capsys)
+    assert (runs / "rep" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
