@@ -25,7 +25,7 @@ LAYERS = [
     ("weighting", ("mtlrun.weighting",)),
     ("engine", ("mtlrun.engine",)),
     ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
-                  "mtlrun.build")),
+                  "mtlrun.build", "mtlrun.objective")),
     ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.cli", "mtlrun.__main__")),
 ]
 
