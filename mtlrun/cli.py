@@ -4,6 +4,11 @@
 the subcommand (`-m` sweeps, `--cfg job`, `--info`, `--config-dir`, `hydra.run.dir=...`). Errors mtlrun
 anticipates print one short message and exit 2 (usage) or 1 (run failure); HYDRA_FULL_ERROR=1 shows the
 traceback instead. `report` reads finished runs, composes no config, and takes plain argparse flags.
+
+Shell completion is Hydra's, routed through the subcommand: `mtlrun -sc install=bash` (or `mtlrun train -sc
+install=bash`) prints a script that completes the `mtlrun` command by calling `mtlrun -sc query=bash` with the
+command line in COMP_LINE; that query completes the subcommand, then hands the rest of the line to the
+subcommand's Hydra app, which completes groups, options and keys from its config.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ SUBCOMMANDS = {
 }
 NOT_HYDRA = ("report",)
 USAGE_EXIT = 2
+COMPLETION_FLAGS = ("-sc", "--shell-completion")  # Hydra's
 
 
 def usage() -> str:
@@ -54,12 +60,14 @@ def usage() -> str:
               "  mtlrun train -m seed=0,1,2                      # a Hydra multirun sweep",
               "  mtlrun train -m experiment=stl_baselines seed=0,1,2   # single-task baselines",
               "  mtlrun report outputs/multirun/...              # mean ± std over seeds, Δm% vs STL",
+              "  mtlrun train -m hparams_search=weighting_lr     # an Optuna search (pip install \"mtlrun[optuna]\")",
               "  mtlrun train resume=outputs/train/.../checkpoints/last.pt",
               "  mtlrun eval checkpoint=outputs/train/.../checkpoints/best.pt split=test",
               "  mtlrun eval checkpoint=... robustness.modality=image robustness.noise=gaussian",
               "  torchrun --nproc_per_node=2 -m mtlrun train      # DDP",
               "  mtlrun train --cfg job                          # print the composed config",
-              "  mtlrun train --help                             # Hydra's help for one command"]
+              "  mtlrun train --help                             # Hydra's help for one command",
+              "  eval \"$(mtlrun -sc install=bash)\"               # tab completion of commands, groups, keys"]
     return "\n".join(lines)
 
 
@@ -180,11 +188,73 @@ def _run_guarded(fn, cfg):
         raise SystemExit(128 + signal.SIGINT) from None
 
 
+def _cwd_on_path() -> None:
+    """`python -m mtlrun` puts the working directory on sys.path, the `mtlrun` script does not: either way a
+    `_target_: my_net.MyNet` with my_net.py in the working directory imports. Appended, so a file there never
+    shadows an installed package; a checkpoint's targets are still refused unless trusted (mtlrun/trust.py)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def _optuna_search(overrides: list[str]) -> str | None:
+    """The override that asks for an Optuna search (hparams_search presets run hydra-optuna-sweeper)."""
+    asked = [o for o in overrides if (o.lstrip("+").partition("=")[0] == "hparams_search"
+                                      and o.partition("=")[2] not in ("", "null"))
+             or o.lstrip("+") == "hydra/sweeper=optuna"]
+    return asked[-1] if asked else None
+
+
+def _optuna_installed() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("hydra_plugins.hydra_optuna_sweeper", "optuna"))
+
+
+def _completion(argv: list[str]) -> None:
+    """`mtlrun -sc install=bash` prints the script (for the `mtlrun` command, whatever the subcommand);
+    `mtlrun -sc query=SHELL` answers it: the subcommands while the first word is typed, then the
+    subcommand's own completion (none for report: the shell falls back to file names)."""
+    request = argv[1] if len(argv) > 1 else ""
+    if not request.startswith("query="):
+        main(["train", *argv])
+        return
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if len(words) < 2 or (len(words) == 2 and not line[-1:].isspace()):  # still typing the subcommand
+        typed = words[1] if len(words) == 2 else ""
+        choices = [c for c in (*SUBCOMMANDS, "--help", "--version") if c.startswith(typed)]
+        print(("\n" if request == "query=fish" else " ").join(choices))
+    elif words[1] in SUBCOMMANDS and words[1] not in NOT_HYDRA:
+        main([words[1], *argv])
+
+
+def _hydra_completion(command: str, overrides: list[str]) -> None:
+    """`mtlrun train -sc ...`: Hydra's completion from the command's config. It runs no job, so neither the
+    command nor torch is imported: each TAB stays quick."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from mtlrun.config import config_dir
+
+    # Hydra completes COMP_LINE after its program name: take the subcommand out of the line too
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split(maxsplit=2)
+    if len(words) >= 2 and words[1] == command:
+        os.environ["COMP_LINE"] = words[0] + line.lstrip()[len(words[0]):].lstrip()[len(command):]
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: datetime.now().strftime(fmt), replace=True)
+    sys.argv = ["mtlrun", *overrides]  # Hydra's install script names the program after argv[0]: `mtlrun`
+    hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(lambda cfg: None)()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         raise SystemExit(0 if argv else USAGE_EXIT)
+    if argv[0] in COMPLETION_FLAGS:
+        _completion(argv)
+        return
     if argv[0] == "--version":
         from mtlrun import __version__
 
@@ -200,6 +270,15 @@ def main(argv: list[str] | None = None) -> None:
         getattr(importlib.import_module(module_name), fn_name)(overrides)
         return
 
+    search = _optuna_search(overrides)
+    if search and not _optuna_installed():  # the optional extra
+        print(f"error: {search}: an Optuna search needs hydra-optuna-sweeper, which is not installed; "
+              f'pip install "mtlrun[optuna]"', file=sys.stderr)
+        raise SystemExit(USAGE_EXIT)
+    if any(o in COMPLETION_FLAGS for o in overrides):
+        _hydra_completion(command, overrides)
+        return
+
     import hydra
     from omegaconf import OmegaConf
 
@@ -207,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     from mtlrun.config import config_dir
     from mtlrun import distributed
 
+    _cwd_on_path()
+    if search and any(o in ("-m", "--multirun") for o in overrides):
+        sweep.tolerate_no_completed_trial()
     if command == "train":
         overrides = _resume_in_place(overrides)
     started = _start_time()

@@ -8,6 +8,13 @@ multirun job handles its own failure here: it writes ERROR_FILE into its job dir
 and returns normally, and `finish` prints a summary after the sweep and picks the exit code. An interrupt
 (TrainingInterrupted: SIGINT / SIGTERM) is not a job failure: it still ends the whole sweep.
 
+The sweeper may be another one than Hydra's basic sweeper: with hydra-optuna-sweeper (`hparams_search=...`)
+a job's return value is the number Optuna optimises (mtlrun/objective.py). A failed job returns FailedJob,
+which is no number, so Optuna marks the trial failed and asks for the next (a NaN would end the sweep:
+hydra-optuna-sweeper 1.3 then tells optuna 2.10 a failed trial with a value, which raises). When no trial
+completes, the plugin raises while asking Optuna for the best one; tolerate_no_completed_trial turns that
+into a warning, so the summary and exit code are those of any sweep whose jobs all failed.
+
 Under torchrun every rank runs the same sweep; after each job the ranks exchange their outcome, so all of
 them count the job as failed when any rank failed, and only rank 0 writes and prints.
 """
@@ -45,6 +52,17 @@ class JobOutcome:
 _outcomes: list[JobOutcome] = []  # this process's multirun jobs, in the order they ran
 
 
+@dataclass(frozen=True)
+class FailedJob:
+    """A failed job's return value: not float-castable, so a sweeper that optimises the return value marks
+    the trial failed; its text is what the sweeper's warning shows."""
+
+    error_file: str
+
+    def __str__(self) -> str:
+        return f"no value: the job failed, see {self.error_file}"
+
+
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -64,7 +82,7 @@ def headline(message: str) -> str:
 
 
 def run_job(fn, cfg):
-    """Run one multirun job: its result, or None after recording its failure (an interrupt passes)."""
+    """Run one multirun job: its result, or a FailedJob after recording its failure (an interrupt passes)."""
     from hydra.core.hydra_config import HydraConfig
 
     from mtlrun import distributed
@@ -95,7 +113,32 @@ def run_job(fn, cfg):
     _outcomes.append(outcome)
     if outcome.failed and main_rank:
         _report_failure(outcome, error_path, trace)
-    return result
+    return FailedJob(str(error_path)) if outcome.failed else result
+
+
+def tolerate_no_completed_trial() -> None:
+    """hydra-optuna-sweeper raises (with a traceback) after a sweep in which no trial completed, when it asks
+    Optuna for the best trial. Every mtlrun job that fails is recorded here and summed up by `finish`, so
+    that case becomes a warning. A no-op without the plugin; the plugin's other errors pass."""
+    try:  # the implementation: Hydra's plugin scan re-executes the public module, replacing its class
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    except ImportError:
+        return
+    original = OptunaSweeperImpl.sweep
+    if getattr(original, "tolerates_no_completed_trial", False):
+        return
+
+    def sweep(self, arguments):
+        try:
+            return original(self, arguments)
+        except ValueError as exc:
+            if "No trials are completed" not in str(exc) or not _outcomes or not all(o.failed for o in _outcomes):
+                raise
+            logging.getLogger("mtlrun").warning("no trial succeeded, so Optuna has no best trial (no "
+                                                "optimization_results.yaml)")
+
+    sweep.tolerates_no_completed_trial = True
+    OptunaSweeperImpl.sweep = sweep
 
 
 def _agree(outcome: JobOutcome) -> JobOutcome:

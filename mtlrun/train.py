@@ -1,4 +1,7 @@
-"""`mtlrun train`: compose -> validate -> instantiate -> Trainer.fit -> test the best checkpoint."""
+"""`mtlrun train`: compose -> validate -> instantiate -> Trainer.fit -> test the best checkpoint.
+
+Returns one number to Hydra, `optimized_metric` measured on the best checkpoint (mtlrun/objective.py), so a
+sweeper such as Optuna's (`mtlrun train -m hparams_search=...`) can optimise it."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun import __version__, distributed
+from mtlrun import __version__, distributed, objective
 from mtlrun.build import build_trainer
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_train
@@ -53,7 +57,17 @@ def _restore_best(resume_path: Path, state: dict, run_dir: Path) -> None:
                     f"written at the next improvement, and the final metrics say which epoch they come from")
 
 
-def train(cfg: DictConfig) -> dict:
+def _objective(cfg: DictConfig, tasks: dict) -> objective.Objective:
+    """optimized_metric against the built tasks, and in a sweep against the sweeper's direction (Optuna's)."""
+    wanted = cfg.get("optimized_metric")
+    goal = objective.resolve(wanted, str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), tasks)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.get("sweeper") is not None:
+        objective.check_sweeper_direction(goal, hydra_cfg.sweeper.get("direction"), wanted, str(cfg.trainer.monitor))
+    return goal
+
+
+def train(cfg: DictConfig) -> float | None:
     dist = distributed.dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_state = None
@@ -79,6 +93,7 @@ def train(cfg: DictConfig) -> dict:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
     trainer = build_trainer(cfg, run_dir, data_state=(resume_state or {}).get("data"), dist=dist)
+    goal = _objective(cfg, trainer.tasks)  # before the first step: a sweep trial fails here, not after training
     log.info(f"run dir {run_dir}  device {trainer.device}  precision {trainer.precision}  "
              f"world size {dist.world_size}  parameters {sum(p.numel() for p in trainer.model.parameters()):,}")
     log.info(trainer.monitor.describe())
@@ -104,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.model.load_state_dict(best_state["model"])
     val, test = trainer.evaluate("val"), trainer.evaluate("test")
     metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
+    value = goal.value(metrics, trainer.monitor.value(val))
     if dist.is_main:
         history = trainer.history + [{"epoch": best_epoch, "split": "test", "step": best_state["global_step"],
                                       **test}]
@@ -111,8 +127,13 @@ def train(cfg: DictConfig) -> dict:
         plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png", best_epoch=best_epoch)
         write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
                       monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},
-                      checkpoint=str(best_path), mtlrun_version=__version__)
+                      checkpoint=str(best_path), mtlrun_version=__version__,
+                      optimized_metric={"key": goal.key, "value": value, "direction": goal.direction})
         log.info("\nbest checkpoint (epoch %s): %s\n%s", best_epoch, best_path,
                  results_table(trainer.tasks, {"val": val, "test": test}))
-    return metrics
+    if value is None:
+        log.warning(f"optimized_metric {goal.key} is NaN: a sweeper counts this trial as failed")
+    else:
+        log.info(f"optimized_metric {goal.key} = {value!r} (to {goal.direction}): returned to Hydra")
+    return value  # to Hydra: what a sweeper optimises
 

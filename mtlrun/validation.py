@@ -109,11 +109,11 @@ def _check_tasks(cfg: DictConfig, p: Problems) -> None:
 
 def validate_monitor(monitor: str, tasks: dict) -> None:
     """trainer.monitor against the built tasks' metrics (the tasks are known only once the data is)."""
-    if monitor == "auto":
+    if monitor in ("auto", "mean"):
         return
     key = monitor.removeprefix("val/")
     task, _, metric = key.partition("/")
-    valid = ["auto"] + [f"val/{t}/{m}" for t, task_ in tasks.items() for m in ("loss", *task_.metric_names)]
+    valid = ["auto", "mean"] + [f"val/{t}/{m}" for t, task_ in tasks.items() for m in ("loss", *task_.metric_names)]
     if task not in tasks or (metric != "loss" and metric not in tasks[task].metric_names):
         raise UsageError(f"trainer.monitor={monitor}: not a validation metric; valid: {', '.join(valid)}")
 

@@ -23,12 +23,14 @@ class Monitor:
     `auto` is scale-free: the mean over main (non-auxiliary) tasks of the relative change of each task's first
     metric against the first validation of the run, signed by the metric's direction (as Δm% is against a
     baseline), so an MAE of 8.5 weighs no more than an accuracy of 0.9. It is 0 at the first validation and
-    > 0 once the tasks improve on average. Otherwise a `val/<task>/<metric>` key, whose direction comes from
+    > 0 once the tasks improve on average. `mean` is the plain mean of the same signed metrics: comparable
+    between runs (a sweep's objective), but only meaningful when the metrics share a scale. Otherwise a `val/<task>/<metric>` key, whose direction comes from
     the metric (a loss is lower-is-better) unless `mode` says max or min.
     """
 
     def __init__(self, key: str, mode: str, tasks: dict, min_delta: float, patience: int | None):
-        self.key = "monitor" if key == "auto" else key.removeprefix("val/")
+        self.key = "monitor" if key in ("auto", "mean") else key.removeprefix("val/")
+        self.relative = key == "auto"  # `mean`: the plain signed mean, comparable between runs
         self.mode, self.tasks = mode, tasks
         self.min_delta, self.patience = float(min_delta), patience
         self.best_value: float | None = None
@@ -48,6 +50,8 @@ class Monitor:
         if self.key != "monitor":
             return f"monitor: val/{self.key} ({'higher' if self._higher() else 'lower'} is better)"
         terms = ", ".join(f"{key} {'↑' if sign > 0 else '↓'}" for key, sign in self._auto_terms())
+        if not self.relative:
+            return f"monitor: mean = mean of {terms}, each signed so that higher is better"
         return (f"monitor: auto = mean over tasks of the relative change of {terms} against the first "
                 f"validation (0 there, > 0 when the tasks improve; scale-free, as Δm%)")
 
@@ -73,6 +77,8 @@ class Monitor:
                                         f"{len(terms)} other task(s)")
             if not terms:
                 return math.nan
+            if not self.relative:
+                return sum(sign * val[key] for key, sign in terms) / len(terms)
             if self.reference is None:
                 self.reference = {}
             for key, _ in terms:  # the first validation that measured the metric
@@ -108,7 +114,7 @@ class Monitor:
         plain mean of the metrics resumes on the scale-free value without a jump."""
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.epochs_since_best = state["epochs_since_best"]
-        if self.key != "monitor":
+        if self.key != "monitor" or not self.relative:
             return
         val_rows = [row for row in state.get("history", []) if row.get("split") == "val"]
         if val_rows:

@@ -31,8 +31,9 @@ compose_train = compose_config
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-GROUP_OPTIONS = [f"{group}={option}" for group, options in config_groups().items() if group != "experiment"
-                 for option in options]
+# presets of several groups at once: experiments here, hparams_search (sweeper presets) in test_hparams_search.py
+GROUP_OPTIONS = [f"{group}={option}" for group, options in config_groups().items()
+                 if group not in ("experiment", "hparams_search") for option in options]
 # Options that only make sense with other data get it (given after the option, so the option is still
 # what the assertions check). Datasets that read files from disk (and their task presets) are covered on
 # fake on-disk copies in test_standard_datasets.py.

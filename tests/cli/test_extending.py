@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from contracts import read_results, run_cli
+from contracts import TINY, read_results, run_cli
 
 pytestmark = pytest.mark.e2e  # trains and evaluates through the CLI
 
@@ -84,4 +86,62 @@ def test_a_fusion_and_a_weighting_from_outside_mtlrun_train_and_evaluate(tmp_pat
                    f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trained = json.loads((run / "results.json").read_text())["metrics"]
+    assert read_results(tmp_path / "ev") == {k: v for k, v in trained.items() if k.startswith("test/")}
+
+
+# README.md, "Configuration": my_net.py in the working directory, its YAML under --config-dir
+MY_NET = '''
+from torch import nn
+from mtlrun.models.encoders.base import Encoder
+
+
+class MyNet(Encoder):
+    """Two convolutions and a global average pool: [B, C, H, W] -> [B, out_dim]."""
+
+    def __init__(self, in_channels, input_size, width=32, out_dim=64):   # the data passes the first two
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(width, out_dim, 3, padding=1, stride=2), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = self.token_dim = out_dim
+
+    def forward(self, x):
+        return self.net(x)
+'''
+
+
+def _without_cwd_on_path() -> list[str]:
+    """mtlrun started the way the installed `mtlrun` script starts it: without the working directory on
+    sys.path (`python -m mtlrun` puts it there itself; `python -P` leaves it out)."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "mtlrun"]
+    script = Path(sys.executable).parent / "mtlrun"
+    if not script.is_file():
+        pytest.skip("needs python -P (3.11+) or the installed `mtlrun` script")
+    return [str(script)]
+
+
+def test_a_target_in_the_working_directory_trains_and_a_checkpoint_naming_it_needs_trust(tmp_path):
+    (tmp_path / "my_net.py").write_text(MY_NET)
+    (tmp_path / "my_configs" / "backbone" / "image").mkdir(parents=True)
+    (tmp_path / "my_configs" / "backbone" / "image" / "my_net.yaml").write_text(
+        "_target_: my_net.MyNet\nwidth: 32\nout_dim: 64\n")
+    launcher = _without_cwd_on_path()
+
+    proc = run_cli("train", "--config-dir", "my_configs", "backbone/image=my_net", *TINY, "hydra.run.dir=run",
+                   cwd=tmp_path, launcher=launcher)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backbone.image: my_net.MyNet" in proc.stdout
+    checkpoint = f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}"
+
+    # importable is not trusted: a checkpoint that names my_net is refused before anything is imported
+    proc = run_cli("eval", checkpoint, "hydra.run.dir=no", cwd=tmp_path, launcher=launcher)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "backbone.image._target_=my_net.MyNet: not code that mtlrun ships; if you trust the checkpoint's " \
+           "author, add trusted_targets=[my_net]" in proc.stderr
+    assert not (tmp_path / "no" / "results.json").exists()
+    proc = run_cli("eval", checkpoint, "trusted_targets=[my_net]", "hydra.run.dir=ev", cwd=tmp_path,
+                   launcher=launcher)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trained = read_results(tmp_path / "run")
     assert read_results(tmp_path / "ev") == {k: v for k, v in trained.items() if k.startswith("test/")}
