@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mtlrun.inference import build_predictor, prediction_data, read_source
+from mtlrun.inference import Predictor, build_predictor, prediction_data, read_source
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_eval
 from mtlrun.data.base import SPLITS
@@ -31,10 +31,12 @@ ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.
            "trainer.device", "trainer.precision", "trainer.threads")  # on the checkpoint's config
 
 
-def predict(cfg: DictConfig) -> dict:
+def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, DictConfig]:
+    """(predictor, checkpoint path, what data it reads, the run's config) for `mtlrun predict` and `mtlrun
+    export`: the checkpoint read as eval reads it, with `data.path` a new manifest read for prediction."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
-        raise UsageError("mtlrun predict needs checkpoint=PATH (checkpoints/best.pt of a train run, or the folder "
-                         "of `mtlrun export format=weights`)")
+        raise UsageError(f"mtlrun {what} needs checkpoint=PATH (checkpoints/best.pt of a train run, or the folder "
+                         f"of `mtlrun export format=weights`)")
     if cfg.split not in SPLITS:
         raise UsageError(f"split={cfg.split}: valid: {', '.join(SPLITS)}")
     path = Path(cfg.checkpoint).expanduser().resolve()
@@ -42,11 +44,11 @@ def predict(cfg: DictConfig) -> dict:
     check_checkpoint_config(source["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
     typed = list(HydraConfig.get().overrides.task)
     new_data = cfg.data.path is not None
-    if not new_data and any(o.split("=", 1)[0].lstrip("+~") in NEW_DATA for o in typed):
-        raise UsageError("data.root / data.encoding: only with data.path=NEW_MANIFEST (the rows to predict)")
     data_keys = [o for o in typed if o.split("=", 1)[0].lstrip("+~") in NEW_DATA]
-    run_cfg = apply_overrides(source["config"], cfg, [o for o in typed if o not in data_keys], ALLOWED,
-                              "predict", skip=("split", "output", "id_column", "trusted_targets"))
+    if data_keys and not new_data:
+        raise UsageError("data.root / data.encoding: only with data.path=NEW_MANIFEST (the rows to read)")
+    run_cfg = apply_overrides(source["config"], cfg, [o for o in typed if o not in data_keys], ALLOWED, what,
+                              skip=("split", "output", "id_column", "trusted_targets", "format", "tolerance"))
     validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
@@ -59,12 +61,21 @@ def predict(cfg: DictConfig) -> dict:
         data = prediction_data(run_cfg, source["data"], Path(cfg.data.path).expanduser())
     predictor = build_predictor(run_cfg, source, data=data, device=str(run_cfg.trainer.device),
                                 precision=str(run_cfg.trainer.precision))
-    split = "test" if new_data else cfg.split
-    predictions = predictor.predict_data(predictor.data, split, cfg.id_column)
+    read = str(Path(cfg.data.path).expanduser().resolve()) if new_data else f"split={cfg.split}"
+    return predictor, path, read, run_cfg
 
-    out = Path(cfg.output).expanduser() if cfg.output else Path(HydraConfig.get().runtime.output_dir)
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.output).expanduser() if cfg.get("output") else Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    read = str(Path(cfg.data.path).expanduser().resolve()) if new_data else f"split={split}"
+    return out
+
+
+def predict(cfg: DictConfig) -> dict:
+    predictor, path, read, run_cfg = open_checkpoint(cfg, "predict")
+    split = "test" if cfg.data.path is not None else cfg.split
+    predictions = predictor.predict_data(predictor.data, split, cfg.id_column)
+    out = output_dir(cfg)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(
         {"checkpoint": str(path), "data_read": read, "id_column": cfg.id_column,
          **OmegaConf.to_container(run_cfg, resolve=True)}))

@@ -25,8 +25,9 @@ LAYERS = [
     ("weighting", ("mtlrun.weighting",)),
     ("engine", ("mtlrun.engine",)),
     ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
-                  "mtlrun.build")),
-    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.cli", "mtlrun.__main__")),
+                  "mtlrun.build", "mtlrun.inference")),
+    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.export", "mtlrun.sweep", "mtlrun.report",
+                  "mtlrun.cli", "mtlrun.__main__")),
 ]
 
 # Function-level imports that close an import cycle, each with the reason it is tolerated. Every entry is a
