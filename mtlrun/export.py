@@ -58,13 +58,16 @@ def export(cfg: DictConfig) -> dict:
             portable.to_torchscript(wrapper, args, target)
             run = lambda a: portable.run_torchscript(target, a)  # noqa: E731
         else:
-            extra["exporter"] = portable.to_onnx(wrapper, args, target)
+            extra["exporter"], failed = portable.to_onnx(wrapper, args, target)
+            if failed:
+                extra["exporters_failed"] = failed
+                log.info("ONNX: " + "; ".join(failed))
             run = lambda a: portable.run_onnx(target, wrapper, a)  # noqa: E731
         try:
             exported, exported_small = run(args), run(smaller)
         except Exception as exc:
             raise portable.ExportError(f"format={cfg.format}: the exported model does not run: "
-                                       f"{portable._first_line(exc)}") from None
+                                       f"{portable.first_line(exc)}") from None
         full, small = (portable.compare(wrapper.tasks, reference, exported),
                        portable.compare(wrapper.tasks, reference_small, exported_small))
         diffs = {t: max(full[t], small[t]) for t in wrapper.tasks}

@@ -55,14 +55,20 @@ def read_source(path: str | Path, key: str = "checkpoint") -> dict:
             "epoch": meta.get("epoch"), "global_step": meta.get("global_step")}
 
 
-def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path):
+def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: str | Path | None = None,
+                    encoding: str | None = None):
     """The data module of `cfg` reading the new manifest `path` (data=table) with the checkpoint's fitted
-    preprocessing: every row is the test split, target and split columns are not needed."""
+    preprocessing: every row is the test split, target and split columns are not needed. Relative file paths
+    in its cells start at `root` (null: its own folder, whatever root training had); `encoding` null: the
+    training manifest's."""
     if not hasattr(_data_class(cfg), "read_unlabelled"):
         raise UsageError(f"data.path={path}: new rows are read by data=table; this model was trained on "
                          f"{cfg.data._target_}; predict one of its splits with split=train|val|test instead")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.data.path = str(path)
+    cfg.data.root = None if root is None else str(root)
+    if encoding is not None:
+        cfg.data.encoding = encoding
     data = instantiate_node(cfg.data, "data")
     data.load_state_dict(data_state)
     data.read_unlabelled()

@@ -55,10 +55,8 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
         run_cfg.data.eval_batch_size = cfg.data.batch_size
     data = None
     if new_data:
-        for key in ("root", "encoding"):
-            if cfg.data.get(key) is not None:
-                run_cfg.data[key] = cfg.data[key]
-        data = prediction_data(run_cfg, source["data"], Path(cfg.data.path).expanduser())
+        data = prediction_data(run_cfg, source["data"], Path(cfg.data.path).expanduser(), cfg.data.root,
+                               cfg.data.encoding)
     predictor = build_predictor(run_cfg, source, data=data, device=str(run_cfg.trainer.device),
                                 precision=str(run_cfg.trainer.precision))
     read = str(Path(cfg.data.path).expanduser().resolve()) if new_data else f"split={cfg.split}"

@@ -78,7 +78,7 @@ def to_torchscript(wrapper: PositionalModel, args: tuple, path: Path) -> None:
             traced = torch.jit.trace(wrapper, args, check_trace=False, strict=False)
         torch.jit.save(traced, str(path))
     except Exception as exc:
-        raise ExportError(f"format=torchscript: torch.jit.trace cannot trace this model: {_first_line(exc)}") from None
+        raise ExportError(f"format=torchscript: torch.jit.trace cannot trace this model: {first_line(exc)}") from None
 
 
 def run_torchscript(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
@@ -86,9 +86,10 @@ def run_torchscript(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
         return tuple(torch.jit.load(str(path), map_location="cpu")(*args))
 
 
-def to_onnx(wrapper: PositionalModel, args: tuple, path: Path) -> str:
+def to_onnx(wrapper: PositionalModel, args: tuple, path: Path) -> tuple[str, list[str]]:
     """Write model.onnx with a dynamic batch axis: the dynamo exporter (torch.export), else the TorchScript-based
-    one; returns which one wrote it."""
+    one (e.g. for a packed-sequence GRU, which torch.export does not trace); returns which one wrote it and why
+    the ones before it failed."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -107,9 +108,9 @@ def to_onnx(wrapper: PositionalModel, args: tuple, path: Path) -> str:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=outputs, verbose=False,
                                   **options)
-            return exporter
+            return exporter, errors
         except Exception as exc:
-            errors.append(f"{exporter} exporter: {_first_line(exc)}")
+            errors.append(f"{exporter} exporter: {first_line(exc)}")
     raise ExportError("format=onnx: torch.onnx.export cannot export this model; " + "; ".join(errors))
 
 
@@ -134,6 +135,9 @@ def compare(tasks: list[str], reference: tuple, exported: tuple) -> dict[str, fl
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:400]
+def first_line(exc: BaseException) -> str:
+    """The line that says what went wrong: torch.onnx's own errors give it under "## Exception summary"."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "## Exception summary" in lines and lines.index("## Exception summary") + 1 < len(lines):
+        return lines[lines.index("## Exception summary") + 1][:400]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
