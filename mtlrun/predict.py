@@ -74,7 +74,7 @@ def predict(cfg: DictConfig) -> dict:
     split = "test" if cfg.data.path is not None else cfg.split
     predictions = predictor.predict_data(predictor.data, split, cfg.id_column)
     out = output_dir(cfg)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(
+    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / "config.yaml", OmegaConf.to_yaml(
         {"checkpoint": str(path), "data_read": read, "id_column": cfg.id_column,
          **OmegaConf.to_container(run_cfg, resolve=True)}))
     files = predictions.write(out)

@@ -233,6 +233,8 @@ def test_predict_a_built_in_split(trained_run, tmp_path):
         written = torch.tensor([[float(r[f"{task}/prob/{c}"]) for c in range(10)] for r in rows])
         torch.testing.assert_close(written, torch.softmax(out[task], 1), atol=1e-6, rtol=0)
     assert (tmp_path / "run" / "config.yaml").is_file()
+    with pytest.raises(UsageError, match="data.path=.*new rows are read by data=table; .* predict one of its splits"):
+        mtlrun.load(best, data_path=tmp_path / "new.csv")
 
 
 def test_dense_tasks_are_written_as_png_files(tmp_path):

@@ -154,7 +154,8 @@ class Table(DataModule):
         messages), with the checkpoint's fitted state; the targets' class lists come from that state too."""
         m, problems = reading.m, reading.problems
         reading.state = copy.deepcopy(self._loaded)  # what the spec tells the model about targets not read
-        fields = [f for f in self.inputs if f.check_columns(m, problems)]
+        read = [f for f in self.inputs if self.modalities is None or f.name in self.modalities]  # the model's
+        fields = [f for f in read if f.check_columns(m, problems)]
         everything = np.arange(m.rows)
         values = {slot(f): f.read(reading, everything) for f in fields}
         problems.raise_if_any()
