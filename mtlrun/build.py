@@ -131,12 +131,14 @@ def _target_class(node: DictConfig, key: str) -> type:
         raise UsageError(f"{key}: cannot import {node._target_}: {exc}") from exc
 
 
-def build_components(cfg: DictConfig, data_state: dict | None = None) -> Components:
+def build_components(cfg: DictConfig, data_state: dict | None = None, data=None) -> Components:
     """`data_state`: the data module's state from a checkpoint (e.g. a vocabulary), applied before anything
-    reads the data, so eval sees the inputs exactly as training did."""
-    data = instantiate_node(cfg.data, "data")
-    if data_state:
-        data.load_state_dict(data_state)
+    reads the data, so eval sees the inputs exactly as training did. `data`: a data module the caller built
+    and set up already (`mtlrun predict` reading new rows with the checkpoint's state)."""
+    if data is None:
+        data = instantiate_node(cfg.data, "data")
+        if data_state:
+            data.load_state_dict(data_state)
     spec = data.spec
     tasks = build_tasks(cfg, spec)
     validate_monitor(str(cfg.trainer.monitor), tasks)

@@ -23,6 +23,8 @@ from datetime import datetime
 SUBCOMMANDS = {
     "train": ("mtlrun.train:train", "train a model (default: two-digit multidigits, small CNN, hard sharing)"),
     "eval": ("mtlrun.eval:evaluate", "evaluate a checkpoint: mtlrun eval checkpoint=PATH [split=test]"),
+    "predict": ("mtlrun.predict:predict", "predictions of a checkpoint: mtlrun predict checkpoint=PATH data.path=new.csv"),
+    "export": ("mtlrun.export:export", "export a checkpoint: mtlrun export checkpoint=PATH format=weights|torchscript|onnx"),
     "affinity": ("mtlrun.affinity:affinity", "which tasks help each other: lookahead task affinity (TAG) and groupings"),
     "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm% against single-task baselines"),
 }
@@ -38,7 +40,7 @@ def usage() -> str:
     lines = [f"mtlrun {__version__}: train and evaluate multi-task / multi-modal PyTorch models from configs",
              "", "usage: mtlrun <command> [key=value ...] [group=option ...] [hydra flags]",
              "       mtlrun report DIR [DIR ...] [--stl DIR ...] [--split test] [--out DIR]", "", "commands:"]
-    lines += [f"  {name:<7}{text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<9}{text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "config groups (pick one with group=option; the first is the default):"]
     from mtlrun.config import config_dir
     from omegaconf import OmegaConf
@@ -64,6 +66,8 @@ def usage() -> str:
               "  mtlrun train resume=outputs/train/.../checkpoints/last.pt",
               "  mtlrun eval checkpoint=outputs/train/.../checkpoints/best.pt split=test",
               "  mtlrun eval checkpoint=... robustness.modality=image robustness.noise=gaussian",
+              "  mtlrun predict checkpoint=.../best.pt data.path=new.csv   # predictions.csv, predictions.jsonl",
+              "  mtlrun export checkpoint=.../best.pt format=onnx          # model.onnx, checked against torch",
               "  torchrun --nproc_per_node=2 -m mtlrun train      # DDP",
               "  mtlrun train --cfg job                          # print the composed config",
               "  mtlrun train --help                             # Hydra's help for one command",

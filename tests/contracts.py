@@ -8,6 +8,7 @@ file is). No test module imports another test module (tests/test_architecture.py
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -64,6 +65,12 @@ def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen
 
 def read_results(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file (predictions.csv, a manifest) as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def compose_config(overrides=(), config_name: str = "train") -> DictConfig:

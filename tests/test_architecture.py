@@ -25,9 +25,9 @@ LAYERS = [
     ("weighting", ("mtlrun.weighting",)),
     ("engine", ("mtlrun.engine",)),
     ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
-                  "mtlrun.build", "mtlrun.objective")),
-    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.sweep", "mtlrun.report", "mtlrun.affinity", "mtlrun.cli",
-                  "mtlrun.__main__")),
+                  "mtlrun.build", "mtlrun.objective", "mtlrun.inference")),
+    ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.export", "mtlrun.sweep", "mtlrun.report",
+                  "mtlrun.affinity", "mtlrun.cli", "mtlrun.__main__")),
 ]
 
 # Function-level imports that close an import cycle, each with the reason it is tolerated. Every entry is a

@@ -181,6 +181,26 @@ class DataModule:
             return None
         return partial(drop_modalities, p=self.modality_dropout)
 
+    def sample_ids(self, split: str, column: str | None = None) -> list:
+        """One id per sample of `split`, in order (what `mtlrun predict` writes next to the predictions): the
+        sample's index in the split. `column` names an id column of data that has columns (data=table)."""
+        if column is not None:
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"id_column={column}: {type(self).__name__} has no columns; its ids are the samples' "
+                             f"indices in the split (leave id_column=null)")
+        return list(range(len(self.dataset(split))))
+
+    def class_names(self, task: str) -> list | None:
+        """The names of a label target's classes, index order (what predictions are written as); None: the
+        class indices are the names."""
+        return None
+
+    def target_scale(self, task: str) -> tuple[list[float], list[float]] | None:
+        """(mean, std) per output when a regression target was standardised: a prediction x is x * std + mean
+        in the data's units; None: the target was not rescaled."""
+        return None
+
     # ------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
         return {}

@@ -26,7 +26,7 @@ from mtlrun.data.base import ModalityInfo, TargetInfo, collate
 from mtlrun.data.loading import eval_loader
 from mtlrun.data.media import write_wav
 from mtlrun.data.table import Table
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, UsageError
 
 SPLIT = ["train", "train", "train", "train", "val", "val", "test", "test"]
 ANIMAL = ["dog", "cat", None, "cat", "dog", "cat", "cat", "dog"]
@@ -226,6 +226,31 @@ def test_class_list_from_train_only_saved_restored_and_unknown_classes(every_typ
     with pytest.raises(ConfigError, match=r"row 1 \(line 2\), column 'animal': class 'ant' is not among the "
                                           r"checkpoint's 2 classes"):
         _ = strict.spec
+
+
+def test_unlabelled_rows_are_read_as_training_read_them_with_the_checkpoints_state(every_type, tmp_path):
+    """`mtlrun predict data.path=new.csv`: a manifest with the input columns only (no targets, no split); every row
+    is the test split, read with the loaded state exactly as training read the same rows."""
+    trained = table(every_type[0])
+    rows = make_every_type(tmp_path)  # the same files, under tmp_path
+    path, _ = write_table(tmp_path, [{c: r[c] for c in ("photo", "note", "clip", "x", "y", "colour")} for r in rows],
+                          "new")
+    with pytest.raises(UsageError, match="load the checkpoint's data state first"):
+        table(path).read_unlabelled()
+    new = table(path)
+    new.load_state_dict(trained.state_dict())
+    new.read_unlabelled()
+    assert new.spec == trained.spec and new.state_dict() == trained.state_dict()
+    assert len(new.dataset("train")) == len(new.dataset("val")) == 0
+    batch = whole(new, "test")
+    assert batch["targets"] == {} and new.sample_ids("test") == list(range(8))
+    parts = [whole(trained, split) for split in ("train", "val", "test")]  # rows 0-3, 4-5, 6-7
+    for m in INPUTS:
+        torch.testing.assert_close(batch["inputs"][m], torch.cat([p["inputs"][m] for p in parts]), rtol=0, atol=0)
+        present = torch.cat([p.get("modality_mask", {}).get(m, torch.ones(len(p["inputs"][m]), dtype=torch.bool))
+                             for p in parts])
+        assert torch.equal(batch.get("modality_mask", {}).get(m, torch.ones(8, dtype=torch.bool)), present), m
+    assert trained.sample_ids("test") == [6, 7]
 
 
 def test_split_by_column_and_by_seeded_ratios(every_type):

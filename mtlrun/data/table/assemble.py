@@ -14,7 +14,7 @@ from mtlrun.data.base import DataSpec
 from mtlrun.data.table.augment import Augment
 from mtlrun.data.table.dataset import MASK_GROUPS, DecodeAll, FileColumn, TableDataset, passthrough
 from mtlrun.data.table.fields.base import Field, Reading
-from mtlrun.data.table.manifest import Problems
+from mtlrun.data.table.manifest import Manifest, Problems
 
 log = logging.getLogger("mtlrun")
 
@@ -26,6 +26,8 @@ class Prepared:
     spec: DataSpec
     splits: dict[str, TableDataset]
     state: dict = field(default_factory=dict)
+    manifest: Manifest | None = None  # for the samples' ids (Table.sample_ids)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # each split's manifest rows
 
 
 def slot(f: Field) -> str:
@@ -59,7 +61,7 @@ def assemble(reading: Reading, fields: list[Field], values: dict, splits: dict[s
         tensors = {g: d for g, d in tensors.items() if d or g in ("inputs", "targets")}
         datasets[split] = TableDataset(tensors, files, len(rows), augment if split == "train" and augment else None)
     state = reading.state if reading.loaded is None else reading.loaded
-    return Prepared(spec, datasets, state)
+    return Prepared(spec, datasets, state, m, splits)
 
 
 def decode_everything(prepared: Prepared, problems: Problems, cache: bool, num_workers: int) -> None:

@@ -3,9 +3,11 @@ then reads the manifest on first use and keeps what was fitted on the train spli
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from mtlrun.data.base import DataModule, DataSpec
@@ -68,6 +70,7 @@ class Table(DataModule):
         self.encoding, self.allow_outside_root = encoding, allow_outside_root
         self._loaded: dict | None = None
         self._prepared: Prepared | None = None
+        self._unlabelled = False
 
     # ------------------------------------------------------------------ DataModule interface
     @property
@@ -79,6 +82,34 @@ class Table(DataModule):
 
     def state_dict(self) -> dict:
         return self._prepare().state
+
+    def class_names(self, task: str) -> list | None:
+        return self._prepare().state["classes"].get(task)
+
+    def target_scale(self, task: str) -> tuple[list[float], list[float]] | None:
+        stats = self._prepare().state["targets"].get(task)
+        return None if stats is None else (list(stats["mean"]), list(stats["std"]))
+
+    def read_unlabelled(self) -> None:
+        """Read the manifest as new data to predict (`mtlrun predict data.path=...`): every row is the test split,
+        read with the loaded checkpoint's fitted state; no split column, and target columns need not exist (they
+        are not read). Call after load_state_dict and before anything reads the data."""
+        if self._loaded is None:
+            raise UsageError("data=table: predicting reads new rows with the checkpoint's fitted preprocessing; "
+                             "load the checkpoint's data state first")
+        self._unlabelled, self._prepared = True, None
+
+    def sample_ids(self, split: str, column: str | None = None) -> list:
+        """One id per sample of `split`, in order: the cells of `column` (null: the manifest's `id` column if
+        it has one), else the row's index in the manifest (from 0)."""
+        prepared = self._prepare()
+        m, rows = prepared.manifest, prepared.rows[split]
+        if column is not None and column not in m.cells:
+            raise UsageError(f"id_column={column}: {m.path} has no such column; available: {', '.join(m.columns)}")
+        column = column or ("id" if "id" in m.cells else None)
+        if column is None:
+            return [int(r) for r in rows]
+        return [m.cells[column][int(r)] for r in rows]
 
     def load_state_dict(self, state: dict) -> None:
         expected = set(STATE_SECTIONS)
@@ -106,11 +137,30 @@ class Table(DataModule):
             problems.raise_if_any()
         reading = Reading(m, problems, inputs=self.inputs, root=self.root, allow_outside_root=self.allow_outside_root,
                           loaded=self._loaded)
+        if self._unlabelled:
+            return self._read_unlabelled(reading)
         fields = [f for f in [*self.inputs, *self.targets] if f.check_columns(m, problems)]
         splits = assign_splits(m, self.split, problems)
         values = {slot(f): f.read(reading, splits["train"]) for f in fields}
         problems.raise_if_any()
         prepared = assemble(reading, fields, values, splits, self.targets, self.augment)
+        if self.validate == "full" or self.cache:
+            decode_everything(prepared, problems, self.cache, self.num_workers)
+            problems.raise_if_any()
+        return prepared
+
+    def _read_unlabelled(self, reading: Reading) -> Prepared:
+        """The inputs of every row as the test split, read exactly as training read its rows (the same checks and
+        messages), with the checkpoint's fitted state; the targets' class lists come from that state too."""
+        m, problems = reading.m, reading.problems
+        reading.state = copy.deepcopy(self._loaded)  # what the spec tells the model about targets not read
+        read = [f for f in self.inputs if self.modalities is None or f.name in self.modalities]  # the model's
+        fields = [f for f in read if f.check_columns(m, problems)]
+        everything = np.arange(m.rows)
+        values = {slot(f): f.read(reading, everything) for f in fields}
+        problems.raise_if_any()
+        splits = {"train": everything[:0], "val": everything[:0], "test": everything}
+        prepared = assemble(reading, fields, values, splits, self.targets, None)
         if self.validate == "full" or self.cache:
             decode_everything(prepared, problems, self.cache, self.num_workers)
             problems.raise_if_any()

@@ -1,0 +1,167 @@
+"""What `mtlrun predict` writes: the model's outputs decoded per task, as CSV rows, JSON objects and PNG maps.
+
+Per task kind (the CSV columns; the JSON Lines object nests the same values under the task's name):
+- classification: `task` = the class name (the data's class list, e.g. data=table's train labels; else the
+  index), `task/prob/<class>` = its softmax probability
+- binary: `task` = the positive class when sigmoid > 0.5, else the negative; `task/prob/<class>` for both
+- multilabel: `task` = the labels over 0.5 joined by `|`; `task/prob/<label>` per label
+- regression: `task` (one output) or `task/0`, `task/1`, ... in the data's units (a standardised target is
+  scaled back with the train mean and std)
+- segmentation: `task` = masks/<task>/<n>.png, one class index per pixel (8-bit, 16-bit above 256 classes)
+- depth: `task` = masks/<task>/<n>.png, 16-bit; depth = pixel value x `task/png_scale` (per sample: its
+  maximum depth maps to 65535; negative predictions are written as 0)
+- normals: `task` = masks/<task>/<n>.png, RGB = (unit normal + 1) / 2 x 255
+- any other task: `task/0`, `task/1`, ... the raw outputs (a dense one: masks/<task>/<n>.npy)
+`<n>` is the sample's position in the output (0-based, zero-padded), not its id, which may be any text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlrun.engine.records import atomic_write_text
+
+PNG_MAX = 65535
+
+
+class Predictions:
+    """The outputs of every sample (float32 on the CPU), their ids, and how to read them (tasks, data)."""
+
+    def __init__(self, ids: list, outputs: dict[str, torch.Tensor], tasks: dict, data):
+        self.ids, self.outputs, self.tasks = list(ids), outputs, tasks
+        self.names = {t: data.class_names(t) for t in tasks}
+        self.scales = {t: data.target_scale(t) for t in tasks}
+        sizes = {len(o) for o in outputs.values()}
+        if sizes and sizes != {len(self.ids)}:
+            raise ValueError(f"{len(self.ids)} ids but outputs of {sorted(sizes)} samples")
+        self._decoded: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def decoded(self) -> dict[str, dict]:
+        """{task: {"columns": {csv column: list}, "records": list of per-sample JSON values, "maps": array or
+        None}}; computed once, over whole tensors."""
+        if self._decoded is None:
+            self._decoded = {t: decode(task, self.outputs[t], self.names[t], self.scales[t])
+                             for t, task in self.tasks.items()}
+        return self._decoded
+
+    def rows(self, paths: dict[str, list[str]] | None = None) -> list[dict]:
+        """One dict per sample: `id` and the CSV columns; `paths` fills the dense tasks' file columns."""
+        columns = {"id": self.ids}
+        for t, d in self.decoded().items():
+            if d["maps"] is not None:
+                columns[t] = (paths or {}).get(t, [""] * len(self))
+            columns.update(d["columns"])
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+    def records(self, paths: dict[str, list[str]] | None = None) -> list[dict]:
+        """One JSON object per sample: {"id": ..., task: {...}}."""
+        out = [{"id": i} for i in self.ids]
+        for t, d in self.decoded().items():
+            for k, record in enumerate(d["records"]):
+                if d["maps"] is not None:
+                    record = {"file": (paths or {}).get(t, [""] * len(self))[k], **record}
+                out[k][t] = record
+        return out
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        """predictions.csv, predictions.jsonl and masks/<task>/ under `folder`; returns the files' paths."""
+        folder = Path(folder)
+        paths = {t: write_maps(folder, t, d["maps"], d["kind"]) for t, d in self.decoded().items()
+                 if d["maps"] is not None}
+        rows = self.rows(paths)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(folder / "predictions.csv", text.getvalue())
+        atomic_write_text(folder / "predictions.jsonl",
+                          "".join(json.dumps(r, default=str) + "\n" for r in self.records(paths)))
+        return {"csv": folder / "predictions.csv", "jsonl": folder / "predictions.jsonl"}
+
+
+def decode(task, out: torch.Tensor, names: list | None, scale) -> dict:
+    """One task's outputs [N, ...] as columns, per-sample records and (dense tasks) the maps to write."""
+    kind, n = getattr(task, "kind", ""), len(out)
+    result = {"kind": kind, "columns": {}, "records": [{} for _ in range(n)], "maps": None}
+    name = task.name
+    if kind == "classification":
+        probs = torch.softmax(out, dim=1)
+        names = names or list(range(probs.shape[1]))
+        labels = [names[i] for i in probs.argmax(dim=1).tolist()]
+        _labelled(result, name, labels, probs, names)
+    elif kind == "binary":
+        positive = torch.sigmoid(out.reshape(n))
+        names = names or [0, 1]
+        labels = [names[int(p)] for p in (positive > 0.5).tolist()]
+        _labelled(result, name, labels, torch.stack([1 - positive, positive], dim=1), names)
+    elif kind == "multilabel":
+        probs = torch.sigmoid(out.reshape(n, -1))
+        names = names or list(range(probs.shape[1]))
+        on = (probs > 0.5).tolist()
+        sets = [[names[j] for j, yes in enumerate(row) if yes] for row in on]
+        result["columns"][name] = ["|".join(map(str, s)) for s in sets]
+        prob_lists = probs.tolist()
+        result["columns"].update({f"{name}/prob/{c}": probs[:, j].tolist() for j, c in enumerate(names)})
+        result["records"] = [{"labels": s, "probs": dict(zip(map(str, names), p))} for s, p in zip(sets, prob_lists)]
+    elif kind == "regression" or not getattr(task, "dense", False):
+        values = out.reshape(n, -1).double()
+        if scale is not None:
+            values = values * torch.tensor(scale[1], dtype=torch.float64) + torch.tensor(scale[0], dtype=torch.float64)
+        lists = values.tolist()
+        if values.shape[1] == 1 and kind == "regression":
+            result["columns"][name] = [v[0] for v in lists]
+            result["records"] = [{"value": v[0]} for v in lists]
+        else:
+            result["columns"].update({f"{name}/{j}": values[:, j].tolist() for j in range(values.shape[1])})
+            result["records"] = [{"value": v} for v in lists]
+    elif kind == "segmentation":
+        classes = out.argmax(dim=1).numpy()
+        result["maps"] = classes.astype(np.uint8 if out.shape[1] <= 256 else np.uint16)
+    elif kind == "depth":
+        depth = out[:, 0].clamp_min(0)
+        top = depth.reshape(n, -1).amax(dim=1) if n else depth.new_zeros(0)
+        png_scale = (top / PNG_MAX).clamp_min(1e-12)
+        result["maps"] = (depth / png_scale.view(-1, 1, 1)).round().clamp(0, PNG_MAX).numpy().astype(np.uint16)
+        result["columns"][f"{name}/png_scale"] = png_scale.double().tolist()
+        result["records"] = [{"png_scale": s} for s in png_scale.double().tolist()]
+    elif kind == "normals":
+        unit = torch.nn.functional.normalize(out, dim=1)
+        result["maps"] = ((unit + 1) / 2 * 255).round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    else:
+        result["maps"] = out.numpy()
+    return result
+
+
+def _labelled(result: dict, name: str, labels: list, probs: torch.Tensor, names: list) -> None:
+    result["columns"][name] = labels
+    result["columns"].update({f"{name}/prob/{c}": probs[:, j].tolist() for j, c in enumerate(names)})
+    result["records"] = [{"label": label, "probs": dict(zip(map(str, names), p))}
+                         for label, p in zip(labels, probs.tolist())]
+
+
+def write_maps(folder: Path, task: str, maps: np.ndarray, kind: str) -> list[str]:
+    """One file per sample under masks/<task>/; the paths relative to `folder`, in order."""
+    from PIL import Image
+
+    target = folder / "masks" / task
+    target.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(len(maps))))
+    paths = []
+    for k, m in enumerate(maps):
+        name = f"masks/{task}/{k:0{width}d}"
+        if kind in ("segmentation", "depth", "normals"):
+            Image.fromarray(m).save(folder / f"{name}.png")
+            paths.append(f"{name}.png")
+        else:
+            np.save(folder / f"{name}.npy", m)
+            paths.append(f"{name}.npy")
+    return paths

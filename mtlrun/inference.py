@@ -1,0 +1,165 @@
+"""A trained model, ready to predict: from a checkpoint (`.pt`) or an exported weights folder (`mtlrun export
+format=weights`) to the model in eval mode, its tasks and the data module with the fitted preprocessing.
+
+`mtlrun predict`, `mtlrun export` and the Python API (`mtlrun.load`) all come through here, so they read a
+checkpoint the way `mtlrun eval` does: the stored config is trust-checked before anything is built from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.build import Components, build_components
+from mtlrun.instantiate import instantiate_node
+from mtlrun.trust import check_checkpoint_config
+from mtlrun.data.loading import to_device
+from mtlrun.engine import checkpoint
+from mtlrun.engine.device import autocast, resolve_device
+from mtlrun.engine.predictions import Predictions
+from mtlrun.errors import UsageError
+
+# An exported weights folder (mtlrun export format=weights): what each file holds.
+WEIGHTS, CONFIG, DATA_STATE, META = "model.safetensors", "config.yaml", "data_state.json", "export.json"
+
+
+def read_source(path: str | Path, key: str = "checkpoint") -> dict:
+    """{"config", "model", "data", "epoch", "global_step"} from a checkpoint file or an exported weights folder;
+    the config is not checked yet (check_checkpoint_config)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        state = checkpoint.load(path, key)
+        return {"config": state["config"], "model": state["model"], "data": state.get("data") or {},
+                "epoch": state.get("epoch"), "global_step": state.get("global_step")}
+    missing = [name for name in (WEIGHTS, CONFIG, DATA_STATE) if not (path / name).is_file()]
+    if missing:
+        raise UsageError(f"{key}={path}: a folder must be an export of `mtlrun export format=weights` (missing "
+                         f"{', '.join(missing)}); or point at checkpoints/best.pt")
+    try:
+        from safetensors.torch import load_file
+
+        config = OmegaConf.to_container(OmegaConf.load(path / CONFIG))
+        data = json.loads((path / DATA_STATE).read_text())
+        meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+        model = load_file(path / WEIGHTS)
+    except ImportError:
+        raise UsageError(f"{key}={path}: reading exported weights needs safetensors: pip install safetensors") from None
+    except Exception as exc:
+        raise UsageError(f"{key}={path}: cannot read the export ({type(exc).__name__}: {exc})") from None
+    return {"config": checkpoint.rename_targets(config), "model": model, "data": data,
+            "epoch": meta.get("epoch"), "global_step": meta.get("global_step")}
+
+
+def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: str | Path | None = None,
+                    encoding: str | None = None):
+    """The data module of `cfg` reading the new manifest `path` (data=table) with the checkpoint's fitted
+    preprocessing: every row is the test split, target and split columns are not needed. Relative file paths
+    in its cells start at `root` (null: its own folder, whatever root training had); `encoding` null: the
+    training manifest's."""
+    if not hasattr(_data_class(cfg), "read_unlabelled"):
+        raise UsageError(f"data.path={path}: new rows are read by data=table; this model was trained on "
+                         f"{cfg.data._target_}; predict one of its splits with split=train|val|test instead")
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg.data.path = str(path)
+    cfg.data.root = None if root is None else str(root)
+    if encoding is not None:
+        cfg.data.encoding = encoding
+    data = instantiate_node(cfg.data, "data")
+    data.load_state_dict(data_state)
+    data.read_unlabelled()
+    return data
+
+
+def _data_class(cfg: DictConfig):
+    from hydra.utils import get_class
+
+    return get_class(str(cfg.data._target_))
+
+
+@dataclass
+class Predictor:
+    """What `mtlrun.load(checkpoint)` returns: the model (eval mode) with its tasks and preprocessing.
+
+    - `predict(batch)`: {task: raw output} for a batch dict ({"inputs": ..., "modality_mask": ...}) or a dict
+      of inputs, on `device`, without gradients
+    - `predict_table(path)`: a new manifest (CSV / JSON Lines, no target columns needed) read with the
+      checkpoint's fitted preprocessing -> `Predictions` (`.rows()` the CSV rows, `.records()` the JSON
+      objects, `.write(folder)` the files of `mtlrun predict`)
+    - `predict_split(split)`: a split of the checkpoint's own data
+    """
+
+    model: torch.nn.Module
+    tasks: dict
+    data: object
+    config: DictConfig
+    data_state: dict
+    device: torch.device
+    precision: str = "32"
+    epoch: int | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.data.spec.modalities)
+
+    @torch.no_grad()
+    def predict(self, batch: dict, modality_mask: dict | None = None) -> dict[str, torch.Tensor]:
+        inputs = batch["inputs"] if "inputs" in batch else batch
+        mask = batch.get("modality_mask", modality_mask) if "inputs" in batch else modality_mask
+        inputs, mask = to_device(inputs, self.device), to_device(mask, self.device)
+        with autocast(self.device, self.precision):
+            return self.model(inputs, modality_mask=mask)
+
+    def predict_loader(self, loader) -> dict[str, torch.Tensor]:
+        """The outputs over a whole loader, float32 on the CPU: one transfer per batch, none per sample."""
+        chunks: dict[str, list[torch.Tensor]] = {t: [] for t in self.tasks}
+        for batch in loader:
+            for t, out in self.predict(batch).items():
+                chunks[t].append(out.float().cpu())
+        return {t: torch.cat(c) if c else torch.empty(0) for t, c in chunks.items()}
+
+    def predict_data(self, data, split: str = "test", id_column: str | None = None,
+                     batch_size: int | None = None) -> Predictions:
+        loader = data.eval_loader(split, device=self.device, batch_size=batch_size)
+        return Predictions(data.sample_ids(split, id_column), self.predict_loader(loader), self.tasks, data)
+
+    def predict_table(self, path: str | Path, id_column: str | None = None,
+                      batch_size: int | None = None) -> Predictions:
+        return self.predict_data(prediction_data(self.config, self.data_state, path), "test", id_column, batch_size)
+
+    def predict_split(self, split: str = "test", id_column: str | None = None,
+                      batch_size: int | None = None) -> Predictions:
+        return self.predict_data(self.data, split, id_column, batch_size)
+
+
+def build_predictor(cfg: DictConfig, source: dict, *, data=None, device: str | None = "cpu",
+                    precision: str = "32") -> Predictor:
+    """The model of a checked config with the source's weights, in eval mode on `device` (null: the best)."""
+    parts: Components = build_components(cfg, data_state=source["data"], data=data)
+    try:
+        parts.model.load_state_dict(source["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"the weights do not fit the model the config builds: {first}") from None
+    target = resolve_device(device or "auto")
+    model = parts.model.to(target).eval()
+    return Predictor(model, parts.tasks, parts.data, cfg, source["data"], target, str(precision), source["epoch"])
+
+
+def load(checkpoint: str | Path, trusted_targets: Sequence[str] = (), *, device: str | None = "cpu",
+         data_path: str | Path | None = None) -> Predictor:
+    """`mtlrun.load`: a checkpoint (`checkpoints/best.pt`) or an exported weights folder -> Predictor.
+
+    `trusted_targets`: module prefixes whose classes the checkpoint's config may name besides mtlrun's own (as
+    `trusted_targets=[...]` on the command line); a checkpoint cannot trust itself. `data_path`: read this
+    manifest instead of the training one (data=table), e.g. when the training files are not on this machine.
+    """
+    source = read_source(checkpoint)
+    check_checkpoint_config(source["config"], list(trusted_targets), f"checkpoint={checkpoint}")
+    cfg = OmegaConf.create(source["config"])
+    data = prediction_data(cfg, source["data"], data_path) if data_path is not None else None
+    return build_predictor(cfg, source, data=data, device=device)
