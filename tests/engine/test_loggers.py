@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,6 +110,29 @@ def test_steps_csv_holds_the_means_since_the_last_log_step(tracked_run):
         for key in ("left/loss", "objective"):
             assert close(sum(r[key] for r in window) / per_epoch, row[key]), key
         assert len({r["objective"] for r in window}) == per_epoch  # not one running mean repeated
+
+
+@pytest.mark.e2e
+def test_resume_takes_the_trackers_of_its_own_command_line(tracked_run, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    shutil.copytree(tracked_run, run)
+    (run / "mlflow" / "mlflow.db").unlink()
+    proc = run_cli("train", f"resume={run / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=3",
+                   "logger=[csv,tensorboard]", cwd=tmp_path)  # the checkpoint's config lists mlflow too
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(OmegaConf.load(run / "config.yaml").logger) == ["csv", "tensorboard"]
+    assert not (run / "mlflow" / "mlflow.db").exists()
+    steps = list(range(LOG_EVERY, 3 * STEPS_PER_EPOCH + 1, LOG_EVERY))
+    assert [r["step"] for r in read_metrics_csv(run / "steps.csv")] == steps  # continued, nothing twice
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("train_step/objective")] == steps
+    rows = epoch_rows(run, "val")
+    logged = events.Scalars("val/left/accuracy")
+    assert [e.step for e in logged] == [1, 2, 3] and all(close(e.value, r["left/accuracy"])
+                                                          for e, r in zip(logged, rows))
 
 
 # ---------------------------------------------------------------------------------- in-process: the API

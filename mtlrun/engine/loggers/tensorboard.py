@@ -21,8 +21,8 @@ class TensorBoardLogger(Logger):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        # purge_step: a resumed run hides the events a crashed run wrote after its checkpoint
-        self.writer = SummaryWriter(str(run_dir / self.subdir), purge_step=step or None,
+        # purge_step: a resumed run hides the events a crashed run wrote after its checkpoint (at step `step`)
+        self.writer = SummaryWriter(str(run_dir / self.subdir), purge_step=step + 1 if step else None,
                                     flush_secs=self.flush_secs)
         if step == 0:
             for summary in hparams(flatten(config), {}):  # in this run's own event file, not a sub-run
