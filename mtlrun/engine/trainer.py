@@ -22,8 +22,8 @@ from mtlrun.engine import checkpoint
 from mtlrun.engine.ddp import average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
-from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
+from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
@@ -266,7 +266,7 @@ class Trainer:
         return shown
 
     def _log_step(self) -> None:
-        """The trackers' per-step scalars: the means since the last log step, the last step's lr and gradient norm."""
+        """The trackers' per-step scalars: the means since the last log step, the lr now, the last gradient norm."""
         if self.trackers.active:
             means = self._train_means(self.train_sums - self._logged_sums, self.train_count - self._logged_count)
             self._logged_sums, self._logged_count = self.train_sums.clone(), self.train_count
