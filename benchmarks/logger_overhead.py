@@ -32,7 +32,8 @@ DATA = ["experiment=smoke", "data.batch_size=32", "trainer.device=cpu"]
 def make_trainer(loggers: str, log_every: int, n_train: int, run_dir: Path):
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*DATA, f"data.n_train={n_train}", f"trainer.log_every_n_steps={log_every}", f"logger={loggers}"])
+        cfg = compose("train", overrides=[*DATA, f"data.n_train={n_train}", f"trainer.log_every_n_steps={log_every}",
+                                          f"logger={loggers}"])
     trainer = build_trainer(cfg, run_dir, dist=DistInfo())
     trainer.trackers.start(trainer.config, run_dir, 0)
     return trainer

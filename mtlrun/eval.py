@@ -42,8 +42,8 @@ def evaluate(cfg: DictConfig) -> dict:
     path = Path(cfg.checkpoint).expanduser().resolve()
     state = checkpoint.load(path)
     check_checkpoint_config(state["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
-    run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task), ALLOWED, "eval",
-                              skip=("split", "robustness", "trusted_targets"))
+    run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task),
+                              ALLOWED, "eval", skip=("split", "robustness", "trusted_targets"))
     validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:

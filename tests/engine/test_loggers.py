@@ -22,7 +22,7 @@ from mtlrun.engine.loggers.csv import CSVLogger
 from mtlrun.engine.records import read_metrics_csv
 from mtlrun.engine.signals import TrainingInterrupted
 from mtlrun.errors import UsageError
-from mtlrun.trust import check_checkpoint_config
+from mtlrun.trust import check_checkpoint_config, without_trackers
 
 TASKS = ("left", "right")
 # 256 samples / batch 32 = 8 steps an epoch, logged every 2 steps: 4 windows of 2 steps per epoch
@@ -248,6 +248,7 @@ def test_a_checkpoint_never_chooses_the_trackers():
     check_checkpoint_config(config, [], "checkpoint=x")
     config["logger"]["evil"] = {"_target_": "os.system", "command": "echo"}
     check_checkpoint_config(config, [], "checkpoint=x")
+    assert "logger" not in without_trackers(config) and without_trackers(config)["optim"] == config["optim"]
     config["optim"]["_target_"] = "os.system"
     with pytest.raises(UsageError, match="optim._target_=os.system"):
         check_checkpoint_config(config, [], "checkpoint=x")
