@@ -164,6 +164,13 @@ def build_optimizer(cfg: DictConfig, parts: Components) -> torch.optim.Optimizer
     return instantiate_node(cfg.optim, "optim")(groups)
 
 
+def build_loggers(cfg: DictConfig) -> list:
+    """The `logger` group's experiment trackers (`logger=[csv,tensorboard]`), in the order listed; none for
+    `logger=[]`. Built on every rank (the Trainer starts rank 0's only)."""
+    node = cfg.get("logger") or {}
+    return [instantiate_node(tracker, f"logger.{name}") for name, tracker in node.items()]
+
+
 def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | None = None,
                   parts: Components | None = None, dist: distributed.DistInfo | None = None) -> Trainer:
     """A Trainer for a validated config: the same initial weights on every rank (`seed`), the components
@@ -172,6 +179,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | No
     checkpoints; it is resolved before anything is built, as config.yaml is."""
     dist = dist or distributed.dist_info()
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    loggers = build_loggers(cfg)  # first: a tracker whose package is missing stops the run before the data is built
     seed_everything(cfg.seed)
     parts = parts or build_components(cfg, data_state=data_state)
     optimizer = build_optimizer(cfg, parts)
@@ -179,4 +187,4 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | No
     seed_everything(cfg.seed + dist.rank)
     return Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
                    scheduler_factory=scheduler_factory, data=parts.data, config=resolved, run_dir=run_dir,
-                   dist=dist)
+                   dist=dist, loggers=loggers)

@@ -51,8 +51,10 @@ def usage() -> str:
             defaults.update({str(k): v for k, v in dict(entry).items()})
     for group, options in config_groups().items():
         default = defaults.get(group)
-        ordered = ([default] if default in options else []) + [o for o in options if o != default]
-        lines.append(f"  {group:<17}{', '.join(ordered)}")
+        chosen = list(default) if OmegaConf.is_list(default) else [default]  # a list: several at once
+        ordered = [o for o in chosen if o in options] + [o for o in options if o not in chosen]
+        several = f"  (several: {group}=[{','.join(ordered[:2])}])" if OmegaConf.is_list(default) else ""
+        lines.append(f"  {group:<17}{', '.join(ordered)}{several}")
     lines += ["", "examples:",
               "  mtlrun train                                    # defaults: multidigits, cnn, hps",
               "  mtlrun train backbone/image=resnet18 trainer.max_epochs=20 data.batch_size=256",
@@ -60,6 +62,7 @@ def usage() -> str:
               "  mtlrun train experiment=scenes_hps              # segmentation + depth + normals",
               "  mtlrun train --config-dir my_configs experiment=my_data   # your CSV (examples/README.md)",
               "  mtlrun train -m seed=0,1,2                      # a Hydra multirun sweep",
+              "  mtlrun train 'logger=[csv,tensorboard]'         # + TensorBoard: tensorboard --logdir outputs",
               "  mtlrun train -m experiment=stl_baselines seed=0,1,2   # single-task baselines",
               "  mtlrun report outputs/multirun/...              # mean ± std over seeds, Δm% vs STL",
               "  mtlrun train -m hparams_search=weighting_lr     # an Optuna search (pip install \"mtlrun[optuna]\")",

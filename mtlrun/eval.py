@@ -25,7 +25,7 @@ from mtlrun.engine.plots import plot_robustness
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
-from mtlrun.trust import check_checkpoint_config
+from mtlrun.trust import check_checkpoint_config, without_trackers
 
 log = logging.getLogger("mtlrun")
 ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
@@ -42,8 +42,8 @@ def evaluate(cfg: DictConfig) -> dict:
     path = Path(cfg.checkpoint).expanduser().resolve()
     state = checkpoint.load(path)
     check_checkpoint_config(state["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
-    run_cfg = apply_overrides(state["config"], cfg, list(HydraConfig.get().overrides.task), ALLOWED, "eval",
-                              skip=("split", "robustness", "trusted_targets"))
+    run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task),
+                              ALLOWED, "eval", skip=("split", "robustness", "trusted_targets"))
     validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:

@@ -21,7 +21,7 @@ from mtlrun.engine import checkpoint
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
-from mtlrun.trust import check_checkpoint_config
+from mtlrun.trust import check_checkpoint_config, without_trackers
 
 log = logging.getLogger("mtlrun")
 
@@ -76,11 +76,14 @@ def train(cfg: DictConfig) -> float | None:
         resume_state = checkpoint.load(resume_path, key="resume")
         trusted = list(cfg.get("trusted_targets") or [])  # from this command line, never from the checkpoint
         check_checkpoint_config(resume_state["config"], trusted, f"resume={resume_path}")
-        cfg = apply_overrides(resume_state["config"], cfg, list(HydraConfig.get().overrides.task), None,
-                              "resume", skip=("trusted_targets",))
+        trackers = cfg.get("logger")  # this command line's (logger=[...]), never the checkpoint's
+        cfg = apply_overrides(without_trackers(resume_state["config"]), cfg, list(HydraConfig.get().overrides.task),
+                              None, "resume", skip=("trusted_targets", "logger"))
         cfg.resume = str(resume_path)
         with open_dict(cfg):
             cfg.trusted_targets = trusted
+            if trackers is not None:
+                cfg.logger = trackers
         log.info(f"resuming {resume_path} at epoch {resume_state['epoch'] + 1}, "
                  f"batch {resume_state['batches_done']}")
         if dist.is_main:
@@ -97,8 +100,13 @@ def train(cfg: DictConfig) -> float | None:
     log.info(f"run dir {run_dir}  device {trainer.device}  precision {trainer.precision}  "
              f"world size {dist.world_size}  parameters {sum(p.numel() for p in trainer.model.parameters()):,}")
     log.info(trainer.monitor.describe())
-    trainer.fit(resume_state)
+    with trainer.trackers:  # started by fit; closed (flushed, with the run's outcome) however the run ends
+        trainer.fit(resume_state)
+        return _test_best(trainer, run_dir, dist, goal)
 
+
+def _test_best(trainer, run_dir: Path, dist: distributed.DistInfo, goal: objective.Objective) -> float | None:
+    """The best checkpoint on val and test -> metrics.csv, curves.png, results.json; returns optimized_metric."""
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
     # Its epoch and monitor value are read from that file too, so results.json describes the checkpoint its
     # metrics come from even if best.pt is not what the run last called best (see _restore_best).
@@ -121,9 +129,9 @@ def train(cfg: DictConfig) -> float | None:
     metrics = {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
     value = goal.value(metrics, trainer.monitor.value(val))
     if dist.is_main:
-        history = trainer.history + [{"epoch": best_epoch, "split": "test", "step": best_state["global_step"],
-                                      **test}]
-        write_metrics_csv(run_dir / "metrics.csv", history)
+        test_row = {"epoch": best_epoch, "split": "test", "step": best_state["global_step"], **test}
+        write_metrics_csv(run_dir / "metrics.csv", trainer.history + [test_row])
+        trainer.trackers.log_rows([test_row])
         plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png", best_epoch=best_epoch)
         write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
                       monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},

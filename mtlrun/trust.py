@@ -26,6 +26,9 @@ from mtlrun.errors import Problems, UsageError
 # module prefixes whose classes may be built from a checkpoint, when they subclass one of the bases below
 SHIPPED_PREFIXES = ("mtlrun.models", "mtlrun.data", "mtlrun.tasks", "mtlrun.weighting", "torch.optim")
 SCHEDULES_MODULE = "mtlrun.engine.schedulers"
+# Sections of a checkpoint's config never built from it: the experiment trackers come from the command line of
+# the run at hand (a resumed run's `logger=[...]`), so a checkpoint cannot choose where a run's metrics go.
+NOT_FROM_CHECKPOINT = ("logger",)
 NEVER_BUILT = ("mtlrun never builds this from a checkpoint (it is not a model, data module, task, weighting, "
                "optimizer or schedule)")
 
@@ -106,6 +109,11 @@ def _why_not_shipped(target: str) -> str | None:
     return None
 
 
+def without_trackers(config: dict) -> dict:
+    """A checkpoint's config without the sections mtlrun never builds from a checkpoint (NOT_FROM_CHECKPOINT)."""
+    return {k: v for k, v in config.items() if k not in NOT_FROM_CHECKPOINT} if isinstance(config, dict) else config
+
+
 def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -> None:
     """Refuse (exit 2) a checkpoint config naming code that is not shipped or trusted; builds nothing.
 
@@ -115,6 +123,7 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
     if not isinstance(config, dict):
         raise UsageError(f"{source}: the checkpoint's config is not a mapping")
     trusted = [str(p).rstrip(".") for p in trusted]
+    config = without_trackers(config)  # never built from it
     problems = Problems()
     problems.extend(f"{key}={value!r}: a checkpoint's config is stored resolved; interpolations are refused"
                     for key, value in interpolations(config))

@@ -24,6 +24,7 @@ from mtlrun.engine.ddp import average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
+from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING, write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
@@ -40,7 +41,7 @@ class Trainer:
     mtlrun.build.build_trainer, the one path from a config to a running Trainer."""
 
     def __init__(self, *, model: torch.nn.Module, tasks: dict, weighting, optimizer, scheduler_factory, data,
-                 config: dict, run_dir: str | Path, dist: distributed.DistInfo | None = None):
+                 config: dict, run_dir: str | Path, dist: distributed.DistInfo | None = None, loggers=()):
         cfg = self.cfg = TrainerConfig.from_config(config["trainer"])
         self.config = config
         self.seed = int(config["seed"])
@@ -51,6 +52,8 @@ class Trainer:
         self.data = data
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.trackers = Trackers(loggers, is_main=self.dist.is_main)  # started by fit; the caller closes them
+        self.grad_norm = None  # of the last step, a device tensor: set by grad_clip, else on log steps only
 
         self.model = model.to(self.device)  # the plain module: checkpoints and evaluation use it
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
@@ -112,6 +115,7 @@ class Trainer:
         # summed over micro-batches on the device: per-task losses, per-task weights, objective, regularizer
         self.train_sums = torch.zeros(2 * len(self.task_names) + 2, device=self.device)
         self.train_count = 0
+        self._logged_sums, self._logged_count = self.train_sums.clone(), 0  # at the last log step
         self.first_nonfinite = torch.full((len(self.task_names),), -1, dtype=torch.long, device=self.device)
         self.skipped_steps = 0
 
@@ -171,7 +175,10 @@ class Trainer:
         if self.cfg.grad_clip:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], float(self.cfg.grad_clip))
+            self.grad_norm = torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]],
+                                                            float(self.cfg.grad_clip))
+        elif self.trackers.active and (self.global_step + 1) % int(self.cfg.log_every_n_steps) == 0:
+            self.grad_norm = grad_norm(self.optimizer, self.scaler)  # a log step: it is read back below
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -185,6 +192,7 @@ class Trainer:
     def fit(self, resume: dict | None = None) -> dict:
         if resume is not None:
             self.load_state(resume)
+        self.trackers.start(self.config, self.run_dir, self.global_step)
         start = time.perf_counter()
         self.signals.install()
         stopping = False
@@ -241,6 +249,7 @@ class Trainer:
                 if self.global_step % log_every == 0:
                     self._check_nonfinite()
                     bar.set_postfix(self._running_losses(), refresh=False)
+                    self._log_step()
                 if self._should_stop(at_log_step=self.global_step % log_every == 0):
                     break
         bar.close()
@@ -253,8 +262,9 @@ class Trainer:
                     f"every batch of epoch {epoch + 1} had a non-finite loss (the weights are no longer "
                     f"finite); the last good checkpoint is kept. Try a lower optim.lr or trainer.grad_clip=1.0")
 
-    def _train_means(self) -> dict[str, float]:
-        means = (self.train_sums / max(1, self.train_count)).tolist()
+    def _train_means(self, sums: torch.Tensor | None = None, count: int | None = None) -> dict[str, float]:
+        sums, count = (self.train_sums, self.train_count) if sums is None else (sums, count)
+        means = (sums / max(1, count)).tolist()
         n = len(self.task_names)
         out = {f"{t}/loss": v for t, v in zip(self.task_names, means[:n])}
         out.update({f"{t}/weight": v for t, v in zip(self.task_names, means[n:2 * n])})
@@ -266,6 +276,15 @@ class Trainer:
         shown = {t: f"{means[f'{t}/loss']:.3f}" for t in self.task_names}
         shown["loss"] = f"{means['objective']:.3f}"
         return shown
+
+    def _log_step(self) -> None:
+        """The trackers' per-step scalars: the means since the last log step, the lr now, the last gradient norm."""
+        if self.trackers.active:
+            means = self._train_means(self.train_sums - self._logged_sums, self.train_count - self._logged_count)
+            self._logged_sums, self._logged_count = self.train_sums.clone(), self.train_count
+            del means["regularizer"]  # the per-epoch rows have it, for the models that have one
+            extra = {} if self.grad_norm is None else {"grad_norm": float(self.grad_norm)}
+            self.trackers.log_step({**means, "lr": self.optimizer.param_groups[0]["lr"], **extra}, self.global_step)
 
     def _check_nonfinite(self) -> None:
         first = first_nonfinite_step(self.first_nonfinite.clone(), self.dist)
@@ -308,6 +327,7 @@ class Trainer:
         stand_in = self.monitor.best_epoch is None
         val_row = {"epoch": epoch + 1, "split": "val", "step": self.global_step, **val, "monitor": value}
         self.history += [train_row, val_row]
+        self.trackers.log_rows([train_row, val_row])
         self.epoch, self.batches_done = epoch + 1, 0
         fmt = lambda v: MISSING if math.isnan(v) else f"{v:.4f}"  # noqa: E731 - NaN: nothing measured
         shown = "  ".join(f"{k} {fmt(v)}" for k, v in val.items() if not k.endswith("/loss"))
@@ -349,6 +369,7 @@ class Trainer:
         self.global_step = state["global_step"]
         self.train_sums = state["train_sums"].to(self.device)
         self.train_count, self.skipped_steps = state["train_count"], state["skipped_steps"]
+        self._logged_sums, self._logged_count = self.train_sums.clone(), self.train_count
         self.monitor.load_state_dict(state)
         self.history = list(state["history"])
 

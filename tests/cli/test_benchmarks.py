@@ -26,6 +26,17 @@ def test_overhead_script_runs_and_prints_a_ratio():
     assert match and float(match.group(1)) > 0, line
 
 
+def test_logger_overhead_script_runs_and_prints_a_ratio():
+    pytest.importorskip("tensorboard")
+    args = ["--rounds", "1", "--n-train", "128", "--log-every", "2"]
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "logger_overhead.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(4 log steps of tensorboard)" in proc.stdout  # 4 steps an epoch, warm-up + 1 round, every second
+    match = re.search(r"ratio on/off \(median of 1 rounds\): ([0-9.]+)", proc.stdout)
+    assert match and float(match.group(1)) > 0, proc.stdout
+
+
 def test_constant_baseline_scores_the_train_statistics_on_test():
     """benchmarks/constant_baseline.py: the global depth predictor is the train median, scored as L1 on test."""
     overrides = ["experiment=scenes_hps", "data.n_train=24", "data.n_val=4", "data.n_test=12", "data.image_size=16",

@@ -22,7 +22,8 @@ def test_help_lists_commands_and_groups(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     for text in ("train", "eval", "backbone/image   cnn, resnet18, resnet34, resnet50", "backbone/text    gru",
-                 "fusion           concat, ", "experiment", "smoke", "robustness.modality=image"):
+                 "fusion           concat, ", "experiment", "smoke", "robustness.modality=image",
+                 "logger           csv, mlflow, tensorboard, wandb  (several: logger=[", "'logger=[csv,tensorboard]'"):
         assert text in proc.stdout
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -10,12 +11,16 @@ import torch
 from contracts import TINY, compose_config, read_results, run_cli
 from mtlrun.build import build_components
 from mtlrun.engine.ddp import unused_parameters
+from mtlrun.engine.records import read_metrics_csv
+
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 @pytest.mark.e2e
 def test_torchrun_two_processes(tmp_path):
     # odd split sizes: shards are uneven, so padding or dropping samples would change the counts
-    args = [*TINY, "data.n_val=101", "data.n_test=157", "data.eval_batch_size=16", "trainer.max_epochs=2"]
+    args = [*TINY, "data.n_val=101", "data.n_test=157", "data.eval_batch_size=16", "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=2", f"logger=[csv{',tensorboard' * HAS_TENSORBOARD}]"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "mtlrun"]
     proc = run_cli("train", *args, cwd=tmp_path, launcher=launcher, timeout=300)
@@ -26,6 +31,9 @@ def test_torchrun_two_processes(tmp_path):
     run = runs[0]
     assert proc.stdout.count("best checkpoint") == 1  # only rank 0 reports
     assert len(list(run.glob("*.log"))) == 1
+    # only rank 0 writes the trackers: each log step once (4 steps an epoch per rank), one event file
+    assert [r["step"] for r in read_metrics_csv(run / "steps.csv")] == [2, 4, 6, 8]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == HAS_TENSORBOARD
     ddp = read_results(run)
 
     # single-process evaluation of the same checkpoint sees every sample once as well (both splits: one sweep)

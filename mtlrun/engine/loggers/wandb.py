@@ -1,0 +1,44 @@
+"""`logger=wandb`: a Weights & Biases run, offline by default (nothing leaves the machine): its files go in
+<run dir>/wandb/offline-run-*; `wandb sync <that dir>` uploads it later. `logger.wandb.mode=online` logs
+live (after `wandb login`). The resolved config is the run's config. Needs `pip install "mtlrun[wandb]"`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mtlrun.engine.loggers.base import Logger, require
+
+EXIT_CODE = {"finished": 0, "failed": 1, "killed": 1}
+
+
+class WandbLogger(Logger):
+    def __init__(self, project: str = "mtlrun", mode: str = "offline", entity: str | None = None,
+                 name: str | None = None, tags: list | None = None):
+        require("wandb", "wandb", "wandb")
+        self.project, self.mode, self.entity, self.name, self.tags = project, mode, entity, name, tags
+        self.run = None
+
+    def start(self, config: dict, run_dir: Path, step: int) -> None:
+        import wandb
+
+        run_dir = run_dir.resolve()
+        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
+                              name=self.name or run_dir.name, tags=list(self.tags or []), config=config,
+                              notes=f"run dir: {run_dir}",
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+        self.run.summary["run_dir"] = str(run_dir)
+        # two x-axes: per-step scalars against the optimizer step, per-epoch values against the epoch
+        self.run.define_metric("step")
+        self.run.define_metric("epoch")
+        self.run.define_metric("train_step/*", step_metric="step")
+        for split in ("train", "val", "test"):
+            self.run.define_metric(f"{split}/*", step_metric="epoch")
+
+    def log(self, values: dict[str, float], step: int, axis: str) -> None:
+        self.run.log({**values, axis: step})
+
+    def close(self, status: str) -> None:
+        import wandb
+
+        self.run.finish(exit_code=EXIT_CODE[status])
+        wandb.teardown()  # waits for wandb's service to write the run out (finish alone may return before)
