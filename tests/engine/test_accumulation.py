@@ -5,13 +5,15 @@ config time; `trainer.sync_batchnorm` on a device where torch cannot synchronise
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from contracts import compose_config
-from mtlrun.build import build_components, build_trainer, seed_everything
+from contracts import REPO, SGD_64, cli_env, compose_config, step_without_batchnorm
+from mtlrun.build import build_components
 from mtlrun.engine.ddp import wrap_for_training
 from mtlrun.errors import UsageError
 from mtlrun.validation import training_problems
@@ -19,40 +21,22 @@ from mtlrun.validation import training_problems
 pytestmark = [pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP"),
               pytest.mark.filterwarnings("ignore:divide by zero encountered in divide:RuntimeWarning")]
 
-# 64 samples, one optimizer step; plain SGD, so the update is the gradient itself (Adam's first step is
-# lr * sign(g), which would hide a wrong gradient)
-SMALL = ["experiment=smoke", "data.n_train=64", "data.n_val=8", "data.n_test=8", "trainer.device=cpu",
-         "backbone.image.channels=[8,16]", "backbone.image.out_dim=32", "optim=sgd", "optim.momentum=0", "optim.nesterov=false",
-         "optim.weight_decay=0", "scheduler=constant", "trainer.max_epochs=1"]
 SOLVERS = {"upgrad": ("qpsolvers", "quadprog"), "nash_mtl": ("cvxpy", "ecos")}
 
 
 def one_step(tmp_path, method: str, grad_on: str | None, batch_size: int, accumulate: int):
     """The parameters' update and the logged weights after one optimizer step over the 64 samples."""
-    overrides = [*SMALL, f"weighting={method}", f"data.batch_size={batch_size}", f"trainer.accumulate={accumulate}"]
+    overrides = [*SGD_64, f"weighting={method}", f"data.batch_size={batch_size}", f"trainer.accumulate={accumulate}"]
     if grad_on:
         overrides.append(f"weighting.grad_on={grad_on}")
     cfg = compose_config(overrides)
     assert not training_problems(cfg)
-    seed_everything(cfg.seed)
-    parts = build_components(cfg)
-    # BatchNorm normalises with the statistics of the batch it sees: by design not the same for 2 x 32 and 64
-    for module in list(parts.model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                setattr(module, name, nn.Identity())
-    trainer = build_trainer(cfg, tmp_path / f"{batch_size}x{accumulate}", parts=parts)
-    params = [*trainer.model.parameters(), *trainer.weighting.parameters()]
-    before = [p.detach().clone() for p in params]
-    trainer._train_epoch(0)
+    update, weights, trainer = step_without_batchnorm(cfg, tmp_path / f"{batch_size}x{accumulate}")
     assert trainer.global_step == 1 and trainer.train_count == accumulate
-    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
-    n = len(trainer.task_names)
-    weights = trainer.train_sums[n:2 * n] / trainer.train_count
     return update, weights
 
 
-@pytest.mark.parametrize("method, grad_on", [("static", None), ("uw", None),
+@pytest.mark.parametrize("method, grad_on", [("static", None), ("uw", None), ("rlw", None), ("imtl_l", None),
                                              *[(m, g) for m in ("upgrad", "mgda", "nash_mtl")
                                                for g in ("parameters", "representation")]])
 def test_accumulating_two_micro_batches_is_the_step_of_the_whole_batch(tmp_path, method, grad_on):
@@ -71,7 +55,7 @@ def test_accumulating_two_micro_batches_is_the_step_of_the_whole_batch(tmp_path,
                                              ("gradnorm", "representation"), ("graddrop", "representation"),
                                              ("config", "representation")])
 def test_accumulation_is_refused_where_it_would_not_be_the_larger_batch(method, grad_on):
-    overrides = [*SMALL, f"weighting={method}", "trainer.accumulate=2"]
+    overrides = [*SGD_64, f"weighting={method}", "trainer.accumulate=2"]
     if grad_on:
         overrides.append(f"weighting.grad_on={grad_on}")
     problems = training_problems(compose_config(overrides))
@@ -85,11 +69,11 @@ def test_accumulation_is_refused_where_it_would_not_be_the_larger_batch(method, 
 @pytest.mark.parametrize("method", ["static", "uw", "dwa", "rlw", "imtl_l", "pcgrad", "cagrad", "gradvac",
                                     "graddrop", "config"])
 def test_accumulation_is_accepted_where_it_is_the_larger_batch(method):
-    assert not training_problems(compose_config([*SMALL, f"weighting={method}", "trainer.accumulate=4"]))
+    assert not training_problems(compose_config([*SGD_64, f"weighting={method}", "trainer.accumulate=4"]))
 
 
 def test_rlw_draws_once_per_optimizer_step(tmp_path):
-    cfg = compose_config([*SMALL, "weighting=rlw"])
+    cfg = compose_config([*SGD_64, "weighting=rlw"])
     parts = build_components(cfg)
     weighting = parts.weighting
     losses = {t: torch.tensor(1.0 + i) for i, t in enumerate(weighting.task_names)}
@@ -104,7 +88,7 @@ def test_rlw_draws_once_per_optimizer_step(tmp_path):
 
 
 def test_sync_batchnorm_needs_cuda_under_ddp(monkeypatch):
-    cfg = compose_config([*SMALL, "trainer.sync_batchnorm=true"])
+    cfg = compose_config([*SGD_64, "trainer.sync_batchnorm=true"])
     assert not training_problems(cfg)  # one process: nothing to synchronise, the setting does nothing
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -113,8 +97,52 @@ def test_sync_batchnorm_needs_cuda_under_ddp(monkeypatch):
     assert len(problems) == 1, problems
     assert problems[0].startswith("trainer.sync_batchnorm=true: ")
     assert "CUDA" in problems[0] and "cpu" in problems[0] and "trainer.sync_batchnorm=false" in problems[0]
-    assert not training_problems(compose_config([*SMALL, "trainer.sync_batchnorm=false"]))
+    assert not training_problems(compose_config([*SGD_64, "trainer.sync_batchnorm=false"]))
     # a Trainer built without the validation (by hand) gets the same message, before DDP is set up
     with pytest.raises(UsageError, match="trainer.sync_batchnorm=true: torch synchronises"):
         wrap_for_training(nn.Linear(2, 2), data=None, device=torch.device("cpu"), distributed=True,
                           sync_batchnorm=True, compile=False)
+
+
+DDP_WORKER = """
+import os, sys, torch
+from contracts import REPO, SGD_64, cli_env, compose_config, step_without_batchnorm
+from mtlrun import distributed
+
+info = distributed.init_if_launched()
+torch.set_num_threads(1)
+for method in sys.argv[1:]:
+    name, _, grad_on = method.partition(":")
+    cfg = compose_config([*SGD_64, f"weighting={name}", *([f"weighting.grad_on={grad_on}"] if grad_on else []),
+                          "data.batch_size=16", "trainer.accumulate=2"])
+    update, weights, trainer = step_without_batchnorm(cfg, f"run-{method}", dist=info)
+    assert trainer.global_step == 1 and trainer.train_count == 2
+    if info.rank == 0:
+        torch.save({"update": update, "weights": weights}, f"{method}.pt")
+distributed.barrier()
+distributed.destroy()
+os._exit(0)  # as tests/weighting's DDP worker: the interpreter's teardown sometimes aborts after the work
+"""
+DDP_EQUAL = ["static", "uw", "rlw", "upgrad:representation", "mgda:representation"]
+
+
+@pytest.mark.e2e
+def test_two_ranks_accumulating_are_one_process_on_the_global_batch(tmp_path):
+    """2 gloo ranks x 2 micro-batches x 16 samples make the step of one process on the 64 samples, for the
+    methods README's "Batch semantics" says so of (gradient level: at grad_on=representation)."""
+    for package in SOLVERS["upgrad"]:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"weighting=upgrad needs {package}")
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    env = cli_env({"PYTHONPATH": str(REPO / "tests")})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "worker.py", *DDP_EQUAL], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for method in DDP_EQUAL:
+        name, _, grad_on = method.partition(":")
+        whole, whole_weights = one_step(tmp_path, name, grad_on or None, batch_size=64, accumulate=1)
+        ddp = torch.load(tmp_path / f"{method}.pt")
+        relative = float((ddp["update"] - whole).norm() / whole.norm())
+        assert relative < 1e-5, (method, relative)
+        torch.testing.assert_close(ddp["weights"], whole_weights, rtol=1e-5, atol=1e-7)
