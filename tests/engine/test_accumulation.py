@@ -146,3 +146,37 @@ def test_two_ranks_accumulating_are_one_process_on_the_global_batch(tmp_path):
         relative = float((ddp["update"] - whole).norm() / whole.norm())
         assert relative < 1e-5, (method, relative)
         torch.testing.assert_close(ddp["weights"], whole_weights, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("grad_on", ["parameters", "representation"])
+def test_a_window_whose_last_micro_batch_was_skipped_is_aggregated_at_its_end(grad_on):
+    """skip_nonfinite can skip the micro-batch that closes a window: `end_window` then aggregates what the
+    earlier ones gathered, as if the last trained micro-batch had closed it."""
+    cfg = compose_config([*SGD_64, "weighting=upgrad", f"weighting.grad_on={grad_on}", "data.batch_size=32"])
+    parts = build_components(cfg)
+    model, weighting = parts.model, parts.weighting
+    model.eval()  # BatchNorm with fixed statistics: the two passes below see the same function
+    batch = next(iter(parts.data.train_loader(epoch=0, seed=0, device=torch.device("cpu"), rank=0, world_size=1)))
+
+    def grads(first, last, close):
+        model.zero_grad(set_to_none=True)
+        weighting.start_micro_batch(first=first, last=last)
+        preds, shared = model(batch["inputs"], return_shared=True)
+        losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
+        weighting.backward(losses, scale=lambda x: x / 2, shared=shared)
+        if close:
+            weighting.end_window()
+        named = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return named, weighting.current_weights().clone()
+
+    shared = {n for n, p in model.named_parameters() if any(p is q for q in model.shared_parameters())}
+    alone, alone_weights = grads(first=True, last=True, close=False)
+    assert shared and shared <= set(alone)
+    opened, _ = grads(first=True, last=False, close=False)
+    assert not shared & set(opened)  # the shared parameters' gradient waits for the window's end
+    weighting.end_window()  # (closes that window)
+    skipped, skipped_weights = grads(first=True, last=False, close=True)
+    assert set(skipped) == set(alone)
+    for name, grad in alone.items():
+        torch.testing.assert_close(skipped[name], grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(skipped_weights, alone_weights)
