@@ -227,30 +227,26 @@ class GradientAggregation(Weighting):
         window["gramian"] = window["gramian"] + _gramian(blocks)
         self._window = window
         if not self.last_micro_batch:  # the weights come at the window's end: keep each task's trunk gradient
-            grads = self._trunk_gradients(shared, blocks)
             if window["task_grads"] is None:
-                window["task_grads"] = grads
-            else:
-                for kept, g in zip(window["task_grads"], grads):
-                    kept.add_(g)
+                window["task_grads"] = [torch.zeros((len(self.task_names), *p.shape), dtype=p.dtype, device=p.device)
+                                        for p in self.shared_params]
+            self._add_trunk_gradients(shared, blocks, window["task_grads"])
             return
         weights = self._window_weights()  # this micro-batch's trunk graph is still there: one backward
         torch.autograd.backward(shared, grad_tensors=[torch.tensordot(weights.to(b.dtype), b, dims=1)
                                                       for b in blocks])
 
-    def _trunk_gradients(self, shared, blocks) -> list[torch.Tensor]:
-        """[T, *p.shape] for each shared parameter p: each task's row backpropagated through the trunk."""
-        grads = [torch.zeros((len(self.task_names), *p.shape), dtype=p.dtype, device=p.device)
-                 for p in self.shared_params]
+    def _add_trunk_gradients(self, shared, blocks, into: list[torch.Tensor]) -> None:
+        """into[i][t] += task t's row backpropagated through the trunk to shared parameter i (one backward
+        per task, in turn: the graph is freed by the last)."""
         last = len(self.task_names) - 1
         for t in range(len(self.task_names)):
             rows = [b[t] for b in blocks]
             task = torch.autograd.grad(shared, self.shared_params, grad_outputs=rows, retain_graph=t < last,
                                        allow_unused=True)
-            for out, g in zip(grads, task):
+            for out, g in zip(into, task):
                 if g is not None:
-                    out[t] = g
-        return grads
+                    out[t] += g
 
     def _window_weights(self) -> torch.Tensor:
         """End of a representation-level window: the weights from the summed Gramian, applied to the kept
