@@ -14,12 +14,15 @@ import logging
 
 from omegaconf import DictConfig, ListConfig
 
-from mtlrun import schema
+from mtlrun import distributed, schema
 from mtlrun.checks import is_int, is_number
+from mtlrun.engine.ddp import sync_batchnorm_problem
+from mtlrun.engine.device import resolve_device
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import ConfigError, Problems, UsageError
 from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.task_selection import task_configs
+from mtlrun.weighting.base import ACCUMULATE_EXACTLY
 
 log = logging.getLogger("mtlrun")
 
@@ -37,6 +40,7 @@ def validate_train(cfg: DictConfig, from_checkpoint: bool = False) -> None:
     whose trainer keys this version does not know are logged and ignored instead of refused.
     """
     problems = config_problems(cfg, from_checkpoint)
+    problems += training_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
@@ -53,6 +57,37 @@ def validate_eval(cfg: DictConfig, editable: tuple[str, ...]) -> None:
             log.warning(f"the checkpoint's config: {problem} (eval cannot change it; going on)")
     if errors:
         raise ConfigError(errors)
+
+
+def training_problems(cfg: DictConfig) -> list[str]:
+    """What only training reads: accumulation against the weighting, sync_batchnorm against the device."""
+    trainer, weighting = cfg.get("trainer"), cfg.get("weighting")
+    if not isinstance(trainer, DictConfig):
+        return []
+    p = Problems()
+    accumulate = trainer.get("accumulate", 1)
+    if is_int(accumulate) and accumulate > 1 and isinstance(weighting, DictConfig) and "_target_" in weighting:
+        try:
+            method = _locate(str(weighting._target_))
+        except (ImportError, _CannotInspect):
+            method = None  # check_targets says so
+        reason = method.accumulation_problem(weighting.get("grad_on")) if hasattr(method, "accumulation_problem") \
+            else None
+        if reason:
+            p.add(f"trainer.accumulate={accumulate}: weighting={method.method_name()} {reason}, so {accumulate} "
+                  f"micro-batches would not make the step of one {accumulate} times larger batch; use "
+                  f"trainer.accumulate=1 with a larger data.batch_size, or a weighting that accumulates exactly: "
+                  f"{ACCUMULATE_EXACTLY}")
+    if trainer.get("sync_batchnorm") is True:
+        dist = distributed.dist_info()
+        try:
+            device = resolve_device(str(trainer.get("device", "auto")), dist.local_rank)
+        except UsageError:
+            device = None  # trainer.device names a device that is not here: the trainer says so
+        problem = device is not None and sync_batchnorm_problem(device, dist.enabled)
+        if problem:
+            p.add(problem)
+    return p.lines()
 
 
 def _problem_key(problem: str) -> str:

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from mtlrun.build import build_components, build_trainer, seed_everything
 from mtlrun.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,13 @@ TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=1
 # reproduces a longer run exactly. The session's trained_run (tests/conftest.py) is this run for 2 epochs.
 EXACT = [*TINY, "scheduler=constant", "optim.lr=0.003"]
 TRAINED_RUN = [*EXACT, "trainer.max_epochs=2"]
+# 64 training samples, one epoch, plain SGD (its update is the gradient itself; Adam's first step is
+# lr * sign(g), which would hide a wrong gradient): with data.batch_size=64 one optimizer step, the step that
+# 2 x 32 accumulated, or 2 ranks x 2 x 16, must equal (step_without_batchnorm)
+SGD_64 = ["experiment=smoke", "data.n_train=64", "data.n_val=8", "data.n_test=8", "trainer.device=cpu",
+          "backbone.image.channels=[8,16]", "backbone.image.out_dim=32", "optim=sgd", "optim.momentum=0",
+          "optim.nesterov=false", "optim.weight_decay=0", "scheduler=constant", "trainer.max_epochs=1",
+          "trainer.progress_bar=false"]
 
 
 # --------------------------------------------------------------------------------------- the real CLI
@@ -71,6 +80,25 @@ def read_csv(path: Path) -> list[dict]:
     """The rows of a CSV file (predictions.csv, a manifest) as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def step_without_batchnorm(cfg, run_dir, dist=None):
+    """One epoch (here: one optimizer step) of the config's Trainer with its BatchNorm layers removed:
+    BatchNorm normalises with the statistics of the samples it sees, by design not the same for 2 x 32
+    and 64. Returns the parameters' update, the logged weights and the trainer."""
+    seed_everything(cfg.seed)
+    parts = build_components(cfg)
+    for module in list(parts.model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, nn.Identity())
+    trainer = build_trainer(cfg, run_dir, parts=parts, dist=dist)
+    params = [*trainer.model.parameters(), *trainer.weighting.parameters()]
+    before = [p.detach().clone() for p in params]
+    trainer._train_epoch(0)
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
+    n = len(trainer.task_names)
+    return update, trainer.train_sums[n:2 * n] / max(1, trainer.train_count), trainer
 
 
 def compose_config(overrides=(), config_name: str = "train") -> DictConfig:

@@ -10,8 +10,20 @@ from torch import nn
 
 from mtlrun import distributed
 from mtlrun.data.loading import to_device
+from mtlrun.errors import UsageError
 
 log = logging.getLogger("mtlrun")
+
+
+def sync_batchnorm_problem(device: torch.device, distributed: bool) -> str | None:
+    """torch's SyncBatchNorm all-reduces its statistics on CUDA only (on the CPU, DDP's set-up fails with
+    'SyncBatchNorm layers only work with GPU modules'). A single process has nothing to synchronise: the
+    setting does nothing there."""
+    if distributed and device.type != "cuda":
+        return (f"trainer.sync_batchnorm=true: torch synchronises BatchNorm statistics across ranks on CUDA "
+                f"devices only, and this run's device is {device.type}; use trainer.sync_batchnorm=false (each "
+                f"rank then normalises with the statistics of its own share of the batch) or run on CUDA")
+    return None
 
 
 def wrap_for_training(model: nn.Module, *, data, device: torch.device, distributed: bool, sync_batchnorm: bool,
@@ -19,6 +31,9 @@ def wrap_for_training(model: nn.Module, *, data, device: torch.device, distribut
     """What the training step calls; the plain `model` stays what checkpoints and evaluation use."""
     wrapped = model
     if distributed:
+        problem = sync_batchnorm and sync_batchnorm_problem(device, distributed)
+        if problem:  # validation says so before anything is built; this is for a Trainer built by hand
+            raise UsageError(problem)
         if sync_batchnorm:
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
         ids = [device.index] if device.type == "cuda" else None

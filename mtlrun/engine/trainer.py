@@ -116,6 +116,7 @@ class Trainer:
         self.train_sums = torch.zeros(2 * len(self.task_names) + 2, device=self.device)
         self.train_count = 0
         self._logged_sums, self._logged_count = self.train_sums.clone(), 0  # at the last log step
+        self.window_trained = 0  # micro-batches trained in the current accumulation window
         self.first_nonfinite = torch.full((len(self.task_names),), -1, dtype=torch.long, device=self.device)
         self.skipped_steps = 0
 
@@ -157,13 +158,25 @@ class Trainer:
         regularizer = self.model.regularizer()  # e.g. soft sharing's distance penalty; None if there is none
         objective = self.weighting.backward(losses, scale=self._scale, shared=shared, extra=regularizer)
         reg = regularizer.detach().float().view(1) if regularizer is not None else self._zero
-        self.train_sums += torch.cat([stacked, self.weighting.current_weights().float(),
-                                      objective.detach().float().view(1), reg])
+        # a method that weights the whole accumulation window knows its weights at the window's end only
+        weights = torch.zeros_like(stacked) if self.weighting.weights_at_window_end else \
+            self.weighting.current_weights().float()
+        self.train_sums += torch.cat([stacked, weights, objective.detach().float().view(1), reg])
         self.train_count += 1
+        self.window_trained += 1
         if not self.cfg.skip_nonfinite:  # remember the first bad step per task; checked at log time
             bad = ~torch.isfinite(stacked)
             self.first_nonfinite = torch.where((self.first_nonfinite < 0) & bad, self.global_step + 1,
                                                self.first_nonfinite)
+
+    def end_window(self) -> None:
+        """The accumulation window's last micro-batch is done: the weighting's last gradients (a method that
+        aggregates the whole window does it here), and its weights logged once per trained micro-batch."""
+        self.weighting.end_window()
+        if self.weighting.weights_at_window_end and self.window_trained:
+            n = len(self.task_names)
+            self.train_sums[n:2 * n] += self.window_trained * self.weighting.current_weights().float()
+        self.window_trained = 0
 
     def optimizer_step(self) -> None:
         params = self.optimizer.param_groups
@@ -232,6 +245,7 @@ class Trainer:
                 break
             batch = to_device(batch, self.device)
             boundary = (self.batches_done + 1) % self.accumulate == 0 or self.batches_done + 1 == total
+            self.weighting.start_micro_batch(first=self.batches_done % self.accumulate == 0, last=boundary)
             # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window. A
             # weighting that differentiates several times per step (per-task gradients) always runs
             # outside DDP's reducer, which allows one backward per forward; its gradients are averaged below.
@@ -242,6 +256,7 @@ class Trainer:
             self.batches_done += 1
             bar.update(1)
             if boundary:
+                self.end_window()
                 if self.dist.enabled:
                     average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())],
                                       self.dist.world_size)

@@ -41,7 +41,7 @@ class TrainerConfig:
     early_stopping: EarlyStopping = setting(EarlyStopping(), "stop when the monitor stops improving")
     progress_bar: bool = setting(True, "a tqdm bar per epoch")
     deterministic: bool = setting(False, "torch.use_deterministic_algorithms")
-    sync_batchnorm: bool = setting(False, "DDP only: synchronise batch-norm statistics across ranks")
+    sync_batchnorm: bool = setting(False, "DDP on CUDA only: synchronise batch-norm statistics across ranks")
     threads: Optional[int] = setting(None, "intra-op CPU threads per process (mtlrun/engine/threads.py)", ge=1,
                                      null="auto")
 

@@ -22,6 +22,10 @@ from torch import nn
 from mtlrun.errors import UsageError
 
 GRAD_ON = ("parameters", "representation")
+# What `trainer.accumulate>1` is exact for (the step of one batch `accumulate` times larger); the others refuse it.
+ACCUMULATE_EXACTLY = ("static, uw, dwa, rlw, imtl_l, and the gradient-level mgda, pcgrad, upgrad, dualproj, "
+                      "cagrad, nash_mtl, fairgrad, imtl_g, aligned_mtl, gradvac (both grad_on), graddrop and "
+                      "config (grad_on=parameters)")
 
 
 class Weighting(nn.Module):
@@ -36,6 +40,12 @@ class Weighting(nn.Module):
 
     needs_shared = False
     multi_backward = False
+    # Where the trainer is in an accumulation window (`trainer.accumulate` micro-batches per optimizer step).
+    # The class defaults make a `backward` called outside the trainer a whole step on its own.
+    first_micro_batch = True
+    last_micro_batch = True
+    # The per-task weights are known only at the window's end (`end_window`): the trainer logs them there.
+    weights_at_window_end = False
 
     def setup(self, tasks: dict, model: nn.Module) -> None:
         """Called once before training with the built tasks and the (unwrapped) model."""
@@ -49,6 +59,22 @@ class Weighting(nn.Module):
         fp16 loss scale). `extra` is a regulariser from the model (or None) that belongs to the objective.
         """
         raise NotImplementedError
+
+    @classmethod
+    def accumulation_problem(cls, grad_on=None) -> str | None:
+        """Why `trainer.accumulate>1` would NOT give this method the step of one batch that many times larger
+        (checked at config time; None: it does). A method whose step is linear in each micro-batch's losses
+        with weights fixed over the window (static, uw, ...) accumulates exactly as it is."""
+        return None
+
+    def start_micro_batch(self, first: bool, last: bool) -> None:
+        """Called by the trainer before each micro-batch: whether it opens / closes the accumulation window."""
+        self.first_micro_batch, self.last_micro_batch = first, last
+
+    def end_window(self) -> None:
+        """Called by the trainer once per optimizer step, after the window's last micro-batch (trained or
+        skipped) and before the gradients are averaged over DDP ranks: a method that gathers the whole
+        window before it can weight (gradient level) puts its gradients into `.grad` here at the latest."""
 
     def current_weights(self) -> torch.Tensor:
         """The per-task weights of the last step, as a [num_tasks] tensor on the device (no host sync).

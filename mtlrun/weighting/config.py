@@ -18,5 +18,7 @@ class ConFIG(GradientAggregation):
     """ConFIG (Liu et al. 2024): the direction with equal cosine to every task gradient, scaled by the sum
     of the projections on it."""
 
+    needs_jacobian = True
+
     def make_aggregator(self, num_tasks):
         return aggregation.ConFIG()

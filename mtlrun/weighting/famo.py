@@ -22,8 +22,8 @@ class FAMO(LossWeighting):
     The logits w follow Adam on the loss decrease: delta_k = log(L_k before) - log(L_k after) of the
     model's update, grad_w = d z / d w . delta. The paper's code recomputes the losses on the same batch
     after the optimizer step (a second forward pass); here "after" is the next step's losses, so FAMO
-    costs nothing over static weighting (with gradient accumulation, micro-batches of one window count as
-    consecutive steps). Tasks without labels drop out of z and of the logit update for that step. The
+    costs nothing over static weighting. It refuses `trainer.accumulate>1` (its weights come from each
+    micro-batch's own losses, so micro-batches would not make the step of the larger batch). Tasks without labels drop out of z and of the logit update for that step. The
     logits and their Adam moments are buffers: they are in checkpoints and the model's optimizer never
     sees them. Under DDP the loss decrease is averaged over ranks, so every rank keeps the same logits.
     """
@@ -48,6 +48,11 @@ class FAMO(LossWeighting):
         self.register_buffer("adam_step", torch.zeros(()))
         self.register_buffer("previous_losses", torch.zeros(T))
         self.register_buffer("previous_labelled", torch.zeros(T, dtype=torch.bool))
+
+    @classmethod
+    def accumulation_problem(cls, grad_on=None):
+        return ("weights each loss by the inverse of the micro-batch's own loss and steps its logits on every "
+                "micro-batch")
 
     def _masked_softmax(self, labelled: torch.Tensor) -> torch.Tensor:
         logits = torch.where(labelled, self.logits, torch.full_like(self.logits, -torch.inf))

@@ -19,6 +19,11 @@ class GeometricLossStrategy(LossWeighting):
     d objective / d L_k = objective / (T L_k): a task's weight is inversely proportional to its loss.
     """
 
+    @classmethod
+    def accumulation_problem(cls, grad_on=None):
+        return ("weights each loss by the inverse of the micro-batch's own loss (the geometric mean is not linear "
+                "in the losses)")
+
     def objective(self, losses, labelled):
         labelled = labelled & (losses.detach() > 0)
         count = labelled.sum()

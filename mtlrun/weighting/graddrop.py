@@ -21,6 +21,8 @@ class GradDrop(GradientAggregation):
     """GradDrop (Chen et al. 2020): keep, coordinate by coordinate, the gradients of one sign, drawn with
     the probability of the positive sign's purity. Originally applied to the shared representation."""
 
+    needs_jacobian = True
+
     def __init__(self, leak: list[float] | None = None, grad_on: str = "parameters"):
         super().__init__(grad_on)
         self.leak = None if leak is None else [float(v) for v in leak]

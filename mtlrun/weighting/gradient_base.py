@@ -32,6 +32,21 @@ Python loop and would synchronise anyway), and combine the rows of J on the devi
 GradDrop and ConFIG are not weightings: they get the (concatenated, scaled) Jacobian, handle zero rows
 by construction, and report a proxy weight, <aggregate, g_k> / ||g_k||^2.
 
+Gradient accumulation (`trainer.accumulate=k`): the aggregator sees the whole window once, so k micro-batches
+make the step of one k times larger batch. Each micro-batch's loss is its mean divided by k (`scale`), so
+the window's per-task gradient is the sum of the micro-batches' scaled ones, and the sum of their `s` is
+the factor that unscales it.
+- parameters: the Jacobian blocks [T, P] are summed over the window and aggregated at its last micro-batch
+  (memory: one T x P buffer held over the window, the size of one step's Jacobian);
+- representation: a micro-batch's rows are gradients with respect to its own samples' representation, and
+  the Gramian of the window's (concatenated) rows is the sum of the micro-batches' Gramians: they are
+  summed, and the weights are taken once, on the last micro-batch. An earlier micro-batch's trunk graph is
+  gone by then, so each earlier micro-batch backpropagates its T rows through the trunk one task at a time
+  and keeps the per-task gradients of the shared parameters (a T x P buffer, and T trunk backwards instead
+  of one, as at parameter level); the last micro-batch backpropagates its combined row once, and the kept
+  per-task gradients are combined with the same weights. GradDrop and ConFIG need the whole Jacobian, not
+  its Gramian: they refuse accumulation at representation level.
+
 DDP: these methods differentiate more than once per step, which DDP's reducer does not allow; the
 trainer runs them under no_sync() and averages the gradients itself (multi_backward). At representation
 level the Gramian is summed over ranks first, so every rank applies the weights of the global batch:
@@ -80,6 +95,11 @@ def _chunk_size(tensors: list[torch.Tensor]) -> int | None:
     return None if fast else 1
 
 
+def _gramian(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """J J^T of the Jacobian given as blocks [T, ...], without concatenating them."""
+    return sum(b.flatten(1).float() @ b.flatten(1).float().T for b in blocks)
+
+
 class GradientAggregation(Weighting):
     """Base of the gradient-level methods. A subclass gives:
 
@@ -91,8 +111,10 @@ class GradientAggregation(Weighting):
     `get_extra_state` / `set_extra_state` (it then goes into checkpoints).
     """
 
+    weights_at_window_end = True
     needs_shared = True  # at parameter level too: mtl_backward starts from the shared representation
     multi_backward = True
+    needs_jacobian = False  # its aggregator is not a weighting of the Gramian (GradDrop, ConFIG)
     packages: tuple[str, ...] = ()  # import names of the optional solver packages the aggregator needs
 
     def __init__(self, grad_on: str = "parameters"):
@@ -102,6 +124,13 @@ class GradientAggregation(Weighting):
 
     def make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         raise NotImplementedError
+
+    @classmethod
+    def accumulation_problem(cls, grad_on=None):
+        if grad_on == "representation" and cls.needs_jacobian:
+            return ("at grad_on=representation needs the whole batch's Jacobian at once (it is not a weighting "
+                    "of the Gramian, which micro-batches can sum); weighting.grad_on=parameters accumulates exactly")
+        return None
 
     # ----------------------------------------------------------------------------------------- set-up
     def setup(self, tasks, model):
@@ -133,6 +162,7 @@ class GradientAggregation(Weighting):
         self._cut: bool | None = None  # whether `shared` is a cut of the graph (checked on the first step)
         self.register_buffer("weights", torch.ones(T), persistent=False)
         self.register_buffer("one", torch.ones(()), persistent=False)
+        self._window: dict | None = None  # what the accumulation window has gathered (see `end_window`)
 
     # -------------------------------------------------------------------------------------- the step
     def backward(self, losses, *, scale, shared=None, extra=None):
@@ -185,8 +215,57 @@ class GradientAggregation(Weighting):
             for p, g in zip(params, grads[n:]):
                 accumulate_grad(p, torch.zeros_like(p) if g is None else g)
         blocks = [torch.stack(row) for row in rows]
-        combined = self._combine(blocks, s, whole_batch=True)
-        torch.autograd.backward(shared, grad_tensors=combined)  # once through the shared trunk
+        if self.last_micro_batch and self._window is None:  # a whole step (no accumulation)
+            combined = self._combine(blocks, s, whole_batch=True)
+            torch.autograd.backward(shared, grad_tensors=combined)  # once through the shared trunk
+            return
+        if not isinstance(self.aggregator, aggregation.WeightedAggregator):  # config validation refuses it
+            raise UsageError(f"trainer.accumulate>1: weighting={self.method_name()} "
+                             f"{self.accumulation_problem(self.grad_on)}")
+        window = self._window or {"s": torch.zeros_like(s), "gramian": 0, "task_grads": None}
+        window["s"] = window["s"] + s
+        window["gramian"] = window["gramian"] + _gramian(blocks)
+        self._window = window
+        if not self.last_micro_batch:  # the weights come at the window's end: keep each task's trunk gradient
+            if window["task_grads"] is None:
+                window["task_grads"] = [torch.zeros((len(self.task_names), *p.shape), dtype=p.dtype, device=p.device)
+                                        for p in self.shared_params]
+            self._add_trunk_gradients(shared, blocks, window["task_grads"])
+            return
+        weights = self._window_weights()  # this micro-batch's trunk graph is still there: one backward
+        torch.autograd.backward(shared, grad_tensors=[torch.tensordot(weights.to(b.dtype), b, dims=1)
+                                                      for b in blocks])
+
+    def _add_trunk_gradients(self, shared, blocks, into: list[torch.Tensor]) -> None:
+        """into[i][t] += task t's row backpropagated through the trunk to shared parameter i (one backward
+        per task, in turn: the graph is freed by the last)."""
+        last = len(self.task_names) - 1
+        for t in range(len(self.task_names)):
+            rows = [b[t] for b in blocks]
+            task = torch.autograd.grad(shared, self.shared_params, grad_outputs=rows, retain_graph=t < last,
+                                       allow_unused=True)
+            for out, g in zip(into, task):
+                if g is not None:
+                    out[t] += g
+
+    def _window_weights(self) -> torch.Tensor:
+        """End of a representation-level window: the weights from the summed Gramian, applied to the kept
+        per-task trunk gradients of the earlier micro-batches; the window is closed."""
+        window, self._window = self._window, None
+        self.weights = self._gramian_weights(window["gramian"], window["s"], whole_batch=True)
+        for p, kept in zip(self.shared_params, window["task_grads"] or ()):
+            accumulate_grad(p, torch.tensordot(self.weights.to(kept.dtype), kept, dims=1))
+        return self.weights
+
+    def end_window(self) -> None:
+        """The window's last micro-batch was skipped (non-finite loss): aggregate what the others gathered."""
+        if self._window is None:
+            return
+        if "blocks" in self._window:
+            window, self._window = self._window, None
+            self._apply_blocks(window["blocks"], window["s"])
+        else:
+            self._window_weights()
 
     def _parameter_step(self, scaled, shared, s):
         try:
@@ -197,8 +276,7 @@ class GradientAggregation(Weighting):
             for p in self.shared_params:
                 if hasattr(p, "jac"):
                     del p.jac
-        for p, g in zip(self.shared_params, self._combine(blocks, s)):
-            accumulate_grad(p, g)
+        self._parameter_blocks(blocks, s)
 
     def _parameter_step_from_losses(self, scaled, s):
         task_params = self.all_task_params
@@ -209,6 +287,23 @@ class GradientAggregation(Weighting):
             for p in task_params:
                 if p.grad is None:  # unused this step; a zero keeps DDP's manual all-reduce aligned
                     p.grad = torch.zeros_like(p)
+        self._parameter_blocks(blocks, s)
+
+    def _parameter_blocks(self, blocks: list[torch.Tensor], s: torch.Tensor) -> None:
+        """Aggregate the shared parameters' Jacobian now, or add it to the window's if more micro-batches follow."""
+        window = self._window
+        if window is not None:
+            for kept, b in zip(window["blocks"], blocks):
+                kept.add_(b)
+            window["s"] = window["s"] + s
+            blocks, s = window["blocks"], window["s"]
+        if not self.last_micro_batch:
+            self._window = window or {"blocks": blocks, "s": s}
+            return
+        self._window = None
+        self._apply_blocks(blocks, s)
+
+    def _apply_blocks(self, blocks: list[torch.Tensor], s: torch.Tensor) -> None:
         for p, g in zip(self.shared_params, self._combine(blocks, s)):
             accumulate_grad(p, g)
 
@@ -217,12 +312,15 @@ class GradientAggregation(Weighting):
         """The aggregate of the Jacobian given as blocks [T, ...] (scaled by s), as blocks of the same shapes."""
         if not isinstance(self.aggregator, aggregation.WeightedAggregator):
             return self.combine_matrix(blocks)
-        gramian = sum(b.flatten(1).float() @ b.flatten(1).float().T for b in blocks)
+        self.weights = self._gramian_weights(_gramian(blocks), s, whole_batch)
+        return [torch.tensordot(self.weights.to(b.dtype), b, dims=1) for b in blocks]
+
+    def _gramian_weights(self, gramian: torch.Tensor, s: torch.Tensor, whole_batch: bool) -> torch.Tensor:
+        """The weights of the Gramian of the Jacobian scaled by s (that of the true gradients is G / s^2)."""
         if whole_batch and distributed.world_size() > 1:  # representation level: the global batch's Gramian
             distributed.all_reduce_([gramian])
             gramian = gramian / distributed.world_size() ** 2
-        self.weights = self._weights(gramian / (s * s))
-        return [torch.tensordot(self.weights.to(b.dtype), b, dims=1) for b in blocks]
+        return self._weights(gramian / (s * s))
 
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
         host = gramian.detach().to("cpu", torch.float64)  # the one transfer of the step (T x T)

@@ -53,6 +53,11 @@ class GradNorm(Weighting):
         self.register_buffer("weights", torch.ones(T), persistent=False)
         self.register_buffer("one", torch.ones(()), persistent=False)
 
+    @classmethod
+    def accumulation_problem(cls, grad_on=None):
+        return ("takes the gradient norms of each micro-batch, and the norm of the window's summed gradient is "
+                "not the sum of the micro-batches' norms")
+
     def _layers(self, losses: list[torch.Tensor], shared) -> list[list[torch.Tensor]]:
         """W for each task (the same W for all tasks unless the architecture shares no parameter)."""
         if self.grad_on == "representation":

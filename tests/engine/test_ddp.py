@@ -96,3 +96,18 @@ def test_unused_parameter_probe_restores_the_rng_a_model_draws_from():
     unused = unused_parameters(model, {"inputs": {"x": torch.zeros(2, 2)}}, torch.device("cpu"))
     assert unused == ["spare.weight", "spare.bias"]
     assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.e2e
+def test_torchrun_sync_batchnorm_on_cpu_is_a_usage_error(tmp_path):
+    """torch synchronises BatchNorm on CUDA only: on the CPU each rank stops at start-up with the key and the
+    reason (exit 2, no traceback), instead of DDP's set-up failing with torch's own error."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "mtlrun"]
+    proc = run_cli("train", *TINY, "trainer.sync_batchnorm=true", cwd=tmp_path, launcher=launcher, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-4000:]
+    assert output.count("trainer.sync_batchnorm=true: torch synchronises BatchNorm statistics") == 2, output[-4000:]
+    assert "SyncBatchNorm layers only work with GPU modules" not in output
+    assert "exitcode  : 2" in output  # each worker's exit status, as torchrun reports it
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))

@@ -556,6 +556,7 @@ info = distributed.init_if_launched()
 torch.set_num_threads(1)
 OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
 for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda", "weighting.grad_on=representation"],
+                  ["weighting=upgrad", "weighting.grad_on=representation", "trainer.accumulate=2"],
                   ["weighting=gradnorm"], ["weighting=uw"]]:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, *sys.argv[1:]])
@@ -591,7 +592,7 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
                            str(worker), *small], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if "rank difference" in line]
-    assert len(lines) == 4, proc.stdout
+    assert len(lines) == 5, proc.stdout
     for line in lines:
         moved, difference = float(line.split()[-4]), float(line.split()[-1])
         assert moved > 0 and difference == 0.0, line
