@@ -134,7 +134,8 @@ def _target_class(node: DictConfig, key: str) -> type:
 def build_components(cfg: DictConfig, data_state: dict | None = None) -> Components:
     """`data_state`: the data module's state from a checkpoint (e.g. a vocabulary), applied before anything
     reads the data, so eval sees the inputs exactly as training did."""
-    data = instantiate_node(cfg.data, "data")
+    # not recursive: data.transforms' `_target_`s are built by mtlrun.data.transforms, torchvision.transforms.v2 only
+    data = instantiate_node(cfg.data, "data", _recursive_=False)
     if data_state:
         data.load_state_dict(data_state)
     spec = data.spec
