@@ -5,6 +5,7 @@ test_sharing.py, test_dense_models.py and test_encoders.py."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -165,3 +166,45 @@ def test_shipped_configs_point_at_the_classes():
     assert OmegaConf.load(backbone / "image" / "timm.yaml")._target_.endswith("timm_image.TimmImage")
     assert OmegaConf.load(backbone / "image" / "timm_dense.yaml")._target_.endswith("timm_image.TimmDense")
     assert OmegaConf.load(backbone / "text" / "hf.yaml")._target_.endswith("hf_text.HFText")
+
+
+def test_a_table_text_column_tokenized_by_the_models_own_tokenizer_keeps_its_embeddings(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from mtlrun.data.table import Table
+    from mtlrun.models.encoders.hf_text import HFText
+
+    # a tiny BERT whose tokenizer pads with id 3 (not 0): mtlrun stores padding as 0 and the encoder swaps back
+    vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "the", "cat", "sat", "dog", "ran"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    folder = tmp_path / "tiny-bert"
+    if "vocab" in inspect.signature(transformers.BertTokenizerFast.__init__).parameters:  # transformers >= 5
+        tokenizer = transformers.BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    else:
+        tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**TINY_BERT, vocab_size=len(vocab), pad_token_id=3)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    rows = ["train,the cat sat,0", "train,the dog ran,1", "train,cat,0", "val,dog sat,1", "test,the the,0"]
+    (tmp_path / "m.csv").write_text("split,text,y\n" + "\n".join(rows) + "\n")
+    data = Table(path=str(tmp_path / "m.csv"),
+                 inputs={"text": {"type": "text", "column": "text", "max_len": 6, "tokenizer": str(folder)}},
+                 targets={"y": {"type": "classification", "column": "y"}})
+    assert data.spec.modalities["text"].args == {"vocab_size": len(vocab), "max_len": 6}
+    ids = data.dataset("train").__getitems__([0, 2])["inputs"]["text"]
+    # [CLS] the cat sat [SEP] then padding (stored as 0; the tokenizer's [UNK] id 0 is stored as 3)
+    assert ids.tolist() == [[1, 5, 6, 7, 2, 0], [1, 6, 2, 0, 0, 0]]
+    assert data.state_dict()["tokenizers"]["text"] == {"hf_tokenizer": str(folder), "max_len": 6,
+                                                       "vocab_size": len(vocab)}
+
+    enc = HFText(vocab_size=len(vocab), max_len=6, name=str(folder), pretrained=True, tokenizer="model").eval()
+    reference = transformers.AutoModel.from_pretrained(folder).eval()
+    assert torch.equal(enc.model.get_input_embeddings().weight, reference.get_input_embeddings().weight)
+    real = tokenizer(["the cat sat", "cat"], padding="max_length", max_length=6, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**real).last_hidden_state
+        encoded = enc.encode(ids)
+    mask = real["attention_mask"].bool()
+    torch.testing.assert_close(encoded.tokens[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match=r"tokenizer=model: the text data has 99 ids"):
+        HFText(vocab_size=99, max_len=6, name=str(folder), pretrained=True, tokenizer="model")

@@ -5,12 +5,15 @@ own vocabulary (mtlrun.data.text.Tokenizer, fitted on the training texts), 0 = p
 is `ids != 0`, and the vector is the masked mean of the last hidden states (mtlrun's ids carry no [CLS]
 token, so `pooling: cls` reads the first real token).
 
-Tokenisation, decided: the data's vocabulary feeds the model. With `pretrained: false` the model is built
-from `config` (a transformers config: model_type plus its sizes) with random weights and an embedding table
-of the data's vocab_size. With `pretrained: true` the transformer layers load from the local Hugging Face
-cache (`from_pretrained(name, local_files_only=True)`, never a download) and the word-embedding table is
-replaced by a fresh one over the data's vocabulary: the pretrained layers are kept, the pretrained word
-embeddings are not (they index the model's own tokenizer's ids, which the data does not produce).
+Which ids the data holds decides what is kept (`tokenizer`):
+- `mtlrun` (default): mtlrun's own vocabulary. With `pretrained: false` the model is built from `config` (a
+  transformers config: model_type plus its sizes) with random weights and an embedding table of the data's
+  vocab_size. With `pretrained: true` the transformer layers load from the local Hugging Face cache
+  (`from_pretrained(name, local_files_only=True)`, never a download) and the word-embedding table is
+  replaced by a fresh one over the data's vocabulary (the pretrained one indexes another vocabulary).
+- `model`: the data was tokenized with the model's own tokenizer (a table text column's `tokenizer: NAME`,
+  mtlrun.data.hf_tokenizer), so the pretrained embeddings are kept; the padding id, stored as 0, is swapped
+  back to the model's.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import torch
 from torch import nn
 
 from mtlrun.checks import check_range, import_extra
+from mtlrun.data.hf_tokenizer import swap_pad
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.base import Encoded, Encoder
-from mtlrun.models.encoders.hub import hf_cache_dir, offline, repo_cache_dir
+from mtlrun.hub import hf_cache_dir, offline, repo_cache_dir
 from mtlrun.models.encoders.text import _check_data, _masked_mean
 
 _KEY = "backbone.text"
 POOLINGS = ("mean", "cls")
+TOKENIZERS = ("mtlrun", "model")
 
 
 def _load_pretrained(transformers, name: str):
@@ -72,17 +77,30 @@ def _random_model(transformers, name, config, vocab_size: int, max_len: int):
         raise UsageError(f"{_KEY}.config: transformers cannot build {cfg.model_type}: {exc}") from exc
 
 
+def _fresh_embeddings(model, vocab_size: int) -> None:
+    """An embedding table over the data's vocabulary (0 = padding) in place of the pretrained one."""
+    embedding = nn.Embedding(vocab_size, model.get_input_embeddings().embedding_dim, padding_idx=0)
+    nn.init.normal_(embedding.weight, std=getattr(model.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        embedding.weight[0].zero_()
+    model.set_input_embeddings(embedding)
+    model.config.vocab_size, model.config.pad_token_id = vocab_size, 0
+
+
 class HFText(Encoder):
     """AutoModel over mtlrun's token ids -> pooled last hidden state (-> Linear + ReLU to `out_dim` if given)."""
 
     def __init__(self, vocab_size: int, max_len: int, name: str | None = "bert-base-uncased",
                  pretrained: bool = True, config: dict | None = None, pooling: str = "mean",
-                 out_dim: int | None = None):
+                 tokenizer: str = "mtlrun", out_dim: int | None = None):
         super().__init__()
         _check_data(vocab_size, max_len)
         transformers = import_extra("transformers", "hf", "backbone/text=hf")
         if pooling not in POOLINGS:
             raise UsageError(f"{_KEY}.pooling={pooling}: valid: {', '.join(POOLINGS)}")
+        if tokenizer not in TOKENIZERS:
+            raise UsageError(f"{_KEY}.tokenizer={tokenizer}: valid: mtlrun (the data's own vocabulary), model (the "
+                             f"data's text column was tokenized with the model's tokenizer)")
         if not isinstance(pretrained, bool):
             raise UsageError(f"{_KEY}.pretrained={pretrained}: must be true or false")
         if pretrained:
@@ -93,15 +111,16 @@ class HFText(Encoder):
             if positions < max_len:
                 raise UsageError(f"the text data's max_len={max_len} is longer than {name}'s "
                                  f"{positions} positions; lower the data's max_len")
-            # the data's ids are mtlrun's vocabulary, not the model's: a fresh embedding table for them
-            embedding = nn.Embedding(vocab_size, model.get_input_embeddings().embedding_dim, padding_idx=0)
-            nn.init.normal_(embedding.weight, std=getattr(model.config, "initializer_range", 0.02))
-            with torch.no_grad():
-                embedding.weight[0].zero_()
-            model.set_input_embeddings(embedding)
-            model.config.vocab_size, model.config.pad_token_id = vocab_size, 0
+            if tokenizer == "mtlrun":
+                _fresh_embeddings(model, vocab_size)
+            elif vocab_size > model.get_input_embeddings().num_embeddings:
+                raise UsageError(f"{_KEY}.tokenizer=model: the text data has {vocab_size} ids, more than {name}'s "
+                                 f"{model.get_input_embeddings().num_embeddings} embeddings; tokenize the text "
+                                 f"column with the model's tokenizer (data.inputs.<name>.tokenizer={name})")
         else:
             model = _random_model(transformers, name, config, vocab_size, max_len)
+        # ids hold 0 for padding (mtlrun's layout); the model's own tokenizer's padding id may be another
+        self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0) if tokenizer == "model" else 0
         self.model, self.pooling = model, pooling
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_dim = int(model.config.hidden_size)
@@ -122,7 +141,7 @@ class HFText(Encoder):
         # itself; its outputs are masked out of the tokens and the mean anyway
         attention = mask.clone()
         attention[:, 0] |= ~mask.any(1)
-        hidden = self.model(input_ids=ids, attention_mask=attention.long()).last_hidden_state
+        hidden = self.model(input_ids=swap_pad(ids, self.pad_id), attention_mask=attention.long()).last_hidden_state
         tokens = hidden * mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "mean":
             pooled = _masked_mean(tokens, mask)

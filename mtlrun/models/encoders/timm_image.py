@@ -10,7 +10,7 @@ returns its last feature map: hps, soft and the fusions work, the stage-wise arc
 `in_chans` adapts the stem to the data's channels (timm sums / repeats pretrained RGB filters).
 
 Weights (pretrained=true) come only from the local disk, never the network: `checkpoint_path` if given,
-else the Hugging Face hub cache (mtlrun.models.encoders.hub) for the model's `hf_hub_id`, else torch's hub
+else the Hugging Face hub cache (mtlrun.hub) for the model's `hf_hub_id`, else torch's hub
 cache for its legacy URL. Without them: a UsageError naming the model, the folders looked in and the option
 that takes a file.
 """
@@ -28,7 +28,7 @@ from mtlrun.checks import check_range, check_widths, import_extra
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.base import StagedEncoder
 from mtlrun.models.encoders.dense import DenseEncoder
-from mtlrun.models.encoders.hub import cached_file, offline, repo_cache_dir
+from mtlrun.hub import cached_file, offline, repo_cache_dir
 
 _KEY = "backbone.image"
 _FEATURE = "backbone/image=timm"

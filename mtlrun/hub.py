@@ -1,4 +1,4 @@
-"""Where pretrained weights of the optional backbones (timm, Hugging Face transformers) are looked for.
+"""Where pretrained weights and tokenizers of the optional backbones (timm, transformers) are looked for.
 
 mtlrun never downloads at run time: weights come from the local Hugging Face hub cache (the layout
 `huggingface-cli download` and any earlier online use leave behind) or from a file the user names. The cache
