@@ -32,7 +32,8 @@ class AudioReader(FileReader):
 
 
 class AudioField(FileField):
-    """Options: sample_rate (Hz; files at another rate are resampled to it) and num_samples (the length every clip is cut or padded to)."""
+    """Options: sample_rate (Hz; files at another rate are resampled to it) and num_samples (the length every
+    clip is cut or padded to)."""
 
     defaults = {"column": REQUIRED, "sample_rate": REQUIRED, "num_samples": REQUIRED}
     suffixes = media.AUDIO_SUFFIXES

@@ -55,7 +55,8 @@ class TextField(Field):
 
     def _hf_state(self) -> dict:
         name, max_len = self.options["tokenizer"], self.options["max_len"]
-        return {"hf_tokenizer": name, "max_len": max_len, "vocab_size": len(hf_tokenizer.load_tokenizer(name, self.key))}
+        vocab_size = len(hf_tokenizer.load_tokenizer(name, self.key))
+        return {"hf_tokenizer": name, "max_len": max_len, "vocab_size": vocab_size}
 
     def info(self, reading: Reading) -> ModalityInfo:
         state = reading.state["tokenizers"][self.name]
