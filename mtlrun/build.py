@@ -136,7 +136,9 @@ def build_components(cfg: DictConfig, data_state: dict | None = None, data=None)
     reads the data, so eval sees the inputs exactly as training did. `data`: a data module the caller built
     and set up already (`mtlrun predict` reading new rows with the checkpoint's state)."""
     if data is None:
-        data = instantiate_node(cfg.data, "data")
+        # not recursive: data.transforms' `_target_`s are built by mtlrun.data.transforms, torchvision.transforms.v2
+        # only
+        data = instantiate_node(cfg.data, "data", _recursive_=False)
         if data_state:
             data.load_state_dict(data_state)
     spec = data.spec

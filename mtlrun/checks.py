@@ -48,3 +48,15 @@ def check_widths(key: str, values, example: str = "[16, 32, 64]") -> tuple[int, 
     if not widths or not all(is_int(c) and c >= 1 for c in widths):
         raise UsageError(f"{key}={values}: must be a non-empty list of positive integers, e.g. {example}")
     return widths
+
+
+def import_extra(module: str, extra: str, feature: str):
+    """`module` imported, or a UsageError saying which `pip install "mtlrun[extra]"` brings it (for `feature`,
+    e.g. `backbone/image=timm`): the optional extras are imported here, when a feature needs them."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f'{feature} needs the {module} package, which is not installed: '
+                         f'pip install "mtlrun[{extra}]"  ({exc})') from exc

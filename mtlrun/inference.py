@@ -69,7 +69,7 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     cfg.data.root = None if root is None else str(root)
     if encoding is not None:
         cfg.data.encoding = encoding
-    data = instantiate_node(cfg.data, "data")
+    data = instantiate_node(cfg.data, "data", _recursive_=False)  # transforms: mtlrun.data.transforms builds them
     data.load_state_dict(data_state)
     data.read_unlabelled()
     return data

@@ -114,6 +114,14 @@ def without_trackers(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NOT_FROM_CHECKPOINT} if isinstance(config, dict) else config
 
 
+def _is_data_transform(key: str, target: str) -> bool:
+    """A `data.transforms[i]` entry naming a torchvision.transforms.v2 class: mtlrun.data.transforms builds those
+    itself, and nothing else (it looks the name up on torchvision.transforms.v2 and refuses a non-Transform)."""
+    prefix = "torchvision.transforms.v2."
+    return (key.startswith("data.transforms[") and target.startswith(prefix)
+            and "." not in target[len(prefix):])
+
+
 def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -> None:
     """Refuse (exit 2) a checkpoint config naming code that is not shipped or trusted; builds nothing.
 
@@ -131,7 +139,7 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
         if not isinstance(target, str) or not target.replace(".", "").replace("_", "").isalnum():
             problems.add(f"{key}._target_={target!r}: not a dotted Python name")
             continue
-        if _under(target.rpartition(".")[0], trusted):
+        if _under(target.rpartition(".")[0], trusted) or _is_data_transform(key, target):
             continue
         why = _why_not_shipped(target)
         if why is None:

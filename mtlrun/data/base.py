@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtlrun.data.loading import collate, eval_loader, train_loader  # noqa: F401 (collate: re-exported)
 from mtlrun.data.modality import drop_modalities
+from mtlrun.data.transforms import build_pipeline, joint_transform
 
 SPLITS = ("train", "val", "test")
 
@@ -94,7 +95,8 @@ class DataModule:
 
     Subclasses implement `build()` (the splits) and `full_spec` (every input and target the data has).
     `modalities` (null = all) keeps a subset of the inputs: the model is built for, and the batches carry,
-    only those. `modality_dropout` is a transform of training batches on the device (`train_transform`).
+    only those. `modality_dropout` and `transforms` (torchvision.transforms.v2 on images and their per-pixel
+    targets) transform training batches on the device (`train_transform`).
     `state_dict()` is what must travel in the checkpoint for `mtlrun eval` to read the data exactly as
     training did (e.g. a text vocabulary or class list built from the training split).
     """
@@ -103,7 +105,7 @@ class DataModule:
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  pin_memory: bool | None = None, drop_last: bool = True,
-                 modalities: Sequence[str] | None = None, modality_dropout: float = 0.0):
+                 modalities: Sequence[str] | None = None, modality_dropout: float = 0.0, transforms=None):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -117,6 +119,8 @@ class DataModule:
             raise UsageError(f"data.modality_dropout={modality_dropout}: must be a number in [0, 1) (the "
                              f"probability that a sample loses each modality during training)")
         self.modality_dropout = float(modality_dropout)
+        self.transforms = transforms
+        build_pipeline(transforms)  # checked here, before anything is built on the data
         self._splits: dict[str, Dataset] | None = None
 
     def build(self) -> dict[str, Dataset]:
@@ -171,7 +175,15 @@ class DataModule:
         return per_rank // bs if self.drop_last and per_rank >= bs else math.ceil(per_rank / bs)
 
     def train_transform(self) -> Callable[[dict], dict] | None:
-        """What happens to every training batch on the device before the forward: modality dropout."""
+        """What happens to every training batch on the device before the forward: `data.transforms`
+        (mtlrun.data.transforms), then modality dropout."""
+        steps = [step for step in (joint_transform(self.transforms, self.spec), self._modality_dropout())
+                 if step is not None]
+        if len(steps) < 2:
+            return steps[0] if steps else None
+        return partial(_in_turn, steps)
+
+    def _modality_dropout(self) -> Callable[[dict], dict] | None:
         if not self.modality_dropout:
             return None
         if len(self.spec.modalities) < 2:
@@ -218,6 +230,12 @@ class DataModule:
             keep = self.selected_modalities()
             self._splits = {name: select_modalities(ds, keep) for name, ds in self.build().items()}
         return self._splits[split]
+
+
+def _in_turn(steps: Sequence[Callable[[dict], dict]], batch: dict) -> dict:
+    for step in steps:
+        batch = step(batch)
+    return batch
 
 
 def select_modalities(dataset: Dataset, keep: Sequence[str]) -> Dataset:

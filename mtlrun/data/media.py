@@ -13,8 +13,10 @@ Layouts returned (per sample):
   16-bit PNG (mode I;16 / I) is multiplied by `png_scale` (0.001: millimetres to metres). NaN, inf and
   negative values become 0. Resized with nearest neighbour, so invalid pixels never mix with valid ones;
 - audio: float32 [num_samples] mono waveform: a `.wav` (PCM 8/16/24/32-bit or IEEE float 32/64-bit; channels
-  averaged; integer samples scaled to [-1, 1]) whose rate must equal `sample_rate`, or a 1-D `.npy` float
-  array taken as already at `sample_rate`. Cut to its first `num_samples` samples or zero-padded at the end.
+  averaged; integer samples scaled to [-1, 1]), a `.flac` or `.ogg` (with the soundfile package: pip install
+  "mtlrun[audio]"; it also reads the WAV encodings the built-in reader does not), or a 1-D `.npy` float array
+  taken as already at `sample_rate`. A file at another rate is resampled to `sample_rate` (polyphase,
+  scipy.signal.resample_poly; logged once per rate). Cut to its first `num_samples` samples or zero-padded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-AUDIO_SUFFIXES = (".wav", ".npy")
+SOUNDFILE_SUFFIXES = (".flac", ".ogg")  # read with soundfile (the `audio` extra)
+AUDIO_SUFFIXES = (".wav", ".npy", *SOUNDFILE_SUFFIXES)
+AUDIO_EXTRA = 'pip install "mtlrun[audio]"'
+_logged_rates: set[tuple[int, int]] = set()
 DEPTH_SUFFIXES = (".npy", ".png")
 MASK_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
 
@@ -179,12 +184,17 @@ def read_wav(path: str) -> tuple[int, np.ndarray]:
 def load_audio(path: str, sample_rate: int, num_samples: int) -> torch.Tensor:
     """float32 [num_samples]: the mono waveform, cut or zero-padded at the end."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".wav":
-        rate, frames = read_wav(path)
-        if rate != sample_rate:
-            raise MediaError(f"is sampled at {rate} Hz, the input's sample_rate is {sample_rate} Hz; resample "
-                             f"the file (e.g. `sox in.wav -r {sample_rate} out.wav`) or change sample_rate")
-        wave = frames.mean(axis=1)
+    if suffix in (".wav", *SOUNDFILE_SUFFIXES):
+        if suffix == ".wav":
+            try:
+                rate, frames = read_wav(path)
+            except MediaError:
+                if not has_soundfile():
+                    raise
+                rate, frames = read_soundfile(path)  # an encoding only libsndfile knows (ADPCM, ...)
+        else:
+            rate, frames = read_soundfile(path)
+        wave = resample(frames.mean(axis=1), rate, sample_rate)
     elif suffix == ".npy":
         try:
             wave = np.load(path, allow_pickle=False)
@@ -201,6 +211,42 @@ def load_audio(path: str, sample_rate: int, num_samples: int) -> torch.Tensor:
     n = min(num_samples, len(wave))
     out[:n] = torch.from_numpy(np.ascontiguousarray(wave[:n]))
     return out
+
+
+def has_soundfile() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("soundfile") is not None
+
+
+def read_soundfile(path: str) -> tuple[int, np.ndarray]:
+    """(sample rate, float32 [frames, channels]) of any file libsndfile reads (FLAC, OGG/Vorbis, WAV, ...)."""
+    if not has_soundfile():
+        raise MediaError(f"reading {Path(path).suffix} audio needs the soundfile package: {AUDIO_EXTRA}")
+    import soundfile
+
+    try:
+        frames, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile.LibsndfileError and friends: a file it cannot decode
+        raise MediaError(f"{type(exc).__name__}: {exc}") from exc
+    return int(rate), frames
+
+
+def resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """`wave` (1-D) from `rate` to `sample_rate` Hz with a polyphase filter; as is when the rates agree."""
+    if rate == sample_rate:
+        return wave
+    import logging
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    if (rate, sample_rate) not in _logged_rates:
+        _logged_rates.add((rate, sample_rate))
+        logging.getLogger("mtlrun").info(f"audio: resampling files at {rate} Hz to the input's sample_rate "
+                                         f"{sample_rate} Hz (logged once per rate)")
+    g = gcd(rate, sample_rate)
+    return resample_poly(wave.astype(np.float64), sample_rate // g, rate // g).astype(np.float32)
 
 
 def write_wav(path, wave: np.ndarray, sample_rate: int) -> None:

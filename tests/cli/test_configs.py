@@ -43,6 +43,11 @@ NEEDS.update({o: MULTIMODAL for o in GROUP_OPTIONS
               if o.startswith(("fusion=", "backbone/text=", "backbone/audio=", "backbone/tabular="))})
 NEEDS.update({"data=scenes": ["tasks=scenes", "backbone/image=segnet"],
               "tasks=scenes": ["data=scenes", "backbone/image=segnet"]})
+# the optional pretrained backbones: random weights (nothing is cached here), and skipped without their extra
+NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
+                             "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
+                             "num_attention_heads:2,intermediate_size:64}"]
+EXTRA_MODULE = {"backbone/image=timm": "timm", "backbone/image=timm_dense": "timm", "backbone/text=hf": "transformers"}
 ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table",
            "tasks=cifar10", "tasks=celeba", "tasks=nyuv2")
 CASES = [[]] + [[f"experiment={e}"] for e in EXPERIMENTS] + \
@@ -79,6 +84,8 @@ def _assert_group_is(cfg: DictConfig, group: str, option: str, overridden: froze
 
 @pytest.mark.parametrize("overrides", CASES, ids=lambda o: o[0] if o else "default")
 def test_config_composes_builds_and_runs_one_step(overrides):
+    if overrides and overrides[0] in EXTRA_MODULE:
+        pytest.importorskip(EXTRA_MODULE[overrides[0]])
     cfg = compose_train([*overrides, *TINY])
 
     # the composition picked what was asked for
@@ -94,8 +101,8 @@ def test_config_composes_builds_and_runs_one_step(overrides):
             for key, value in _leaves(experiment):
                 if key not in TINY_KEYS and not key.startswith("hydra."):  # compose() drops the hydra node
                     assert OmegaConf.select(cfg, key) == value, key
-        else:
-            _assert_group_is(cfg, group, option)
+        else:  # apart from the keys the needed overrides set
+            _assert_group_is(cfg, group, option, frozenset(o.split("=")[0] for o in overrides[1:] if "." in o))
     assert cfg.data.n_train == 16 and cfg.data.batch_size == 4
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import time
@@ -37,7 +38,16 @@ ARGS = {  # what the data would pass (ModalityInfo.args) for each kind
 }
 CLASSES = {"text/gru": RNNText, "text/lstm": RNNText, "text/transformer": TransformerText,
            "audio/conv1d": WaveformCNN, "audio/spectrogram": SpectrogramCNN, "tabular/mlp": TabularMLP}
+# the optional transformers encoder (pip install "mtlrun[hf]"), built small with random weights: the same checks
+DEFAULTS = {"text/hf": {"pretrained": False, "config": {"model_type": "bert", "hidden_size": 32,
+                                                         "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                         "intermediate_size": 64}}}
+if importlib.util.find_spec("transformers"):
+    from mtlrun.models.encoders.hf_text import HFText
+
+    CLASSES["text/hf"] = HFText
 OPTIONS = list(CLASSES)
+TEXT_OPTIONS = [o for o in OPTIONS if o.startswith("text/")]
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +58,7 @@ def _seed():
 def make(option: str, **overrides) -> Encoder:
     """The encoder of configs/backbone/<option>.yaml, built as the CLI builds it."""
     node = OmegaConf.load(BACKBONES / f"{option}.yaml")
-    node.merge_with(overrides)
+    node.merge_with(DEFAULTS.get(option, {}), overrides)
     return instantiate(node, **ARGS[option.split("/")[0]])
 
 
@@ -205,7 +215,7 @@ def test_training_step_is_finite_under_bfloat16_autocast(option):
 # ---------------------------------------------------------------------------------------------------- text
 
 
-@pytest.mark.parametrize("option", ["text/gru", "text/lstm", "text/transformer"])
+@pytest.mark.parametrize("option", TEXT_OPTIONS)
 def test_text_encoders_ignore_padding(option):
     enc = make(option).eval()
     ids = text_ids(length=12)
@@ -384,7 +394,7 @@ def test_a_few_optimizer_steps_learn_a_tiny_task(option):
     g = torch.Generator().manual_seed(1)
     small = {"text/gru": {"hidden": 32}, "text/lstm": {"hidden": 32}, "text/transformer": {"dim": 32, "ff": 64},
              "audio/conv1d": {"channels": [8, 16]}, "audio/spectrogram": {"channels": [8, 16]},
-             "tabular/mlp": {"hidden": [32]}}[option]
+             "tabular/mlp": {"hidden": [32]}, "text/hf": {}}[option]
     enc = make(option, **small, out_dim=32)
     head = nn.Linear(32, 2)
     opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=1e-2)

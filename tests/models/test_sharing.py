@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -43,6 +44,11 @@ CASES = [
     ("ple", "resnet18", ("arch.num_levels=2",)),
 ]
 IDS = ["-".join([arch, backbone, *(o.split(".", 1)[1] for o in opts)]) for arch, backbone, opts in CASES]
+# the optional timm backbone (pip install "mtlrun[timm]") keeps the same contract with every arch
+_NO_TIMM = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason='needs pip install "mtlrun[timm]"')
+for _arch in ("hps", "soft", "cross_stitch", "mtan", "mmoe", "ple"):
+    CASES.append(pytest.param((_arch, "timm", ("backbone.image.name=resnet18",)), marks=_NO_TIMM))
+    IDS.append(f"{_arch}-timm")
 
 
 

@@ -1,9 +1,12 @@
-"""`type: audio` input: a column of `.wav` or 1-D `.npy` clips, given to the model as float [num_samples]."""
+"""`type: audio` input: a column of `.wav`, `.flac` / `.ogg` (pip install "mtlrun[audio]") or 1-D `.npy` clips,
+given to the model as float [num_samples] at `sample_rate` (files at another rate are resampled)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from mtlrun.checks import is_int
@@ -29,10 +32,22 @@ class AudioReader(FileReader):
 
 
 class AudioField(FileField):
-    """Options: sample_rate (Hz; a .wav must have it) and num_samples (the length every clip is cut or padded to)."""
+    """Options: sample_rate (Hz; files at another rate are resampled to it) and num_samples (the length every
+    clip is cut or padded to)."""
 
     defaults = {"column": REQUIRED, "sample_rate": REQUIRED, "num_samples": REQUIRED}
     suffixes = media.AUDIO_SUFFIXES
+
+    def read(self, reading: Reading, train):
+        """The FileField checks, and FLAC / OGG files only where the soundfile package can read them."""
+        paths, present = super().read(reading, train)
+        if not media.has_soundfile():
+            for row in np.flatnonzero(present):
+                if Path(paths[row]).suffix.lower() in media.SOUNDFILE_SUFFIXES:
+                    reading.problems.add(f"{reading.m.at(int(row), self.column)}: {paths[row]}: reading FLAC / OGG "
+                                         f"audio needs the soundfile package: {media.AUDIO_EXTRA} (or convert "
+                                         f"the files to .wav)", group=("soundfile", self.key))
+        return paths, present
 
     def check_options(self, problems: list[str]) -> None:
         o = self.options
