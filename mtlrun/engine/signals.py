@@ -14,6 +14,10 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from mtlrun import distributed
+
 log = logging.getLogger("mtlrun")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -47,6 +51,20 @@ class StopSignals:
             log.warning(f"{name} received again: stopping once the checkpoint being written is complete")
         else:
             raise TrainingInterrupted(self.signum, None, self._last_good())
+
+    def agreed(self, dist, device, at_log_step: bool) -> bool:
+        """Whether to stop, the same answer on every rank: in one process at once, under DDP only at log steps
+        (one tiny all-reduce of the signal number, so a signal that reached one rank stops them all at the
+        same step)."""
+        if not dist.enabled:
+            return self.signum is not None
+        if not at_log_step:
+            return False
+        flag = torch.tensor([self.signum or 0], device=device)
+        distributed.all_reduce_([flag], op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            self.signum = int(flag.item())
+        return self.signum is not None
 
     def install(self) -> None:
         for sig in HANDLED:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mtlrun import __version__, distributed
+from mtlrun import distributed
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.conflict import ConflictMeter
@@ -29,6 +29,7 @@ from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING, write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
 from mtlrun.engine.trainer_config import TrainerConfig
+from mtlrun.engine.trainer_state import restore_trainer, trainer_state
 from mtlrun.errors import NonFiniteLossError, UsageError
 
 log = logging.getLogger("mtlrun")
@@ -351,42 +352,10 @@ class Trainer:
         self._save_last(best=improved or stand_in)
 
     def state_dict(self) -> dict:
-        return {
-            "mtlrun_version": __version__, "format": checkpoint.FORMAT, "config": self.config,
-            "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
-            "data": self.data.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": distributed.gather_objects(checkpoint.rng_state()),
-            "epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
-            "train_sums": self.train_sums.cpu(), "train_count": self.train_count,
-            "skipped_steps": self.skipped_steps, **self.monitor.state_dict(), "history": self.history,
-        }
+        return trainer_state(self)
 
     def load_state(self, state: dict) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:  # e.g. `resume=... tasks.only=[left]`: a different model than was saved
-            first = str(exc).strip().splitlines()[0]
-            raise UsageError(f"resume: the checkpoint's weights do not fit the model these overrides build "
-                             f"({first}); resume with the checkpoint's own tasks, backbone and arch") from exc
-        self.weighting.load_state_dict(state["weighting"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        if len(rng) != self.dist.world_size:
-            log.warning(f"checkpoint has RNG states of {len(rng)} rank(s), this run has "
-                        f"{self.dist.world_size}; the run continues but will not be bit-identical")
-        checkpoint.set_rng_state(rng[min(self.dist.rank, len(rng) - 1)])
-        self.epoch, self.batches_done = state["epoch"], state["batches_done"]
-        self.global_step = state["global_step"]
-        self.train_sums = state["train_sums"].to(self.device)
-        self.train_count, self.skipped_steps = state["train_count"], state["skipped_steps"]
-        self._logged_sums, self._logged_count = self.train_sums.clone(), self.train_count
-        self.monitor.load_state_dict(state)
-        self.history = list(state["history"])
+        restore_trainer(self, state)
 
     def _save_last(self, best: bool = False) -> Path:
         """last.pt, then best.pt when this epoch is the best. last.pt records the best epoch, so if the run
@@ -416,13 +385,4 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------- signals
     def _should_stop(self, at_log_step: bool) -> bool:
-        if not self.dist.enabled:
-            return self.signals.signum is not None
-        if not at_log_step:  # ranks agree on stopping only at log steps, with one tiny all-reduce
-            return False
-        flag = torch.tensor([self.signals.signum or 0], device=self.device)
-        distributed.all_reduce_([flag], op=torch.distributed.ReduceOp.MAX)
-        if flag.item():
-            self.signals.signum = int(flag.item())
-        return self.signals.signum is not None
-
+        return self.signals.agreed(self.dist, self.device, at_log_step)
