@@ -28,14 +28,16 @@ def test_a_group_option_completes_from_the_subcommands_config(tmp_path, command)
 
 
 def test_the_subcommand_then_its_keys_and_groups(tmp_path):
-    assert query("mtlrun ", cwd=tmp_path) == ["train", "eval", "report", "--help", "--version"]
-    assert query("mtlrun e", cwd=tmp_path) == ["eval"]
+    assert query("mtlrun ", cwd=tmp_path) == ["train", "eval", "predict", "export", "affinity", "report", "--help",
+                                              "--version"]
+    assert query("mtlrun e", cwd=tmp_path) == ["eval", "export"]
+    assert query("mtlrun affinity affinity.gr", cwd=tmp_path) == ["affinity.groups="]  # affinity's own config
     assert query("mtlrun eval spl", cwd=tmp_path) == ["split="]  # eval's own config
     assert query("mtlrun train hparams_search=", cwd=tmp_path) == [
         "hparams_search=famo", "hparams_search=static_weights", "hparams_search=weighting_lr"]
     assert query("mtlrun train trainer.max_ep", cwd=tmp_path) == ["trainer.max_epochs="]
     assert query("mtlrun report ou", cwd=tmp_path) == []  # no config: the shell completes file names
-    assert query("mtlrun e", cwd=tmp_path, shell="fish") == ["eval"]
+    assert query("mtlrun e", cwd=tmp_path, shell="fish") == ["eval", "export"]
 
 
 @pytest.mark.parametrize("command", [(), ("train",), ("eval",)], ids=["mtlrun", "train", "eval"])

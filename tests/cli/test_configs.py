@@ -137,7 +137,8 @@ def test_config_composes_builds_and_runs_one_step(overrides):
     # one optimizer step through the configured weighting, optimizer and scheduler
     optimizer = instantiate_node(cfg.optim, "optim")(list(model.parameters()) + list(parts.weighting.parameters()))
     scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer, total_steps=10)
-    losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], None) for t in parts.tasks}
+    masks = batch.get("label_mask", {})  # partial labels (e.g. experiment=multidigits_hard): unlabelled rows out
+    losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], masks.get(t)) for t in parts.tasks}
     objective = parts.weighting.backward(losses, scale=lambda loss: loss)
     assert torch.isfinite(objective)
     if cfg.weighting._target_.endswith("StaticWeighting"):  # the others' objectives are their own
