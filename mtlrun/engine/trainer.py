@@ -20,7 +20,7 @@ from mtlrun import __version__, distributed
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.ddp import average_gradients, wrap_for_training
-from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
+from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
 from mtlrun.engine.monitor import Monitor
@@ -52,6 +52,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
 
         self.model = model.to(self.device)  # the plain module: checkpoints and evaluation use it
+        self.memory_format = channels_last if cfg.channels_last else None  # applied to every batch
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
         self._zero = torch.zeros(1, device=self.device)
         self.optimizer = optimizer
@@ -121,6 +124,8 @@ class Trainer:
         """Per-task losses, and the shared representation when the weighting works on it."""
         if self.train_transform is not None:
             batch = self.train_transform(batch)
+        if self.memory_format is not None:
+            batch = self.memory_format(batch)
         modality_mask = batch.get("modality_mask")
         with self.autocast():
             if self.weighting.needs_shared:
@@ -270,7 +275,7 @@ class Trainer:
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
         return evaluate_split(self.model, self.tasks, loader, device=self.device, precision=self.precision,
-                              limit_batches=self.cfg.limit_eval_batches)
+                              limit_batches=self.cfg.limit_eval_batches, transform=self.memory_format)
 
     # ------------------------------------------------------------------------ history, checkpoints
     def _train_row(self, epoch: int) -> dict:
