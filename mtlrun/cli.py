@@ -210,9 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         overrides = _resume_in_place(overrides)
     started = _start_time()
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
+    # `-m` under torchrun/srun: every rank runs the same sweep, job by job, each job one DDP job (mtlrun/sweep.py)
+    ddp_sweep = distributed.dist_info().enabled and any(o in ("-m", "--multirun") for o in overrides)
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
+    if ddp_sweep and not sweep.launcher_keeps_ranks_in_step(command, overrides):
+        _exit_distributed(USAGE_EXIT)
     if not _lock_explicit_run_dir(overrides):
         raise SystemExit(USAGE_EXIT)
     module_name, fn_name = SUBCOMMANDS[command][0].split(":")
@@ -222,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg):
         nonlocal reached
         reached = True
+        if not ddp_sweep:  # a launcher's job process (hydra/launcher=submitit_slurm: srun's tasks) joins its group
+            distributed.init_if_launched()
         _warn_unused_sweep()
         return _run_guarded(_sweep_job(_locked(fn)), cfg)
 

@@ -9,7 +9,8 @@ and returns normally, and `finish` prints a summary after the sweep and picks th
 (TrainingInterrupted: SIGINT / SIGTERM) is not a job failure: it still ends the whole sweep.
 
 Under torchrun every rank runs the same sweep; after each job the ranks exchange their outcome, so all of
-them count the job as failed when any rank failed, and only rank 0 writes and prints.
+them count the job as failed when any rank failed, and only rank 0 writes and prints. That holds with Hydra's
+basic sweeper and launcher only: `launcher_keeps_ranks_in_step` stops any other under torchrun (exit 2).
 """
 
 from __future__ import annotations
@@ -61,6 +62,34 @@ def headline(message: str) -> str:
     if head.endswith(":") and len(lines) > 1:
         head += f" {lines[1].removeprefix('- ')}" + (" ..." if len(lines) > 2 else "")
     return head
+
+
+def launcher_keeps_ranks_in_step(command: str, overrides: list[str]) -> bool:
+    """A sweep under torchrun/srun is correct only with Hydra's basic sweeper and launcher, which run the same
+    jobs in the same order in every rank's process: any other (submitit, joblib, optuna's sampler) would submit
+    the jobs once per rank or give the ranks different jobs. False, after saying so, for any other."""
+    from hydra import compose, initialize_config_dir
+
+    from mtlrun.config import config_dir
+
+    # what picks the launcher and sweeper: hydra/... groups and an experiment (sweep values such as seed=0,1
+    # do not compose outside a sweep)
+    picks = [o for o in overrides if o.startswith(("hydra/", "experiment=", "+experiment=")) and "," not in o]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            hydra_cfg = compose(command, overrides=picks, return_hydra_config=True).hydra
+    except Exception:  # noqa: BLE001 - a bad override: Hydra itself reports it next, on every rank
+        return True
+    chosen = {"hydra/launcher": str(hydra_cfg.launcher.get("_target_", "")),
+              "hydra/sweeper": str(hydra_cfg.sweeper.get("_target_", ""))}
+    other = [f"{group}={target.rsplit('.', 1)[-1]}" for group, target in chosen.items()
+             if target.rsplit(".", 1)[-1] not in ("BasicLauncher", "BasicSweeper")]
+    if other:
+        print(f"error: a -m sweep under torchrun/srun runs in every rank's process, which only Hydra's basic "
+              f"launcher and sweeper keep in step; {' and '.join(other)} would launch its jobs once per rank. "
+              f"Start this sweep without torchrun/srun (hydra/launcher=submitit_slurm runs each job as a "
+              f"multi-GPU job)", file=sys.stderr)
+    return not other
 
 
 def run_job(fn, cfg):
