@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
+    if not sweep.launcher_installed(overrides):
+        raise SystemExit(USAGE_EXIT)
     if ddp_sweep and not sweep.launcher_keeps_ranks_in_step(command, overrides):
         _exit_distributed(USAGE_EXIT)
     if not _lock_explicit_run_dir(overrides):
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
         code, exited = (USAGE_EXIT if not reached and exc.code == 1 else exc.code), True
-    code = sweep.finish(code)  # a multirun with failed jobs: their summary, and a non-zero exit
+    code = sweep.finish(code, command, overrides, started.timestamp())  # failed jobs: a summary, exit != 0
     if distributed.dist_info().enabled:
         _exit_distributed(code)
     if exited or code:
