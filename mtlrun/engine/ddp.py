@@ -15,12 +15,18 @@ log = logging.getLogger("mtlrun")
 
 
 def wrap_for_training(model: nn.Module, *, data, device: torch.device, distributed: bool, sync_batchnorm: bool,
-                      compile: bool) -> nn.Module:
-    """What the training step calls; the plain `model` stays what checkpoints and evaluation use."""
+                      compile: bool, reducer: bool = True) -> nn.Module:
+    """What the training step calls; the plain `model` stays what checkpoints and evaluation use.
+
+    `reducer=False` (a weighting that differentiates several times per step and averages its gradients
+    itself): no DistributedDataParallel, whose output hooks (find_unused_parameters) would also cut the
+    shared representation the weighting differentiates against off the heads' graph."""
     wrapped = model
     if distributed:
         if sync_batchnorm:
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        if not reducer:
+            return torch.compile(wrapped) if compile else wrapped
         ids = [device.index] if device.type == "cuda" else None
         probe = next(iter(data.eval_loader("train", device=device, batch_size=2)))
         unused = unused_parameters(model, to_device(probe, device), device)

@@ -60,7 +60,8 @@ class Trainer:
         self.optimizer = optimizer
         self.train_model = wrap_for_training(self.model, data=data, device=self.device,
                                              distributed=self.dist.enabled, sync_batchnorm=cfg.sync_batchnorm,
-                                             compile=cfg.compile)  # what the training step calls
+                                             compile=cfg.compile,  # what the training step calls
+                                             reducer=not getattr(weighting, "multi_backward", False))
 
         self.precision = str(cfg.precision)
         self.amp_dtype = AMP_DTYPES[self.precision]
@@ -219,9 +220,10 @@ class Trainer:
             boundary = (self.batches_done + 1) % self.accumulate == 0 or self.batches_done + 1 == total
             # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window. A
             # weighting that differentiates several times per step (per-task gradients) always runs
-            # outside DDP's reducer, which allows one backward per forward; its gradients are averaged below.
+            # outside DDP's reducer, which allows one backward per forward (its model is not DDP-wrapped); its
+            # gradients are averaged below.
             manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
-            sync = nullcontext() if (boundary and not manual) or not self.dist.enabled else self.train_model.no_sync()
+            sync = self.train_model.no_sync() if self.dist.enabled and not (boundary or manual) else nullcontext()
             with sync:
                 self.training_step(batch)
             self.batches_done += 1
