@@ -215,10 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
-    if not sweep.launcher_installed(overrides):
+    if not sweep.launcher_installed(overrides) or (ddp_sweep and
+                                                   not sweep.launcher_keeps_ranks_in_step(command, overrides)):
+        if distributed.dist_info().enabled:
+            _exit_distributed(USAGE_EXIT)
         raise SystemExit(USAGE_EXIT)
-    if ddp_sweep and not sweep.launcher_keeps_ranks_in_step(command, overrides):
-        _exit_distributed(USAGE_EXIT)
     if not _lock_explicit_run_dir(overrides):
         raise SystemExit(USAGE_EXIT)
     module_name, fn_name = SUBCOMMANDS[command][0].split(":")
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg):
         nonlocal reached
         reached = True
-        if not ddp_sweep:  # a launcher's job process (hydra/launcher=submitit_slurm: srun's tasks) joins its group
-            distributed.init_if_launched()
+        if not ddp_sweep and not distributed.dist_info().enabled:
+            # a launcher's job process (hydra/launcher=submitit_slurm: one of srun's tasks) joins its job's group
+            return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn)), cfg))
         _warn_unused_sweep()
         return _run_guarded(_sweep_job(_locked(fn)), cfg)
 
@@ -245,6 +247,23 @@ def main(argv: list[str] | None = None) -> None:
         _exit_distributed(code)
     if exited or code:
         raise SystemExit(code) from None
+
+
+def _in_launched_group(job):
+    """Run `job` in the process group SLURM's variables describe, if any (mtlrun.distributed.adopt_slurm): rank 0
+    logs, the others only warn; the group is left at the end, since the launcher, not mtlrun, ends the process."""
+    from mtlrun import distributed
+
+    if not distributed.init_if_launched().enabled:
+        _warn_unused_sweep()
+        return job()
+    if not distributed.dist_info().is_main:
+        logging.getLogger("mtlrun").setLevel(logging.WARNING)
+    try:
+        return job()
+    finally:
+        distributed.barrier()
+        distributed.destroy()
 
 
 def _exit_distributed(code) -> None:
