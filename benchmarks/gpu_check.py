@@ -50,7 +50,10 @@ KNOWN_SYNCS = {
     "text=gru": "RNNText packs the padded batch (pack_padded_sequence needs the lengths on the host); "
                 "backbone/text=transformer does not sync",
     "text=lstm": "as text=gru: RNNText's packed sequences",
-    "weighting=nash_mtl": "Nash-MTL solves its bargaining problem with cvxpy on the host (the paper's method)",
+    "weighting=upgrad": "gradient-level methods take the T x T Gramian to the host once per step: their solvers "
+                        "(quadprog, cvxpy, MGDA's Frank-Wolfe loop) run there (mtlrun/weighting/gradient_base.py)",
+    "weighting=mgda": "as weighting=upgrad: the T x T Gramian goes to the host for the solver, once per step",
+    "weighting=nash_mtl": "as weighting=upgrad; Nash-MTL solves its bargaining problem with cvxpy on the host",
 }
 FUSIONS = sorted(p.stem for p in (config_dir() / "fusion").glob("*.yaml"))
 
@@ -85,16 +88,18 @@ class Check:
             batches.append(to_device(batch, self.device))
         return batches
 
-    def steps(self, n: int) -> float:
-        """Steps per second over n training steps."""
+    def steps(self, n: int, timed: bool = True) -> float:
+        """Steps per second over n training steps (`timed=False`: no synchronize around them)."""
         t = self.trainer
         t.model.train()
-        sync(self.device)
+        if timed:
+            sync(self.device)
         start = time.perf_counter()
         for i in range(n):
             t.training_step(self.batches[i % len(self.batches)])
             t.optimizer_step()
-        sync(self.device)
+        if timed:
+            sync(self.device)
         return n / (time.perf_counter() - start)
 
 
@@ -197,9 +202,12 @@ def _sync(args, row: dict, tmp: Path) -> None:
         bench.steps(2)
         row["status"] = NEEDS_CUDA + " (the steps ran on cpu)"
         return
+    sync(bench.device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        bench.steps(5)
+        bench.steps(5, timed=False)  # what Trainer._train_epoch does between two log steps
+        torch.cuda.set_sync_debug_mode("default")
+        sync(bench.device)
         row["status"] = "pass"
     except RuntimeError as exc:
         known = next((why for key, why in KNOWN_SYNCS.items() if row["name"].startswith(key)), None)
