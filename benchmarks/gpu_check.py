@@ -47,9 +47,6 @@ GROUPS = ("placement", "sync", "throughput", "precision", "gradient")
 NEEDS_CUDA = "skipped: needs cuda"
 # What still synchronises inside a step on purpose, and why (a sync here is reported, not failed).
 KNOWN_SYNCS = {
-    "text=gru": "RNNText packs the padded batch (pack_padded_sequence needs the lengths on the host); "
-                "backbone/text=transformer does not sync",
-    "text=lstm": "as text=gru: RNNText's packed sequences",
     "weighting=upgrad": "gradient-level methods take the T x T Gramian to the host once per step: their solvers "
                         "(quadprog, cvxpy, MGDA's Frank-Wolfe loop) run there (mtlrun/weighting/gradient_base.py)",
     "weighting=mgda": "as weighting=upgrad: the T x T Gramian goes to the host for the solver, once per step",
