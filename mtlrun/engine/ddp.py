@@ -75,3 +75,17 @@ def average_gradients(params, world_size: int) -> None:
     flat /= world_size
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad.copy_(g.view_as(p.grad))
+
+
+def average_buffers(model: nn.Module, world_size: int) -> None:
+    """Average the floating buffers (BatchNorm running statistics) over ranks. A model trained without the DDP
+    wrapper (multi-backward weightings) keeps its own statistics on every rank, where DDP would broadcast
+    rank 0's before each forward: averaged before evaluation, every rank evaluates, and rank 0 saves, the same."""
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    distributed.all_reduce_([flat])
+    flat /= world_size
+    for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(v.view_as(b))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mtlrun import __version__, distributed
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
-from mtlrun.engine.ddp import average_gradients, wrap_for_training
+from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
@@ -274,6 +274,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
+        if self.dist.enabled and getattr(self.weighting, "multi_backward", False):
+            average_buffers(self.model, self.dist.world_size)  # trained without DDP's buffer broadcast
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
         return evaluate_split(self.model, self.tasks, loader, device=self.device, precision=self.precision,

@@ -566,9 +566,11 @@ for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda
         trainer.fit()
     after = torch.cat([p.detach().flatten() for p in params])
     ranks = distributed.gather_objects(after)
+    stats = distributed.gather_objects(torch.cat([b.float().flatten() for b in trainer.model.buffers()]))
     if info.rank == 0:
-        print(" ".join(overrides), "moved", (after - before).abs().max().item(),
-              "rank difference", (ranks[0] - ranks[1]).abs().max().item(), flush=True)
+        print(" ".join(overrides), "buffers", (stats[0] - stats[1]).abs().max().item(), "moved",
+              (after - before).abs().max().item(), "rank difference", (ranks[0] - ranks[1]).abs().max().item(),
+              flush=True)
 distributed.barrier()
 distributed.destroy()
 # Leave without the interpreter's teardown: about one run in seven otherwise aborts there ("terminate called
@@ -580,7 +582,8 @@ os._exit(0)
 @pytest.mark.e2e
 def test_ddp_keeps_the_ranks_in_step(tmp_path):
     """Two CPU processes: per-task-gradient methods (outside DDP's reducer), GradNorm and UW (whose
-    learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks."""
+    learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks, and the
+    per-task-gradient methods, trained without the DDP wrapper, with the same BatchNorm statistics."""
     import subprocess
     import sys
 
@@ -595,6 +598,8 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
     for line in lines:
         moved, difference = float(line.split()[-4]), float(line.split()[-1])
         assert moved > 0 and difference == 0.0, line
+        if "upgrad" in line or "mgda" in line:  # trained without DDP's wrapper: BatchNorm statistics averaged
+            assert float(line.split()[-6]) == 0.0, line
 
 
 # A 2-rank run equals one process on the same global batch: the loader gives rank r the samples r, r+2, ... of
