@@ -43,7 +43,9 @@ def cli_env(env: dict | None = None) -> dict:
     sets another: the tests' processes run side by side on a small CPU."""
     if not running_e2e_test:
         raise AssertionError("this starts a process: mark the test (or its module) @pytest.mark.e2e")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    # not the SLURM task variables of a job running the suite: mtlrun would take every CLI process for a rank
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    full_env = {**base, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if not (env and "HYDRA_FULL_ERROR" in env):
         full_env.pop("HYDRA_FULL_ERROR", None)
     return full_env
