@@ -7,6 +7,7 @@ input, 4 targets; written to a temporary folder unless --data names one) with th
     (mtlrun.data.loading.train_loader: shuffled, collated), nothing else, for
       - num_workers=0: PNGs decoded in this process,
       - num_workers=2: decoded in 2 worker processes (their start-up is included, as in each epoch),
+      - num_workers=2, persistent_workers=true: the same workers serve every pass (started once),
       - cache=true, num_workers=0: decoded once at start-up (time printed apart), then gathered from memory;
   * training: optimizer steps per second of the Trainer built from the same config (default small model:
     SmallCNN + GRU + MLP encoders, concat fusion, hard sharing, AdamW; trainer.device=auto) on pre-built
@@ -121,13 +122,15 @@ def main() -> None:
         results = {}
         for label, overrides in (("num_workers=0", ["data.num_workers=0"]),
                                  ("num_workers=2", ["data.num_workers=2"]),
+                                 ("num_workers=2, persistent", ["data.num_workers=2", "data.persistent_workers=true"]),
                                  ("cache=true, num_workers=0", ["data.cache=true", "data.num_workers=0"])):
             rate, built, n = loader_rate(compose_example(manifest, base + overrides), args.epochs)
             results[label] = rate
-            print(f"loader {label:<26} {rate:8.1f} batches/s  ({n} batches per pass; data built in {built:.2f} s)",
-                  flush=True)
+            print(f"loader {label:<26} {rate:8.1f} batches/s = {rate * args.batch_size:9.0f} samples/s  ({n} batches "
+                  f"per pass; data built in {built:.2f} s)", flush=True)
         step_rate, model = training_rate(compose_example(manifest, base), args.steps, tmp)
-        print(f"training step, {model}: {step_rate:.1f} steps/s on pre-built batches")
+        print(f"training step, {model}: {step_rate:.1f} steps/s = {step_rate * args.batch_size:.0f} samples/s on "
+              f"pre-built batches")
         for label, rate in results.items():
             print(f"loader {label} / training steps: {rate / step_rate:.1f}x")
 

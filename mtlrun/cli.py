@@ -300,9 +300,16 @@ def main(argv: list[str] | None = None) -> None:
         overrides = _resume_in_place(overrides)
     started = _start_time()
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
+    # `-m` under torchrun/srun: every rank runs the same sweep, job by job, each job one DDP job (mtlrun/sweep.py)
+    ddp_sweep = distributed.dist_info().enabled and any(o in ("-m", "--multirun") for o in overrides)
     if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
+    if not sweep.launcher_installed(overrides) or (ddp_sweep and
+                                                   not sweep.launcher_keeps_ranks_in_step(command, overrides)):
+        if distributed.dist_info().enabled:
+            _exit_distributed(USAGE_EXIT)
+        raise SystemExit(USAGE_EXIT)
     if not _lock_explicit_run_dir(overrides):
         raise SystemExit(USAGE_EXIT)
     module_name, fn_name = SUBCOMMANDS[command][0].split(":")
@@ -312,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg):
         nonlocal reached
         reached = True
+        if not ddp_sweep and not distributed.dist_info().enabled:
+            # a launcher's job process (hydra/launcher=submitit_slurm: one of srun's tasks) joins its job's group
+            return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn)), cfg))
         _warn_unused_sweep()
         return _run_guarded(_sweep_job(_locked(fn)), cfg)
 
@@ -322,11 +332,28 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
         code, exited = (USAGE_EXIT if not reached and exc.code == 1 else exc.code), True
-    code = sweep.finish(code)  # a multirun with failed jobs: their summary, and a non-zero exit
+    code = sweep.finish(code, command, overrides, started.timestamp())  # failed jobs: a summary, exit != 0
     if distributed.dist_info().enabled:
         _exit_distributed(code)
     if exited or code:
         raise SystemExit(code) from None
+
+
+def _in_launched_group(job):
+    """Run `job` in the process group SLURM's variables describe, if any (mtlrun.distributed.adopt_slurm): rank 0
+    logs, the others only warn; the group is left at the end, since the launcher, not mtlrun, ends the process."""
+    from mtlrun import distributed
+
+    if not distributed.init_if_launched().enabled:
+        _warn_unused_sweep()
+        return job()
+    if not distributed.dist_info().is_main:
+        logging.getLogger("mtlrun").setLevel(logging.WARNING)
+    try:
+        return job()
+    finally:
+        distributed.barrier()
+        distributed.destroy()
 
 
 def _exit_distributed(code) -> None:

@@ -16,7 +16,8 @@ completes, the plugin raises while asking Optuna for the best one; tolerate_no_c
 into a warning, so the summary and exit code are those of any sweep whose jobs all failed.
 
 Under torchrun every rank runs the same sweep; after each job the ranks exchange their outcome, so all of
-them count the job as failed when any rank failed, and only rank 0 writes and prints.
+them count the job as failed when any rank failed, and only rank 0 writes and prints. That holds with Hydra's
+basic sweeper and launcher only: `launcher_keeps_ranks_in_step` stops any other under torchrun (exit 2).
 """
 
 from __future__ import annotations
@@ -79,6 +80,86 @@ def headline(message: str) -> str:
     if head.endswith(":") and len(lines) > 1:
         head += f" {lines[1].removeprefix('- ')}" + (" ..." if len(lines) > 2 else "")
     return head
+
+
+def hydra_node(command: str, overrides: list[str]):
+    """The `hydra` node the command line composes to, from what picks the launcher, sweeper and sweep dir
+    (hydra/... groups, an experiment, hydra.sweep.*: sweep values such as seed=0,1 do not compose outside a
+    sweep); None when that does not compose (Hydra itself then reports why)."""
+    from hydra import compose, initialize_config_dir
+
+    from mtlrun.config import config_dir
+
+    picks = [o for o in overrides if o.startswith(("hydra/", "experiment=", "+experiment=", "hydra.sweep."))
+             and "," not in o]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(command, overrides=picks, return_hydra_config=True).hydra
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def launcher_keeps_ranks_in_step(command: str, overrides: list[str]) -> bool:
+    """A sweep under torchrun/srun is correct only with Hydra's basic sweeper and launcher, which run the same
+    jobs in the same order in every rank's process: any other (submitit, joblib, optuna's sampler) would submit
+    the jobs once per rank or give the ranks different jobs. False, after saying so, for any other."""
+    hydra_cfg = hydra_node(command, overrides)
+    if hydra_cfg is None:
+        return True
+    chosen = {"hydra/launcher": str(hydra_cfg.launcher.get("_target_", "")),
+              "hydra/sweeper": str(hydra_cfg.sweeper.get("_target_", ""))}
+    other = [f"{group}={target.rsplit('.', 1)[-1]}" for group, target in chosen.items()
+             if target.rsplit(".", 1)[-1] not in ("BasicLauncher", "BasicSweeper")]
+    if other:
+        print(f"error: a -m sweep under torchrun/srun runs in every rank's process, which only Hydra's basic "
+              f"launcher and sweeper keep in step; {' and '.join(other)} would launch its jobs once per rank. "
+              f"Start this sweep without torchrun/srun (hydra/launcher=submitit_slurm runs each job as a "
+              f"multi-GPU job)", file=sys.stderr)
+    return not other
+
+
+def launcher_installed(overrides: list[str]) -> bool:
+    """hydra/launcher=submitit_* needs hydra-submitit-launcher: without it, say which extra (False)."""
+    import importlib.util
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
+    if chosen and chosen[-1].startswith("submitit") and not importlib.util.find_spec("hydra_plugins.hydra_submitit_"
+                                                                                      "launcher"):
+        print(f'error: hydra/launcher={chosen[-1]} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
+              file=sys.stderr)
+        return False
+    return True
+
+
+def outcomes_on_disk(command: str, overrides: list[str], since: float) -> list[JobOutcome]:
+    """The jobs of a sweep whose launcher ran them in other processes (hydra/launcher=submitit_*), read back
+    from the job dirs they wrote since `since` (a time.time()): ERROR_FILE marks a failed job."""
+    hydra_cfg = hydra_node(command, overrides)
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)) if hydra_cfg is not None else None
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return []
+    outcomes = []
+    for job_dir in sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)):
+        stamp = job_dir / ".hydra" / "overrides.yaml"
+        if not stamp.is_file() or stamp.stat().st_mtime < since:
+            continue  # not a job of this sweep
+        outcome = JobOutcome(num=int(job_dir.name), job_dir=str(job_dir),
+                             overrides=[str(o) for o in (_yaml_list(stamp))])
+        record = read_error(job_dir)
+        if record is not None:
+            outcome.error, outcome.error_type = str(record.get("error")), str(record.get("error_type", ""))
+            outcome.exit_code = int(record.get("exit_code", FAILURE_EXIT))
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _yaml_list(path: Path) -> list:
+    from omegaconf import OmegaConf
+
+    try:
+        return list(OmegaConf.load(path))
+    except Exception:  # noqa: BLE001 - unreadable: the job is still counted
+        return []
 
 
 def run_job(fn, cfg):
@@ -210,14 +291,17 @@ def exit_code(outcomes: list[JobOutcome]) -> int:
     return USAGE_EXIT if all(o.exit_code == USAGE_EXIT for o in failed) else FAILURE_EXIT
 
 
-def finish(code) -> int | str | None:
+def finish(code, command: str | None = None, overrides: list[str] = (), since: float = 0.0) -> int | str | None:
     """After Hydra returns (or exits): print the summary when a job failed; the process's exit code.
 
-    An exit that is already non-zero (an interrupt, a usage error before any job) keeps its code."""
+    An exit that is already non-zero (an interrupt, a usage error before any job) keeps its code. A multirun
+    whose jobs ran elsewhere (a submitit launcher) left no outcome here: they are read from its job dirs."""
     from mtlrun import distributed
 
     outcomes = list(_outcomes)
     _outcomes.clear()
+    if not outcomes and command and any(o in ("-m", "--multirun") for o in overrides):
+        outcomes = outcomes_on_disk(command, overrides, since)
     if not any(o.failed for o in outcomes):
         return code
     if distributed.dist_info().is_main:

@@ -53,7 +53,9 @@ def cli_env(env: dict | None = None) -> dict:
     sets another: the tests' processes run side by side on a small CPU."""
     if not running_e2e_test:
         raise AssertionError("this starts a process: mark the test (or its module) @pytest.mark.e2e")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    # not the SLURM task variables of a job running the suite: mtlrun would take every CLI process for a rank
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    full_env = {**base, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if not (env and "HYDRA_FULL_ERROR" in env):
         full_env.pop("HYDRA_FULL_ERROR", None)
     return full_env
@@ -70,6 +72,38 @@ def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen
     """Start `python -m mtlrun ARGS` without waiting (to signal or race it), in run_cli's environment."""
     return subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def free_port(low: int = 15000, high: int = 35000) -> int:
+    """A TCP port in [low, high) that nothing listens on now (for a rendezvous on 127.0.0.1)."""
+    import random
+    import socket
+
+    for port in random.Random(os.getpid()).sample(range(low, high), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low}, {high})")
+
+
+def start_slurm_tasks(*args: str, cwd: Path, ntasks: int = 2) -> list[subprocess.Popen]:
+    """`srun --ntasks=N mtlrun ARGS` on this machine: N CLI processes with the variables srun gives its tasks
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST, SLURM_JOB_ID), no torchrun. The job id is
+    picked so that the port mtlrun derives from it (15000 + id % 20000) is free."""
+    port = free_port()
+    base = {k: v for k, v in cli_env().items() if not k.startswith(("SLURM_", "MASTER_")) and
+            k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    procs = []
+    for rank in range(ntasks):
+        env = {**base, "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks), "SLURM_LOCALID": str(rank),
+               "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": str(port - 15000),
+               "SLURM_TASKS_PER_NODE": f"{ntasks}(x1)"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
 
 
 def read_results(run_dir: Path) -> dict[str, float]:

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlrun.data.loading import collate, eval_loader, train_loader  # noqa: F401 (collate: re-exported)
+from mtlrun.data.loading import collate, eval_loader, persistent_train_loader, train_loader  # noqa: F401 (collate)
 from mtlrun.data.modality import drop_modalities
 from mtlrun.data.transforms import build_pipeline, joint_transform
 
@@ -105,11 +105,19 @@ class DataModule:
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  pin_memory: bool | None = None, drop_last: bool = True,
-                 modalities: Sequence[str] | None = None, modality_dropout: float = 0.0, transforms=None):
+                 modalities: Sequence[str] | None = None, modality_dropout: float = 0.0, transforms=None,
+                 persistent_workers: bool = False):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        if not isinstance(persistent_workers, bool):
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"data.persistent_workers={persistent_workers}: must be true or false")
+        # true (with num_workers > 0): one loader per split whose worker processes serve every epoch
+        self.persistent_workers = persistent_workers
+        self._loaders: dict[tuple, DataLoader] = {}
         self.drop_last = drop_last
         self.modalities = None if modalities is None else [str(m) for m in modalities]
         if isinstance(modality_dropout, bool) or not isinstance(modality_dropout, (int, float)) \
@@ -158,15 +166,33 @@ class DataModule:
                      skip_batches: int = 0) -> DataLoader:
         """This rank's shuffled batches of epoch `epoch`, a pure function of (seed, epoch); `skip_batches`
         drops the ones a mid-epoch checkpoint already consumed."""
+        if self._persistent():
+            key = ("train", seed, rank, world_size, self.pin(device))
+            if key not in self._loaders:
+                self._loaders[key] = persistent_train_loader(
+                    self.dataset("train"), batch_size=self.batch_size, seed=seed, rank=rank, world_size=world_size,
+                    drop_last=self.drop_last, num_workers=self.num_workers, pin_memory=self.pin(device))
+            self._loaders[key].batch_sampler.aim(epoch, skip_batches)
+            return self._loaders[key]
         return train_loader(self.dataset("train"), batch_size=self.batch_size, seed=seed, epoch=epoch, rank=rank,
                             world_size=world_size, drop_last=self.drop_last, skip_batches=skip_batches,
                             num_workers=self.num_workers, pin_memory=self.pin(device))
 
+    def _persistent(self) -> bool:
+        return self.persistent_workers and self.num_workers > 0
+
     def eval_loader(self, split: str, *, device: torch.device, rank: int = 0, world_size: int = 1,
                     batch_size: int | None = None) -> DataLoader:
         """This rank's shard of `split` (every sample on exactly one rank), in order."""
-        return eval_loader(self.dataset(split), batch_size=batch_size or self.eval_batch_size, rank=rank,
-                           world_size=world_size, num_workers=self.num_workers, pin_memory=self.pin(device))
+        key = (split, rank, world_size, batch_size or self.eval_batch_size, self.pin(device))
+        if key in self._loaders:
+            return self._loaders[key]
+        loader = eval_loader(self.dataset(split), batch_size=batch_size or self.eval_batch_size, rank=rank,
+                             world_size=world_size, num_workers=self.num_workers, pin_memory=self.pin(device),
+                             persistent=self._persistent())
+        if self._persistent():
+            self._loaders[key] = loader
+        return loader
 
     def train_batches(self, world_size: int = 1) -> int:
         """Batches per epoch on each rank (what len(train_loader) gives, without building one)."""

@@ -98,12 +98,45 @@ class _Loader(DataLoader):
             yield batch
 
 
-def _loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, pin_memory: bool) -> DataLoader:
+def _loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, pin_memory: bool,
+            persistent: bool = False) -> DataLoader:
     if num_workers == 0:
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=0,
                           pin_memory=pin_memory, persistent_workers=False)
     return _Loader(_CarryErrors(dataset), batch_sampler=batch_sampler, collate_fn=_collate, num_workers=num_workers,
-                   pin_memory=pin_memory, persistent_workers=False)
+                   pin_memory=pin_memory, persistent_workers=persistent)
+
+
+class EpochBatches(Sampler):
+    """The training batches of one epoch (as `train_loader` gives them), re-aimed at the next epoch with
+    `aim`: the batch sampler of a loader whose worker processes live across epochs (persistent_workers).
+    Batches are drawn in the main process, so changing the epoch here is all the workers need."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, drop_last: bool):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.drop_last, self.skip = batch_size, drop_last and len(self.sampler) >= batch_size, 0
+
+    def aim(self, epoch: int, skip_batches: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip_batches
+
+    def _batches(self) -> BatchSampler:
+        return BatchSampler(self.sampler, self.batch_size, drop_last=self.drop_last)
+
+    def __iter__(self):
+        return itertools.islice(iter(self._batches()), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self._batches()) - self.skip)
+
+
+def persistent_train_loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                            drop_last: bool = True, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A training loader whose `num_workers` processes serve every epoch: `loader.batch_sampler.aim(epoch,
+    skip_batches)` before each, then the same batches as `train_loader(..., epoch=epoch)`."""
+    batches = EpochBatches(dataset, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                           drop_last=drop_last)
+    return _loader(dataset, batches, num_workers, pin_memory, persistent=True)
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, rank: int = 0,
@@ -118,9 +151,9 @@ def train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, ra
 
 
 def eval_loader(dataset: Dataset, *, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     batches = BatchSampler(_Shard(len(dataset), rank, world_size), batch_size, drop_last=False)
-    return _loader(dataset, batches, num_workers, pin_memory)
+    return _loader(dataset, batches, num_workers, pin_memory, persistent=persistent)
 
 
 def to_device(batch, device: torch.device):

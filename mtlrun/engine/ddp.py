@@ -27,8 +27,12 @@ def sync_batchnorm_problem(device: torch.device, distributed: bool) -> str | Non
 
 
 def wrap_for_training(model: nn.Module, *, data, device: torch.device, distributed: bool, sync_batchnorm: bool,
-                      compile: bool) -> nn.Module:
-    """What the training step calls; the plain `model` stays what checkpoints and evaluation use."""
+                      compile: bool, reducer: bool = True) -> nn.Module:
+    """What the training step calls; the plain `model` stays what checkpoints and evaluation use.
+
+    `reducer=False` (a weighting that differentiates several times per step and averages its gradients
+    itself): no DistributedDataParallel, whose output hooks (find_unused_parameters) would also cut the
+    shared representation the weighting differentiates against off the heads' graph."""
     wrapped = model
     if distributed:
         problem = sync_batchnorm and sync_batchnorm_problem(device, distributed)
@@ -36,6 +40,8 @@ def wrap_for_training(model: nn.Module, *, data, device: torch.device, distribut
             raise UsageError(problem)
         if sync_batchnorm:
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        if not reducer:
+            return torch.compile(wrapped) if compile else wrapped
         ids = [device.index] if device.type == "cuda" else None
         probe = next(iter(data.eval_loader("train", device=device, batch_size=2)))
         unused = unused_parameters(model, to_device(probe, device), device)
@@ -84,3 +90,17 @@ def average_gradients(params, world_size: int) -> None:
     flat /= world_size
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad.copy_(g.view_as(p.grad))
+
+
+def average_buffers(model: nn.Module, world_size: int) -> None:
+    """Average the floating buffers (BatchNorm running statistics) over ranks. A model trained without the DDP
+    wrapper (multi-backward weightings) keeps its own statistics on every rank, where DDP would broadcast
+    rank 0's before each forward: averaged before evaluation, every rank evaluates, and rank 0 saves, the same."""
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    distributed.all_reduce_([flat])
+    flat /= world_size
+    for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(v.view_as(b))

@@ -32,3 +32,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def autocast(device: torch.device, precision: str):
     dtype = AMP_DTYPES[str(precision)]
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def channels_last(batch: dict) -> dict:
+    """The batch with its image inputs (4-D floating tensors) in channels_last memory format, as a
+    channels_last model wants them (trainer.channels_last): convolutions then skip a layout conversion."""
+    inputs = {m: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.is_floating_point() else x
+              for m, x in batch["inputs"].items()}
+    return {**batch, "inputs": inputs}

@@ -1,4 +1,8 @@
-"""SIGINT / SIGTERM during training: stop after the current step with a checkpoint, never mid-save.
+"""SIGINT / SIGTERM / SIGUSR1 during training: stop after the current step with a checkpoint, never mid-save.
+
+SIGUSR1 is what SLURM sends ahead of a time limit or preemption (`sbatch --signal=USR1@120`, submitit's
+default); SIGTERM what it sends at the end. Under DDP the ranks agree at the next log step (Trainer._should_stop),
+so every rank stops at the same step, even when only one of them got the signal.
 
 The first signal asks the loop to stop at the next step boundary (the trainer saves last.pt, then raises
 TrainingInterrupted, which the CLI turns into exit 128 + signal). A second signal stops at once without
@@ -19,11 +23,11 @@ import torch
 from mtlrun import distributed
 
 log = logging.getLogger("mtlrun")
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+HANDLED = (signal.SIGINT, signal.SIGTERM, *((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()))
 
 
 class TrainingInterrupted(Exception):
-    """A stop asked for by SIGINT/SIGTERM. `path`: the checkpoint saved on the way out, or None when a
+    """A stop asked for by SIGINT/SIGTERM/SIGUSR1. `path`: the checkpoint saved on the way out, or None when a
     second signal stopped the run before it could save (`last_good`: the newest checkpoint on disk)."""
 
     def __init__(self, signum: int, path: Path | None, last_good: Path | None = None):

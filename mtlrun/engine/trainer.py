@@ -20,8 +20,8 @@ from mtlrun import distributed
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.conflict import ConflictMeter
-from mtlrun.engine.ddp import average_gradients, wrap_for_training
-from mtlrun.engine.device import AMP_DTYPES, autocast, resolve_device
+from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
+from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
 from mtlrun.engine.loggers.base import Trackers, grad_norm
@@ -57,12 +57,16 @@ class Trainer:
         self.grad_norm = None  # of the last step, a device tensor: set by grad_clip, else on log steps only
 
         self.model = model.to(self.device)  # the plain module: checkpoints and evaluation use it
+        self.memory_format = channels_last if cfg.channels_last else None  # applied to every batch
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
         self._zero = torch.zeros(1, device=self.device)
         self.optimizer = optimizer
         self.train_model = wrap_for_training(self.model, data=data, device=self.device,
                                              distributed=self.dist.enabled, sync_batchnorm=cfg.sync_batchnorm,
-                                             compile=cfg.compile)  # what the training step calls
+                                             compile=cfg.compile,  # what the training step calls
+                                             reducer=not getattr(weighting, "multi_backward", False))
 
         self.precision = str(cfg.precision)
         self.amp_dtype = AMP_DTYPES[self.precision]
@@ -136,6 +140,8 @@ class Trainer:
         """Per-task losses, and the shared representation when the weighting works on it (or `need_shared`)."""
         if self.train_transform is not None:
             batch = self.train_transform(batch)
+        if self.memory_format is not None:
+            batch = self.memory_format(batch)
         modality_mask = batch.get("modality_mask")
         with self.autocast():
             if self.weighting.needs_shared or need_shared:
@@ -249,9 +255,10 @@ class Trainer:
             self.weighting.start_micro_batch(first=self.batches_done % self.accumulate == 0, last=boundary)
             # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window. A
             # weighting that differentiates several times per step (per-task gradients) always runs
-            # outside DDP's reducer, which allows one backward per forward; its gradients are averaged below.
+            # outside DDP's reducer, which allows one backward per forward (its model is not DDP-wrapped); its
+            # gradients are averaged below.
             manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
-            sync = nullcontext() if (boundary and not manual) or not self.dist.enabled else self.train_model.no_sync()
+            sync = self.train_model.no_sync() if self.dist.enabled and not (boundary or manual) else nullcontext()
             with sync:
                 self.training_step(batch)
             self.batches_done += 1
@@ -314,12 +321,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
+        if self.dist.enabled and getattr(self.weighting, "multi_backward", False):
+            average_buffers(self.model, self.dist.world_size)  # trained without DDP's buffer broadcast
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
         warn = split not in self._warned_splits  # which tasks are unlabelled does not change between epochs
         self._warned_splits.add(split)
         return evaluate_split(self.model, self.tasks, loader, device=self.device, precision=self.precision,
-                              limit_batches=self.cfg.limit_eval_batches, split=split, warn=warn)
+                              limit_batches=self.cfg.limit_eval_batches, split=split, warn=warn,
+                              transform=self.memory_format)
 
     # ------------------------------------------------------------------------ history, checkpoints
     def _train_row(self, epoch: int) -> dict:

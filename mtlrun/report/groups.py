@@ -13,7 +13,7 @@ from mtlrun.report.load import Run, task_nodes
 # Keys that never change what a run trains or measures: they do not split runs into groups.
 IGNORED = ("seed", "resume", "checkpoint", "split", "trainer.device", "trainer.progress_bar",
            "trainer.log_every_n_steps", "trainer.compile", "trainer.deterministic", "data.num_workers",
-           "data.pin_memory", "data.eval_batch_size")
+           "data.pin_memory", "data.eval_batch_size", "data.persistent_workers", "trainer.channels_last")
 MISSING = object()
 
 

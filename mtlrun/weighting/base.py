@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
+from mtlrun import distributed
 
 GRAD_ON = ("parameters", "representation")
 # What `trainer.accumulate>1` is exact for (the step of one batch `accumulate` times larger); the others refuse it.
@@ -126,3 +127,15 @@ def accumulate_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
 
 def architecture_name(model: nn.Module) -> str:
     return type(model).__name__
+
+
+def global_losses(losses: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DDP, each task's loss averaged over the ranks that have labels for it (the global batch's loss
+    when the ranks' batches are alike), and whether any rank has them; the rank's own otherwise. Every rank
+    then keeps the same state (FAMO's previous losses, GradNorm's initial losses), so a checkpoint, which
+    rank 0 writes, holds every rank's state."""
+    if distributed.world_size() <= 1:
+        return losses, labelled
+    stacked = torch.stack([torch.where(labelled, losses.float(), torch.zeros_like(losses.float())), labelled.float()])
+    distributed.all_reduce_([stacked])
+    return stacked[0] / stacked[1].clamp_min(1), stacked[1] > 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from mtlrun import distributed
 from mtlrun.errors import UsageError
+from mtlrun.weighting.base import global_losses
 from mtlrun.weighting.loss_base import LossWeighting
 
 _TINY = 1e-12
@@ -25,7 +25,8 @@ class FAMO(LossWeighting):
     costs nothing over static weighting. It refuses `trainer.accumulate>1` (its weights come from each
     micro-batch's own losses, so micro-batches would not make the step of the larger batch). Tasks without labels drop out of z and of the logit update for that step. The
     logits and their Adam moments are buffers: they are in checkpoints and the model's optimizer never
-    sees them. Under DDP the loss decrease is averaged over ranks, so every rank keeps the same logits.
+    sees them. Under DDP the losses are averaged over ranks first (`global_losses`), so every rank keeps the
+    same logits and previous losses, and a 2-rank run takes the steps of one process on the whole batch.
     """
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, min_loss: float = 0.0,
@@ -66,10 +67,6 @@ class FAMO(LossWeighting):
         before = torch.log((self.previous_losses - self.min_loss).clamp_min(0) + self.eps)
         after = torch.log((losses - self.min_loss).clamp_min(0) + self.eps)
         delta = torch.where(both, before - after, torch.zeros_like(after))
-        if distributed.world_size() > 1:  # the mean decrease over the ranks that have the pair
-            stacked = torch.stack([delta, both.float()])
-            distributed.all_reduce_([stacked])
-            delta, both = stacked[0] / stacked[1].clamp_min(1), stacked[1] > 0
         z = self._masked_softmax(both)
         grad = z * (delta - (z * delta).sum())  # (d softmax / d logits)^T delta
         grad = grad + self.weight_decay * self.logits  # Adam's L2 weight decay
@@ -86,13 +83,16 @@ class FAMO(LossWeighting):
         self.adam_step.copy_(torch.where(both.any(), step, self.adam_step))
 
     def objective(self, losses, labelled):
-        detached = losses.detach()
+        detached, labelled = global_losses(losses.detach(), labelled)
         self._update_logits(detached, labelled)
         self.previous_losses.copy_(detached)
         self.previous_labelled.copy_(labelled)
         z = self._masked_softmax(labelled)
-        shifted = (losses - self.min_loss).clamp_min(0) + self.eps
-        inverse = z / shifted.detach()
+        shifted = (detached - self.min_loss).clamp_min(0) + self.eps
+        inverse = z / shifted
         c = 1.0 / inverse.sum().clamp_min(_TINY)
         self.weights = c * inverse  # d objective / d L_k: sums to 1 over the labelled tasks
-        return (c * z * torch.log(shifted)).sum()
+        # the value c sum_k z_k log(shifted_k); the gradient sum_k weights_k grad L_k (under DDP: the global
+        # batch's weights on this rank's losses, which DDP's gradient average turns into the global gradient)
+        return (c * z * torch.log(shifted)).sum() + (self.weights * (losses - losses.detach())).sum()
+

@@ -48,11 +48,12 @@ the factor that unscales it.
   its Gramian: they refuse accumulation at representation level.
 
 DDP: these methods differentiate more than once per step, which DDP's reducer does not allow; the
-trainer runs them under no_sync() and averages the gradients itself (multi_backward). At representation
-level the Gramian is summed over ranks first, so every rank applies the weights of the global batch:
-the result is exactly that of one process on the whole batch. At parameter level (and for GradDrop and
-ConFIG) each rank aggregates its own Jacobian and the aggregates are averaged (all-reducing T x P
-Jacobians would cost T times the communication).
+trainer runs them under no_sync() and averages the gradients itself (multi_backward). Either way every
+rank aggregates the global batch's gradients, so a run on W ranks equals one process on the whole batch:
+at representation level the Gramian is summed over ranks (the rows are per-sample, so that is all the
+ranks share); at parameter level the Jacobian blocks (T x P) are averaged over ranks before the
+aggregator runs (T times the communication of a plain gradient all-reduce, the price of exactness: each
+rank aggregating its own Jacobian and averaging the aggregates is a different update).
 """
 
 from __future__ import annotations
@@ -310,6 +311,11 @@ class GradientAggregation(Weighting):
     # ------------------------------------------------------------------------------ the aggregation
     def _combine(self, blocks: list[torch.Tensor], s: torch.Tensor, whole_batch: bool = False) -> list[torch.Tensor]:
         """The aggregate of the Jacobian given as blocks [T, ...] (scaled by s), as blocks of the same shapes."""
+        if not whole_batch and distributed.world_size() > 1:  # parameter level: the global batch's Jacobian
+            flat = torch.cat([b.flatten() for b in blocks])
+            distributed.all_reduce_([flat])
+            flat /= distributed.world_size()
+            blocks = [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
         if not isinstance(self.aggregator, aggregation.WeightedAggregator):
             return self.combine_matrix(blocks)
         self.weights = self._gramian_weights(_gramian(blocks), s, whole_batch)

@@ -16,7 +16,8 @@ W (`grad_on`):
   (soft sharing) has no common W: each task then uses the last layer of its own trunk below its head;
 - representation: the shared representation the model returns (cheaper: no walk into the encoder).
 The norms cost one small backward per task (through the heads and W's layer), then one backward of the
-weighted loss.
+weighted loss. Under DDP the norms and the losses are those of the global batch (`_global_norms`,
+`global_losses`), so every rank keeps the same weights and initial losses.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import graph
-from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list
+from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list, global_losses
+
+
+def _with_labels(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return stacked, stacked != 0  # a task without labels in the batch has loss 0
 
 
 class GradNorm(Weighting):
@@ -95,12 +101,13 @@ class GradNorm(Weighting):
         norms = []
         for loss, inputs in zip(scaled, layers):  # ||grad_W L_k||, through the heads and W only
             grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-            squares = [g.float().pow(2).sum() for g in grads if g is not None]
-            norms.append(torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=s.device))
-        norms = torch.stack(norms) / s
+            norms.append(torch.cat([(torch.zeros_like(x) if g is None else g).float().flatten()
+                                    for g, x in zip(grads, inputs)]))
+        norms = self._global_norms(norms) / s
 
-        stacked = torch.stack([losses[t].detach().float() for t in self.task_names])
-        labelled = stacked != 0
+        # under DDP the ranks' mean: every rank keeps the same initial losses (checkpoints hold rank 0's)
+        stacked, labelled = global_losses(*_with_labels(torch.stack([losses[t].detach().float()
+                                                                     for t in self.task_names])))
         count = labelled.sum().clamp_min(1)
         self.initial_losses.copy_(torch.where((self.initial_losses == 0) & labelled, stacked,
                                               self.initial_losses))
@@ -122,6 +129,21 @@ class GradNorm(Weighting):
         scale(objective).backward()
         self.weights = weights * labelled
         return objective.detach()
+
+    def _global_norms(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """||grad_W L_k|| of the global batch under DDP (so every rank steps the weights alike, as one process
+        on the whole batch would): W's gradients averaged over ranks; at representation level, whose rows are
+        the ranks' own samples, the squared norms summed (each rank's loss is a mean over 1/W of the batch)."""
+        world = distributed.world_size()
+        if world > 1 and self.grad_on != "representation":
+            flat = torch.cat(grads)
+            distributed.all_reduce_([flat])
+            grads = list((flat / world).split([len(g) for g in grads]))
+        squares = torch.stack([g.pow(2).sum() for g in grads])
+        if world > 1 and self.grad_on == "representation":
+            distributed.all_reduce_([squares])
+            squares = squares / world ** 2
+        return squares.sqrt()
 
     def current_weights(self):
         return self.weights

@@ -81,3 +81,32 @@ def test_plot_time_script_runs_and_prints_its_times():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"2 epochs, 3 tasks: first call ([0-9.]+) s .* median ([0-9.]+) s over 1 calls", proc.stdout)
     assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, proc.stdout
+
+
+def test_gpu_check_dry_run_on_cpu_passes_or_needs_cuda(tmp_path):
+    """benchmarks/gpu_check.py --device cpu: every group runs through the real Trainer at tiny sizes; every check
+    passes, or says it needs CUDA (sync debug mode, speed targets, compile)."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] is True and report["passed"] is True and report["device"] == "cpu"
+    checks = report["checks"]
+    groups = {c["group"] for c in checks}
+    assert groups == {"placement", "sync", "throughput", "precision", "gradient"}
+    for check in checks:
+        assert check["status"] == "pass" or check["status"].startswith("skipped: needs cuda"), check
+        assert check["name"] in proc.stdout
+    names = {c["name"] for c in checks}
+    assert {f"data={d}" for d in ("multidigits", "digits_av", "scenes", "cifar10", "celeba", "nyuv2", "table")} <= names
+    assert {"weighting=static", "weighting=uw", "weighting=famo", "text=gru", "text=transformer", "fusion=concat",
+            "fusion=attention"} <= names
+    assert all(f"weighting={m} grad_on={level}" in names for m in ("gradnorm", "upgrad", "mgda", "nash_mtl")
+               for level in ("parameters", "representation"))
+    assert all(c["status"] == "pass" for c in checks if c["group"] in ("placement", "gradient"))
+    assert all(c["eval_metrics"] > 0 for c in checks if c["group"] == "placement")
+    gradient = {c["name"]: c for c in checks if c["group"] == "gradient"}
+    assert set(gradient) == {f"upgrad vs static, {k} tasks" for k in (2, 3, 10)}
+    assert all(c["ms_per_step"]["upgrad"] > 0 and c["ms_per_step"]["static"] > 0 for c in gradient.values())
+    assert all(c["ratio"] > 0 for c in checks if c["group"] == "throughput")

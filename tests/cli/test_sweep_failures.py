@@ -90,3 +90,53 @@ def test_exit_code_and_headline_without_a_sweep():
     assert exit_code([ok]) == 0 and exit_code([ok, usage]) == 2 and exit_code([ok, usage, broken]) == 1
     assert headline(usage.error) == "invalid config (2 problem(s)): a: x ..."
     assert "  job 1 [seed=1]: invalid config" in summary([ok, usage, broken])  # lr=1 is common to all jobs
+
+
+@pytest.mark.e2e
+def test_submitit_local_launcher_runs_the_jobs_and_keeps_the_bookkeeping(tmp_path):
+    """hydra/launcher=submitit_local runs each job in a process of its own: the jobs' results, the failed job's
+    error.json, and the summary and exit code, which the sweep process reads back from the job dirs."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("train", "-m", *TINY, "data.n_train=64", "data.n_val=32", "data.n_test=32",
+                   "tasks.only=[left],[right],[nope]", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]  # the one failure is a usage error
+    assert "Submitit 'local' sweep" in proc.stdout
+    assert set(read_results(sweep / "0")) >= {"test/left/accuracy"} and "test/right/accuracy" not in read_results(sweep / "0")
+    assert "test/right/accuracy" in read_results(sweep / "1")
+    error = json.loads((sweep / "2" / "error.json").read_text())
+    assert error["exit_code"] == 2 and "nope" in error["error"] and not (sweep / "2" / "results.json").exists()
+    assert "sweep: 3 job(s) ran, 2 succeeded, 1 failed" in proc.stderr
+    assert "job 2 [tasks.only=[nope]]: invalid config" in proc.stderr
+
+
+def test_submitit_slurm_preset_runs_one_rank_per_gpu():
+    """configs/hydra/launcher/submitit_slurm.yaml: tasks_per_node follows gpus_per_node, so srun starts one
+    task per GPU and mtlrun's SLURM reading makes them one DDP job; SIGUSR1 comes ahead of the time limit."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from mtlrun.config import config_dir
+
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=8",
+                                          "hydra.launcher.nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == 8 and launcher.nodes == 2 and launcher.signal_delay_s > 0
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
+def test_submitit_launcher_without_the_extra_names_it(monkeypatch, capsys):
+    import importlib.util
+
+    from mtlrun import sweep
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert sweep.launcher_installed(["-m", "seed=0,1", "hydra/launcher=submitit_slurm"]) is False
+    assert 'hydra/launcher=submitit_slurm needs hydra-submitit-launcher: pip install "mtlrun[slurm]"' in \
+        capsys.readouterr().err
+    assert sweep.launcher_installed(["-m", "seed=0,1"]) is True

@@ -223,7 +223,8 @@ def test_keys_a_target_does_not_take_are_reported_for_every_node():
         "data.n_trian: mtlrun.data.multidigits.MultiDigits takes no argument 'n_trian'; valid: n_train, n_val, "
         "n_test, source_split, seed, label_fraction, label_fraction_splits, label_noise, label_noise_splits, "
         "batch_size, eval_batch_size, "
-        "num_workers, pin_memory, drop_last, modalities, modality_dropout, transforms; did you mean n_train?",
+        "num_workers, pin_memory, drop_last, modalities, modality_dropout, transforms, persistent_workers; did you "
+        "mean n_train?",
         "backbone.image.chanels: mtlrun.models.encoders.image.SmallCNN takes no argument 'chanels'; valid: "
         "in_channels, input_size, channels, out_dim, dropout; did you mean channels?",
         "fusion.dimm: mtlrun.models.fusion.concat.Concat takes no argument 'dimm'; valid: dim, trunk; did you mean "

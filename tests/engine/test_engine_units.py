@@ -348,3 +348,24 @@ def test_apply_overrides_allowed_prefixes():
     assert cfg.data.batch_size == 7
     with pytest.raises(UsageError, match=r"^seed=3: eval accepts overrides of data\., trainer\. only"):
         apply_overrides(base, current, ["seed=3"], ("data.", "trainer."), "eval")
+
+
+# ------------------------------------------------------------------------------------- channels_last
+def test_channels_last_puts_the_model_and_image_batches_in_channels_last(tmp_path):
+    from mtlrun.build import build_trainer
+    from mtlrun.distributed import DistInfo
+
+    cfg = compose_config(["experiment=scenes_hps", "data.n_train=8", "data.n_val=4", "data.n_test=4", "data.batch_size=4",
+                          "data.image_size=16", "trainer.device=cpu", "trainer.channels_last=true"])
+    trainer = build_trainer(cfg, tmp_path, dist=DistInfo())
+    convs = [p for p in trainer.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]["image"]))
+    batch = next(iter(trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)))
+    assert not batch["inputs"]["image"].is_contiguous(memory_format=torch.channels_last)  # [B, 3, H, W] as loaded
+    trainer.training_step(batch)
+    trainer.optimizer_step()
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+    trainer.evaluate("val")  # evaluation feeds the same layout
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()

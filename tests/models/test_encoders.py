@@ -441,3 +441,29 @@ def test_n_mels_error_says_what_is_valid():
     assert SpectrogramCNN(SR, n_fft=256, n_mels=0).spectrogram.num_bins == 129
     with pytest.warns(UserWarning, match="stay empty"):
         SpectrogramCNN(44100, n_fft=256, n_mels=64)
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("layers, bidirectional", [(1, True), (2, True), (2, False)])
+def test_unpacked_rnn_equals_the_packed_one_at_the_real_positions(cell, layers, bidirectional):
+    """RNNText's CUDA path (no host sync: packing needs the lengths on the host) gives the packed outputs and
+    gradients at each text's real positions; an all-padding row (length 0) stays finite."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from mtlrun.models.encoders.text import _unpacked_rnn
+
+    torch.manual_seed(0)
+    rnn = cell(5, 7, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+    x = torch.randn(5, 9, 5, requires_grad=True)
+    lengths = torch.tensor([9, 3, 1, 6, 0])
+    out, _ = rnn(pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False))
+    packed, _ = pad_packed_sequence(out, batch_first=True, total_length=9)
+    mine = _unpacked_rnn(rnn, x, lengths)
+    mask = (torch.arange(9) < lengths[:, None]).unsqueeze(-1).float()
+    assert mine.shape == packed.shape and torch.isfinite(mine).all()
+    torch.testing.assert_close(mine * mask, packed * mask, atol=1e-6, rtol=1e-5)
+    weights = torch.randn_like(packed)  # a loss that weighs every real position differently
+    want = torch.autograd.grad((packed * mask * weights).sum(), [x, *rnn.parameters()])
+    got = torch.autograd.grad((mine * mask * weights).sum(), [x, *rnn.parameters()])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

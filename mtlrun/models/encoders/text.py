@@ -42,7 +42,8 @@ class RNNText(Encoder):
     """Embedding -> (bi)GRU / LSTM over the packed sequences -> masked mean of the outputs -> Linear + ReLU.
 
     The sequences are packed, so the recurrence stops at each text's last real token: trailing padding is
-    never fed to it (and the backward direction starts from the real end). A text's length is the position
+    never fed to it (and the backward direction starts from the real end). On CUDA the same result comes from
+    `_unpacked_rnn`, which needs no host sync (packing wants the lengths on the host). A text's length is the position
     of its last non-padding id, so a 0 inside a text is read as an (all-zero) padding embedding rather
     than cutting the text short; it is still left out of the mean and of `token_mask`.
     """
@@ -78,12 +79,46 @@ class RNNText(Encoder):
         lengths = (mask * positions).amax(1)  # position of the last real token; 0 for all padding
         # pack_padded_sequence rejects length 0: an all-padding row runs one step on the padding embedding,
         # and that step is masked out below, so the row's vector is the projection of zeros (finite)
-        packed = pack_padded_sequence(self.embed(ids), lengths.clamp(min=1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        if ids.is_cuda:  # no host sync: each direction over the padded batch, the backward one on reversed texts
+            out = _unpacked_rnn(self.rnn, self.embed(ids), lengths)
+        else:
+            packed = pack_padded_sequence(self.embed(ids), lengths.clamp(min=1).cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
         tokens = out * mask.unsqueeze(-1).to(out.dtype)
         return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+
+
+def _unpacked_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """What `rnn` gives on the packed `x` [B, L, E] at each text's real positions (its first `lengths` ones),
+    without packing, whose lengths must be on the host: each layer and direction is one unidirectional run
+    over the padded batch. Forward, the trailing padding comes after every real position and changes none;
+    backward, each text is first reversed within its own length (padding stays behind), run forward with
+    the reverse weights, and put back. Positions past a text's length hold values to be masked out."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    last = lengths.unsqueeze(1) - 1
+    flip = torch.where(steps < lengths.unsqueeze(1), last - steps, steps)  # an involution: its own inverse
+
+    def reverse(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, flip.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+    for layer in range(rnn.num_layers):
+        outputs = []
+        for suffix in ("", "_reverse")[: 2 if rnn.bidirectional else 1]:
+            weights = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                              "bias_hh") if rnn.bias or "weight" in name]
+            inputs = reverse(x) if suffix else x
+            h0 = inputs.new_zeros(1, inputs.shape[0], rnn.hidden_size)
+            if isinstance(rnn, nn.LSTM):
+                out = torch._VF.lstm(inputs, (h0, h0), weights, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+            else:
+                out = torch._VF.gru(inputs, h0, weights, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+            outputs.append(reverse(out) if suffix else out)
+        x = torch.cat(outputs, dim=-1)
+        if layer < rnn.num_layers - 1 and rnn.dropout:
+            x = nn.functional.dropout(x, rnn.dropout, rnn.training)
+    return x
 
 
 class TransformerText(Encoder):
