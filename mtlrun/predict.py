@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from mtlrun import distributed
 from mtlrun.inference import Predictor, build_predictor, prediction_data, read_source
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_eval
@@ -39,6 +40,8 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
                          f"of `mtlrun export format=weights`)")
     if cfg.split not in SPLITS:
         raise UsageError(f"split={cfg.split}: valid: {', '.join(SPLITS)}")
+    if distributed.dist_info().enabled:  # every rank would write the same files over each other
+        raise UsageError(f"mtlrun {what} runs in one process; start it without torchrun / srun")
     path = Path(cfg.checkpoint).expanduser().resolve()
     source = read_source(path)
     check_checkpoint_config(source["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")

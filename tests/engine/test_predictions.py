@@ -110,3 +110,18 @@ def test_onnx_export_of_a_model_it_cannot_export_says_why_for_each_exporter(tmp_
     with pytest.raises(portable.ExportError, match="format=onnx: torch.onnx.export cannot export this model; "
                                                    "dynamo exporter: .*; torchscript-based exporter: "):
         portable.to_onnx(wrapper, (torch.randn(2, 3),), tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_predict_and_export_refuse_to_run_under_a_launcher(monkeypatch, command):
+    """Under torchrun every rank would write the same prediction / export files over each other."""
+    from omegaconf import OmegaConf
+
+    from mtlrun import distributed
+    from mtlrun.errors import UsageError
+    from mtlrun.predict import open_checkpoint
+
+    monkeypatch.setattr(distributed, "dist_info", lambda: distributed.DistInfo(rank=1, world_size=2))
+    cfg = OmegaConf.create({"checkpoint": "best.pt", "split": "test"})
+    with pytest.raises(UsageError, match=f"mtlrun {command} runs in one process; start it without torchrun"):
+        open_checkpoint(cfg, command)
