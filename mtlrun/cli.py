@@ -167,17 +167,13 @@ def _locked(fn):
 
 def _run_guarded(fn, cfg):
     from mtlrun.engine.signals import TrainingInterrupted
-    from mtlrun.errors import MtlrunError
+    from mtlrun.errors import MtlrunError, exit_on
 
     log = logging.getLogger("mtlrun")
     try:
         return fn(cfg)
     except MtlrunError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        _log_to_files(logging.ERROR, f"error: {exc}")
-        raise SystemExit(exc.exit_code) from None
+        exit_on(exc, also=lambda message: _log_to_files(logging.ERROR, message))
     except TrainingInterrupted as exc:
         name = signal.Signals(exc.signum).name
         if exc.path is not None:

@@ -5,8 +5,24 @@ The CLI prints `error: <message>` and exits with `exit_code`; HYDRA_FULL_ERROR=1
 """
 
 
+import os
+import sys
+
+
 class MtlrunError(Exception):
     exit_code = 1
+
+
+def exit_on(exc: "MtlrunError", also=None) -> None:
+    """End the command for `exc` the way every mtlrun command does: `error: <message>` on stderr (and to
+    `also(message)`, e.g. the run's log file) and its exit code, no traceback; with HYDRA_FULL_ERROR=1 the
+    exception itself goes on up. Call it from the `except` block that caught `exc`."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    if also is not None:
+        also(f"error: {exc}")
+    raise SystemExit(exc.exit_code) from None
 
 
 class UsageError(MtlrunError):

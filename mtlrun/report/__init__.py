@@ -28,11 +28,9 @@ command line.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-from mtlrun.errors import MtlrunError, UsageError
+from mtlrun.errors import MtlrunError, UsageError, exit_on
 from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
 from mtlrun.report.figures import plot_report
@@ -134,7 +132,4 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return report(args)
     except MtlrunError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+        exit_on(exc)
