@@ -134,7 +134,7 @@ def lowest_pair(names: list[str], z: list[list[float]]) -> tuple[str, str, float
 
 
 def format_matrix(names: list[str], z: list[list[float]]) -> str:
-    width = max(8, *(len(n) for n in names)) + 1
+    width = max(10, *(len(n) for n in names)) + 2  # "+1.24e-05" is 9 wide
     head = "step on \\ loss of".ljust(width + 9) + "".join(n.rjust(width) for n in names)
     rows = [head] + [names[i].ljust(width + 9) + "".join(f"{v:+.3g}".rjust(width) if i != j else "—".rjust(width)
                                                           for j, v in enumerate(row)) for i, row in enumerate(z)]
