@@ -43,6 +43,13 @@ def cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
+def from_cache(auto_class, name: str):
+    """`auto_class.from_pretrained(name)` (a transformers AutoModel / AutoConfig / AutoTokenizer) from a local
+    folder or the hub cache only; OSError or ValueError when neither has it (the caller says what to do)."""
+    with offline():
+        return auto_class.from_pretrained(name, local_files_only=True, cache_dir=str(hf_cache_dir()))
+
+
 @contextmanager
 def offline() -> Iterator[None]:
     """The Hugging Face libraries' offline switches set for the duration (belt and braces: every call below

@@ -16,7 +16,7 @@ import torch
 
 from mtlrun.checks import import_extra
 from mtlrun.errors import UsageError
-from mtlrun.hub import hf_cache_dir, offline, repo_cache_dir
+from mtlrun.hub import from_cache, repo_cache_dir
 
 _loaded: dict[str, object] = {}
 
@@ -26,9 +26,7 @@ def load_tokenizer(name: str, key: str):
     if name not in _loaded:
         transformers = import_extra("transformers", "hf", f"{key}.tokenizer")
         try:
-            with offline():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True,
-                                                                       cache_dir=str(hf_cache_dir()))
+            tokenizer = from_cache(transformers.AutoTokenizer, name)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{key}.tokenizer={name}: not in the local cache, and mtlrun never downloads; looked in "
                              f"{repo_cache_dir(name)} (HF_HUB_CACHE, or HF_HOME/hub); fetch it where there is a "

@@ -25,7 +25,7 @@ from mtlrun.checks import check_range, import_extra
 from mtlrun.data.hf_tokenizer import swap_pad
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.base import Encoded, Encoder
-from mtlrun.hub import hf_cache_dir, offline, repo_cache_dir
+from mtlrun.hub import from_cache, repo_cache_dir
 from mtlrun.models.encoders.text import _check_data, _masked_mean
 
 _KEY = "backbone.text"
@@ -35,8 +35,7 @@ TOKENIZERS = ("mtlrun", "model")
 
 def _load_pretrained(transformers, name: str):
     try:
-        with offline():
-            return transformers.AutoModel.from_pretrained(name, local_files_only=True, cache_dir=str(hf_cache_dir()))
+        return from_cache(transformers.AutoModel, name)
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"{_KEY}.pretrained=true: the transformers model {name} is not in the local cache, and mtlrun never "
@@ -60,9 +59,7 @@ def _random_model(transformers, name, config, vocab_size: int, max_len: int):
             raise UsageError(f"{_KEY}.config: {exc}") from exc
     elif name:
         try:
-            with offline():
-                cfg = transformers.AutoConfig.from_pretrained(name, local_files_only=True,
-                                                              cache_dir=str(hf_cache_dir()))
+            cfg = from_cache(transformers.AutoConfig, name)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{_KEY}.name={name}: its config is not in the local cache ({repo_cache_dir(name)}); "
                              f"give {_KEY}.config instead (model_type and sizes)") from exc
