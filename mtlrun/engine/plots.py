@@ -1,6 +1,7 @@
-"""curves.png (a run's loss, metric, task-weight and learning-rate curves) and robustness.png (metrics against
-corruption level). Each picture is built by a `build_*_figure` function that returns the matplotlib Figure (the
-tests read its axes, lines and containers instead of pixels) and saved by a `plot_*` function.
+"""curves.png (a run's loss, metric, task-weight, gradient-conflict and learning-rate curves) and
+robustness.png (metrics against corruption level). Each picture is built by a `build_*_figure` function that
+returns the matplotlib Figure (the tests read its axes, lines and containers instead of pixels) and saved by a
+`plot_*` function.
 
 matplotlib is imported inside the functions: importing mtlrun (every CLI start-up) never pays for it."""
 
@@ -72,8 +73,9 @@ def _loss_scale(ax, values: list[float]) -> str:
 
 def build_curves_figure(rows: list[dict], tasks: dict, best_epoch: int | None = None):
     """Panels: every task's loss (log scale; train dashed, val solid), each task's first metric on val (and
-    train where logged), the task weights only when one of them changes, and the learning rate. One colour
-    per task in every panel; a dotted vertical line at the best epoch (the checkpoint the results come from)."""
+    train where logged), the task weights only when one of them changes, gradient conflict (pair cosines,
+    conflicting fraction) and gradient-norm ratios when trainer.conflict=true logged them, and the learning rate.
+    One colour per task in every panel; a dotted vertical line at the best epoch (the checkpoint the results come from)."""
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -82,8 +84,9 @@ def build_curves_figure(rows: list[dict], tasks: dict, best_epoch: int | None = 
     weights = _task_weights(rows, tasks)
     varying = _weights_vary(weights)
     lrs = _series(rows, "train", "lr")
+    cosines = _conflict_pairs(rows, tasks)
     panels = ["loss", *(f"metric:{t}" for t in tasks if tasks[t].metric_names), *(["weight"] if varying else []),
-              *(["lr"] if lrs[0] else [])]
+              *(["conflict", "norms"] if cosines else []), *(["lr"] if lrs[0] else [])]
     fig, axes = panel_grid(plt, len(panels))
     best = f"best epoch {best_epoch}"
     for ax, panel in zip(axes, panels):
@@ -130,6 +133,10 @@ def build_curves_figure(rows: list[dict], tasks: dict, best_epoch: int | None = 
             ax.set_title("task weights (train, epoch mean)")
             ax.set_ylabel("weight")
             ax.legend(fontsize=7)
+        elif panel == "conflict":
+            _draw_conflict(ax, rows, cosines)
+        elif panel == "norms":
+            _draw_norms(ax, rows, tasks, colour)
         else:
             ax.plot(*lrs, "--", color="black", marker="o", markersize=3)
             ax.set_title("learning rate (train, end of epoch)")
@@ -142,6 +149,45 @@ def build_curves_figure(rows: list[dict], tasks: dict, best_epoch: int | None = 
         ax.grid(alpha=0.3)
     _margins(fig)
     return fig
+
+
+def _conflict_pairs(rows: list[dict], tasks: dict) -> list[tuple[str, str]]:
+    """The task pairs whose gradient cosine trainer.conflict=true logged (conflict/cos/a~b in train rows)."""
+    logged = {k for r in rows if r.get("split") == "train" for k in r if k.startswith("conflict/cos/")}
+    names = list(tasks)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if f"conflict/cos/{a}~{b}" in logged]
+
+
+def _draw_conflict(ax, rows: list[dict], pairs: list[tuple[str, str]]) -> None:
+    """trainer.conflict=true: each pair's gradient cosine at the shared representation (epoch mean; < 0 means a
+    step for one task raises the other's loss) and, in black, the fraction of conflicting pairs."""
+    for i, (a, b) in enumerate(pairs):
+        ax.plot(*_series(rows, "train", f"conflict/cos/{a}~{b}"), color=f"C{i % 10}",
+                linestyle=("-", "--", ":", "-.")[i // 10 % 4], marker="o", markersize=2, linewidth=1, label=f"{a}~{b}")
+    xs, ys = _series(rows, "train", "conflict/fraction")
+    if xs:
+        ax.plot(xs, ys, "-", color="black", linewidth=2.2, label="fraction conflicting")
+    ax.axhline(0.0, color="0.5", linewidth=0.8, label="_zero")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title("gradient conflict (train, shared repr.)")
+    ax.set_ylabel("cosine (< 0: conflict)")
+    ax.legend(fontsize=6, ncol=2 if len(pairs) > 5 else 1)
+
+
+def _draw_norms(ax, rows: list[dict], tasks: dict, colour: dict) -> None:
+    """Each task's gradient norm over the mean of all tasks: which task dominates the shared update."""
+    values = []
+    for t in tasks:
+        xs, ys = _series(rows, "train", f"conflict/norm/{t}")
+        if xs:
+            ax.plot(xs, ys, "-", color=colour[t], marker="o", markersize=3, label=t)
+            values += ys
+    if values and min(values) > 0:
+        ax.set_yscale("log")  # one task's gradient is often orders of magnitude above the others'
+    ax.axhline(1.0, color="0.5", linewidth=0.8, label="_mean")
+    ax.set_title("gradient norm / mean over tasks")
+    ax.set_ylabel("norm ratio" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.legend(fontsize=7)
 
 
 def _margins(fig, left: float = 0.75, right: float = 0.15, top: float = 0.35, bottom: float = 0.55) -> None:

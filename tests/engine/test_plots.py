@@ -143,3 +143,28 @@ def test_robustness_seed_spread_and_direction(figures):
     assert panels(one)["ink/mae"].get_ylabel() == "ink/mae"  # direction unknown: no arrow, no claim
     xs = [list(c.lines[0].get_xdata()) for c in acc.containers]
     assert xs[0] != xs[1] and all(abs(x - lv) <= 0.02 for curve in xs for x, lv in zip(curve, levels))
+
+
+def test_curves_conflict_panels_only_when_logged(figures):
+    """trainer.conflict=true rows: a panel of pair cosines with the conflicting fraction in black, and one of
+    gradient-norm ratios in the task colours (log scale); without those columns neither panel exists."""
+    rows = history()
+    for r in rows:
+        if r["split"] == "train":
+            e = r["epoch"]
+            r["conflict/cos/left~ink"], r["conflict/fraction"] = -0.1 * e, 1.0 if e > 0 else 0.0
+            r["conflict/norm/left"], r["conflict/norm/ink"] = 0.1 * e, 2.0 - 0.1 * e
+    fig, plain = build_curves_figure(rows, TASKS), build_curves_figure(history(), TASKS)
+    figures += [fig, plain]
+    conflict, norms = "gradient conflict (train, shared repr.)", "gradient norm / mean over tasks"
+    assert conflict not in panels(plain) and norms not in panels(plain)
+    lines = {ln.get_label(): ln for ln in data_lines(panels(fig)[conflict])}
+    assert list(lines["left~ink"].get_ydata()) == pytest.approx([-0.1 * e for e in range(1, 6)])
+    assert lines["fraction conflicting"].get_color() == "black"
+    assert list(lines["fraction conflicting"].get_ydata()) == [1.0] * 5
+    assert panels(fig)[conflict].get_ylim() == pytest.approx((-1.05, 1.05))
+    ratio = {ln.get_label(): ln for ln in data_lines(panels(fig)[norms])}
+    assert set(ratio) == {"left", "ink"} and panels(fig)[norms].get_yscale() == "log"
+    assert list(ratio["ink"].get_ydata()) == pytest.approx([2.0 - 0.1 * e for e in range(1, 6)])
+    loss_colours = {ln.get_label(): ln.get_color() for ln in data_lines(panels(fig)["loss per task"])}
+    assert ratio["left"].get_color() == loss_colours["left val"]
