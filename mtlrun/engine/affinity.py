@@ -141,21 +141,30 @@ def format_matrix(names: list[str], z: list[list[float]]) -> str:
     return "\n".join(rows)
 
 
-def plot_affinity(names: list[str], z: list[list[float]], path: Path, title: str = "") -> None:
+SYMLOG_SPAN = 100.0  # |Z| spanning more than this factor: a symmetric log colour scale, else the small cells look 0
+
+
+def build_affinity_figure(names: list[str], z: list[list[float]], title: str = ""):
     """A heatmap of Z: rows are the task whose step is taken, columns the task whose loss changes; a diverging
-    colour map centred at 0 (blue helps, red hurts), each cell annotated, the diagonal left blank."""
-    import matplotlib
+    colour map centred at 0 (blue helps, red hurts), each cell annotated, the diagonal left blank. When |Z|
+    spans more than SYMLOG_SPAN (one task's raw loss scale often makes its row 1000x the rest), the colours
+    are symmetric-log, linear within the smallest nonzero |Z|, so small affinities keep their sign's colour."""
+    from matplotlib.colors import Normalize, SymLogNorm
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mtlrun.engine.plots import pyplot
 
+    plt = pyplot()
     n = len(names)
     values = [[float("nan") if i == j else z[i][j] for j in range(n)] for i in range(n)]
     finite = [abs(v) for row in values for v in row if not math.isnan(v)]
-    bound = max(finite) if finite else 1.0
+    bound = max(finite) if finite and max(finite) > 0 else 1.0
+    smallest = min((v for v in finite if v > 0), default=bound)
+    symlog = bound / smallest > SYMLOG_SPAN
+    norm = (SymLogNorm(linthresh=smallest, vmin=-bound, vmax=bound, base=10) if symlog
+            else Normalize(vmin=-bound, vmax=bound))
     size = 1.2 + 0.9 * n
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+    image = ax.imshow(values, cmap="RdBu", norm=norm)
     ax.set_xticks(range(n), names, rotation=30, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("loss of task j")
@@ -163,10 +172,17 @@ def plot_affinity(names: list[str], z: list[list[float]], path: Path, title: str
     for i in range(n):
         for j in range(n):
             if i != j:
+                dark = abs(norm(z[i][j]) - 0.5) > 0.3  # far from the white centre of the colour map
                 ax.text(j, i, f"{z[i][j]:+.2g}", ha="center", va="center", fontsize=8,
-                        color="white" if abs(z[i][j]) > 0.6 * bound else "black")
-    fig.colorbar(image, ax=ax, label="affinity 1 - L_j(after i's step) / L_j (> 0: i helps j)")
+                        color="white" if dark else "black")
+    scale = " (symmetric log scale)" if symlog else ""
+    fig.colorbar(image, ax=ax, label=f"affinity 1 - L_j(after i's step) / L_j (> 0: i helps j){scale}")
     ax.set_title(title or "lookahead task affinity (TAG)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_affinity(names: list[str], z: list[list[float]], path: Path, title: str = "") -> None:
+    from mtlrun.engine.plots import save_figure
+
+    save_figure(build_affinity_figure(names, z, title), path)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from contracts import TINY, run_cli
-from mtlrun.engine.affinity import AffinityMeter, best_groupings, grouping_score, lowest_pair, partitions
+from mtlrun.engine.affinity import (AffinityMeter, best_groupings, build_affinity_figure, grouping_score, lowest_pair,
+                                    partitions)
 from mtlrun.models.base import MultiTaskModel
 from mtlrun.tasks import Regression
 
@@ -106,6 +107,31 @@ def test_grouping_score_is_the_mean_affinity_onto_each_member():
     assert [round(s, 6) for s, _ in scores] == [0.5, 0.4, -0.7]
     assert [sorted(map(sorted, g)) for _, g in scores] == [[["p", "q"], ["r"]], [["p"], ["q", "r"]],
                                                           [["p", "r"], ["q"]]]
+
+
+def test_heatmap_keeps_small_affinities_visible_next_to_a_huge_row():
+    """One task's raw loss scale can make its row 1000x the others: then the colours are symmetric-log, so a
+    +0.01 cell is still blue and a -0.01 cell red; with a narrow range the scale stays linear."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
+
+    names = ["a", "b", "c"]
+    wide = [[0.0, 0.01, -0.01], [-10.0, 0.0, -12.0], [0.02, 0.005, 0.0]]
+    narrow = [[0.0, 0.5, -0.4], [0.2, 0.0, -0.3], [0.1, 0.05, 0.0]]
+    fig_wide, fig_narrow = build_affinity_figure(names, wide), build_affinity_figure(names, narrow)
+    try:
+        image = fig_wide.axes[0].get_images()[0]
+        assert isinstance(image.norm, SymLogNorm) and image.norm.vmax == 12.0 and image.norm.vmin == -12.0
+        blue, red = image.cmap(image.norm(0.01)), image.cmap(image.norm(-0.01))
+        assert blue[2] > blue[0] + 0.05 and red[0] > red[2] + 0.05  # RdBu: blue helps, red hurts
+        assert "symmetric log" in fig_wide.axes[1].get_ylabel()
+        flat = fig_narrow.axes[0].get_images()[0].norm
+        assert not isinstance(flat, SymLogNorm) and (flat.vmin, flat.vmax) == (-0.5, 0.5)
+        cells = {t.get_text() for t in fig_wide.axes[0].texts}
+        assert cells == {"+0.01", "-0.01", "-10", "-12", "+0.02", "+0.005"}
+    finally:
+        plt.close(fig_wide)
+        plt.close(fig_narrow)
 
 
 def test_a_model_without_shared_parameters_is_refused():
