@@ -17,6 +17,7 @@ from mtlrun.report.stats import mean_std
 
 DELTA = "Δm%"
 SEED_OFFSET = 0.25  # the seeds' dots sit this far (in rows) below their group's mean
+SUPTITLE_BAND = 0.4  # inches kept above the panels for the figure's title
 PANEL_WIDTH, LABEL_WIDTH = 3.1, 2.6  # inches: one panel, the group labels on the left of each row of panels
 
 
@@ -70,9 +71,9 @@ def build_report_figure(mtl: list[Group], baselines: list[Group], columns: list[
         ax.set_ylim(-0.7, len(groups) - 0.4)
         ax.set_yticks([row_of[g] for g in groups], labels if i % cols == 0 else [], fontsize=7)
     fig.suptitle(f"{split} split: mean ± std over seeds (point and bar), each seed a dot below", fontsize=10)
-    fig.tight_layout()
     fig.set_size_inches(fig.get_size_inches()[0] + LABEL_WIDTH, fig.get_size_inches()[1])
-    fig.tight_layout()
+    # tight_layout leaves the suptitle out: keep a band of SUPTITLE_BAND inches above the panels for it
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - SUPTITLE_BAND / fig.get_size_inches()[1]))
     return fig
 
 

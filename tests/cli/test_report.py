@@ -410,6 +410,30 @@ def test_report_figure_points_with_seed_error_bars_every_metric(runs, capsys):
         plt.close(fig)
 
 
+def test_report_figure_title_clears_the_panels_of_a_tall_report(runs, capsys):
+    """14 groups x 13 panels (multidigits_hard's report): tight_layout alone put the figure's title over the
+    first row's panel titles."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from mtlrun.report import main as report_main
+    from mtlrun.report.figures import build_report_figure
+    from mtlrun.report.stats import metric_columns
+
+    result = report_main([str(runs / "multirun"), str(runs / "stl"), "--out", str(runs / "rep")])
+    columns, directions = metric_columns([*result["mtl"], *result["baselines"]])
+    mtl = [dataclasses.replace(g, label=f"{g.label} #{i}") for i in range(7) for g in result["mtl"]]
+    fig = build_report_figure(mtl, [], (columns * 2)[:12], directions, set())
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        top_of_panels = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.axison)
+        assert fig._suptitle.get_window_extent(renderer).y0 >= top_of_panels
+    finally:
+        plt.close(fig)
+
+
 def test_report_robustness_passes_every_seed_and_the_directions(runs, capsys, monkeypatch):
     from mtlrun.engine import plots
 
