@@ -171,9 +171,8 @@ def _draw_conflict(ax, rows: list[dict], pairs: list[tuple[str, str]]) -> None:
     xs, ys = _series(rows, "train", "conflict/fraction")
     if xs:
         fraction = ax.twinx()
-        fraction.plot(xs, ys, "-", color="black", linewidth=2.2, label="fraction conflicting")
-        fraction.set_ylim(-0.02, 1.02)
-        fraction.set_ylabel("fraction < 0", labelpad=1)
+        fraction.plot(xs, ys, "-", color="black", linewidth=2.2, label="fraction of pairs < 0 (right axis)")
+        fraction.set_ylim(-0.02, 1.02)  # no axis label: it would run into the next panel's; the legend says it
         fraction.legend(fontsize=6, loc="upper right")
     ax.legend(fontsize=5.5, ncol=2 if len(pairs) > 5 else 1)
 

@@ -162,8 +162,8 @@ def test_curves_conflict_panels_only_when_logged(figures):
     assert list(lines["left~ink"].get_ydata()) == pytest.approx([-0.1 * e for e in range(1, 6)])
     low, high = panels(fig)[conflict].get_ylim()
     assert low <= -0.5 and 0.0 <= high < 0.5  # fitted to the cosines, 0 always in view
-    (twin,) = [ax for ax in fig.axes if ax.get_ylabel() == "fraction < 0"]
-    (fraction,) = data_lines(twin)
+    (fraction,) = [ln for ax in fig.axes for ln in data_lines(ax) if ln.get_label().startswith("fraction of pairs")]
+    assert fraction.axes is not panels(fig)[conflict] and fraction.axes.get_ylim() == pytest.approx((-0.02, 1.02))
     assert fraction.get_color() == "black" and list(fraction.get_ydata()) == [1.0] * 5
     ratio = {ln.get_label(): ln for ln in data_lines(panels(fig)[norms])}
     assert set(ratio) == {"left", "ink"} and panels(fig)[norms].get_yscale() == "log"
