@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal reached
         reached = True
         if not ddp_sweep and not distributed.dist_info().enabled:
-            # a launcher's job process (hydra/launcher=submitit_slurm: one of srun's tasks) joins its job's group
+            # a launcher's job process (hydra/launcher=slurm: one of srun's tasks) joins its job's group
             return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn)), cfg))
         _warn_unused_sweep()
         return _run_guarded(_sweep_job(_locked(fn)), cfg)

@@ -113,17 +113,21 @@ def launcher_keeps_ranks_in_step(command: str, overrides: list[str]) -> bool:
     if other:
         print(f"error: a -m sweep under torchrun/srun runs in every rank's process, which only Hydra's basic "
               f"launcher and sweeper keep in step; {' and '.join(other)} would launch its jobs once per rank. "
-              f"Start this sweep without torchrun/srun (hydra/launcher=submitit_slurm runs each job as a "
+              f"Start this sweep without torchrun/srun (hydra/launcher=slurm runs each job as a "
               f"multi-GPU job)", file=sys.stderr)
     return not other
 
 
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")  # mtlrun's preset and the plugin's own
+
+
 def launcher_installed(overrides: list[str]) -> bool:
-    """hydra/launcher=submitit_* needs hydra-submitit-launcher: without it, say which extra (False)."""
+    """hydra/launcher=slurm (mtlrun's preset) or submitit_* needs hydra-submitit-launcher: without it, say
+    which extra (False)."""
     import importlib.util
 
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
-    if chosen and chosen[-1].startswith("submitit") and not importlib.util.find_spec("hydra_plugins.hydra_submitit_"
+    if chosen and chosen[-1] in SUBMITIT_LAUNCHERS and not importlib.util.find_spec("hydra_plugins.hydra_submitit_"
                                                                                       "launcher"):
         print(f'error: hydra/launcher={chosen[-1]} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
               file=sys.stderr)
