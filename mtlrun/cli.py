@@ -26,7 +26,7 @@ SUBCOMMANDS = {
     "predict": ("mtlrun.predict:predict", "predictions of a checkpoint: mtlrun predict checkpoint=PATH data.path=new.csv"),
     "export": ("mtlrun.export:export", "export a checkpoint: mtlrun export checkpoint=PATH format=weights|torchscript|onnx"),
     "affinity": ("mtlrun.affinity:affinity", "which tasks help each other: lookahead task affinity (TAG) and groupings"),
-    "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm% against single-task baselines"),
+    "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm%, paired tests, Pareto front"),
 }
 NOT_HYDRA = ("report",)
 USAGE_EXIT = 2
@@ -39,7 +39,8 @@ def usage() -> str:
 
     lines = [f"mtlrun {__version__}: train and evaluate multi-task / multi-modal PyTorch models from configs",
              "", "usage: mtlrun <command> [key=value ...] [group=option ...] [hydra flags]",
-             "       mtlrun report DIR [DIR ...] [--stl DIR ...] [--split test] [--out DIR]", "", "commands:"]
+             "       mtlrun report DIR [DIR ...] [--stl DIR ...] [--reference LABEL] [--pareto X Y] [--out DIR]",
+             "", "commands:"]
     lines += [f"  {name:<9}{text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "config groups (pick one with group=option; the first is the default):"]
     from mtlrun.config import config_dir
