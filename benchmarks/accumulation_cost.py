@@ -19,12 +19,8 @@ import time
 
 import torch
 
-from mtlrun.data.loading import to_device
-from mtlrun.models.encoders.image import SmallCNN
-from mtlrun.models.sharing.hps import HardParameterSharing
-from mtlrun.tasks import Classification
 from mtlrun.weighting.base import Weighting
-from weighting_cost import ManyDigitTasks, make_trainer
+from weighting_cost import digit_problem, make_trainer
 
 
 def per_micro_batch(trainer) -> None:
@@ -61,15 +57,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s), {args.tasks} tasks, "
           f"accumulate {K} x batch {B}, {args.steps} steps x {args.rounds} rounds (alternating)\n")
     print(f"{'method':<10} {'grad_on':<15} {'s/step old':>10} {'s/step new':>10} {'new / old':>10}")
-    data = ManyDigitTasks(args.tasks, n_train=K * B, n_val=8, n_test=8, batch_size=B)
-    tasks = {}
-    for name in data.names:
-        tasks[name] = Classification(10)
-        tasks[name].name = name
-    torch.manual_seed(0)
-    model = HardParameterSharing(lambda: SmallCNN(1, (16, 16)), tasks, "image")
-    train = data.dataset("train")
-    micro = [to_device(train.__getitems__(list(range(i * B, (i + 1) * B))), torch.device("cpu")) for i in range(K)]
+    data, tasks, model, micro = digit_problem(args.tasks, K, B)
     with tempfile.TemporaryDirectory() as run_dir:
         for method in args.methods:
             for grad_on in ("parameters", "representation"):

@@ -68,6 +68,22 @@ class ManyDigitTasks(MultiDigits):
         return splits
 
 
+def digit_problem(num_tasks: int, num_batches: int, batch_size: int):
+    """The benchmark's problem: ManyDigitTasks data, its classification tasks, a seeded small-CNN hard-sharing
+    model and `num_batches` pre-built CPU training batches."""
+    data = ManyDigitTasks(num_tasks, n_train=num_batches * batch_size, n_val=8, n_test=8, batch_size=batch_size)
+    tasks = {}
+    for name in data.names:
+        tasks[name] = Classification(10)
+        tasks[name].name = name
+    torch.manual_seed(0)
+    model = HardParameterSharing(lambda: SmallCNN(1, (16, 16)), tasks, "image")
+    train = data.dataset("train")
+    batches = [to_device(train.__getitems__(list(range(i * batch_size, (i + 1) * batch_size))), torch.device("cpu"))
+               for i in range(num_batches)]
+    return data, tasks, model, batches
+
+
 def compose_cfg(overrides):
     OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "bench", replace=True)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -120,17 +136,7 @@ def main() -> None:
     print(f"{'tasks':>5}  {'method':<12} {'grad_on':<15} {'steps/s':>8} {'x static':>9} {'x direct':>9}")
 
     for num_tasks in args.tasks:
-        data = ManyDigitTasks(num_tasks, n_train=4 * args.batch_size, n_val=8, n_test=8,
-                              batch_size=args.batch_size)
-        tasks = {}
-        for name in data.names:
-            tasks[name] = Classification(10)
-            tasks[name].name = name
-        torch.manual_seed(0)
-        model = HardParameterSharing(lambda: SmallCNN(1, (16, 16)), tasks, "image")
-        train = data.dataset("train")
-        batches = [to_device(train.__getitems__(list(range(i * args.batch_size, (i + 1) * args.batch_size))),
-                            torch.device("cpu")) for i in range(4)]
+        data, tasks, model, batches = digit_problem(num_tasks, 4, args.batch_size)
         with tempfile.TemporaryDirectory() as run_dir:
             static = make_trainer(model, tasks, data, ["weighting=static"], run_dir)
 
