@@ -32,6 +32,8 @@ class ConflictMeter:
     def __init__(self, task_names: list[str], device: torch.device):
         self.names = list(task_names)
         self.pairs = list(itertools.combinations(range(len(self.names)), 2))
+        # the same pairs, in the same (row-major) order, as index tensors: one gather per measured step
+        self._rows, self._cols = torch.triu_indices(len(self.names), len(self.names), 1, device=device)
         # cos per pair, conflicting-pair fraction, relative norm per task
         self.sums = torch.zeros(len(self.pairs) + 1 + len(self.names), dtype=torch.float64, device=device)
         self.count = 0
@@ -49,7 +51,7 @@ class ConflictMeter:
         norms = g.norm(dim=1)
         unit = g / norms.clamp_min(1e-30)[:, None]
         cos = unit @ unit.T
-        pair_cos = torch.stack([cos[i, j] for i, j in self.pairs]) if self.pairs else cos.new_zeros(0)
+        pair_cos = cos[self._rows, self._cols]
         fraction = (pair_cos < 0).double().mean().view(1) if self.pairs else cos.new_zeros(1)
         relative = norms / norms.mean().clamp_min(1e-30)
         self.sums += torch.cat([pair_cos, fraction, relative])
