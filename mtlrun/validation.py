@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 
 from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import distributed, schema
 from mtlrun.checks import is_int, is_number
@@ -110,7 +112,33 @@ def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]
         p.add(f"seed={cfg.get('seed')}: must be an integer >= 0")
     _check_tasks(cfg, p)
     p.extend(check_targets(cfg))
+    reported = {_problem_key(line) for line in p.lines()}
+    p.extend(line for key, line in non_finite_problems(cfg)
+             if not any(key == r or key.startswith((f"{r}.", f"{r}[")) for r in reported))
     return p.lines()
+
+
+def non_finite_problems(node, key: str = ""):
+    """(key, problem) for every NaN or infinite number anywhere in the config (the hydra node aside): no
+    option of mtlrun means anything with one, and a NaN compares False with every bound, so the checks of
+    the sections would let it through to fail (or silently train on NaN) after the model is built."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            if key or k != "hydra":
+                yield from non_finite_problems(_value(node, k), f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from non_finite_problems(_value(node, i), f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield key, f"{key}={node}: must be a finite number (NaN and infinity are not valid values of any option)"
+
+
+def _value(node, key):
+    """node[key], or None where it is an interpolation that does not resolve (the sections' checks say so)."""
+    try:
+        return node[key]
+    except OmegaConfBaseException:  # an unresolvable interpolation: not this check's business
+        return None
 
 
 def _check_tasks(cfg: DictConfig, p: Problems) -> None:

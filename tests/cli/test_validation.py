@@ -189,6 +189,18 @@ def test_data_sizes_and_batch_sizes():
     validate_train(compose_config(["data.eval_batch_size=null"]))
 
 
+def test_a_non_finite_number_anywhere_in_the_config_is_a_problem():
+    # NaN compares False with every bound (`weight < 0`), so the sections' own checks let it through
+    problems = problems_of(["tasks.left.weight=nan", "arch.head_dropout=-inf", "backbone.image.out_dim=inf",
+                            "optim.lr=nan", "+arch.extra=[nan]"])
+    why = "must be a finite number (NaN and infinity are not valid values of any option)"
+    assert sorted(problems) == sorted([
+        f"arch.extra: mtlrun.models.sharing.hps.HardParameterSharing takes no argument 'extra'; valid: "
+        f"head_hidden, head_dropout",  # its value is not listed a second time
+        "optim.lr=nan: must be a finite number > 0",  # the section's own line, not a second one
+        f"arch.head_dropout=-inf: {why}", f"backbone.image.out_dim=inf: {why}", f"tasks.left.weight=nan: {why}"])
+
+
 def test_optim_and_scheduler_values():
     problems = problems_of(["optim=sgd", "optim.lr=0", "optim.momentum=-0.5", "optim.weight_decay=inf",
                             "optim.nesterov=yes", "scheduler=multistep", "scheduler.milestones=[0.5,2]",
