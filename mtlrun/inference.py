@@ -7,7 +7,6 @@ checkpoint the way `mtlrun eval` does: the stored config is trust-checked before
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from mtlrun.engine import checkpoint
 from mtlrun.engine.device import autocast, resolve_device
 from mtlrun.engine.predictions import Predictions
 from mtlrun.errors import UsageError
+from mtlrun.untrusted_files import UntrustedFileError, read_json, read_yaml
 
 # An exported weights folder (mtlrun export format=weights): what each file holds.
 WEIGHTS, CONFIG, DATA_STATE, META = "model.safetensors", "config.yaml", "data_state.json", "export.json"
@@ -43,12 +43,16 @@ def read_source(path: str | Path, key: str = "checkpoint") -> dict:
     try:
         from safetensors.torch import load_file
 
-        config = OmegaConf.to_container(OmegaConf.load(path / CONFIG))
-        data = json.loads((path / DATA_STATE).read_text())
-        meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+        config = read_yaml(path / CONFIG)  # bounded: never OmegaConf.load on a file anyone may have edited
+        data = read_json(path / DATA_STATE, finite=False)
+        meta = read_json(path / META, finite=False) if (path / META).is_file() else {}
         model = load_file(path / WEIGHTS)
     except ImportError:
         raise UsageError(f"{key}={path}: reading exported weights needs safetensors: pip install safetensors") from None
+    except UntrustedFileError as exc:
+        error = UsageError(f"{key}={path}: {exc.where_why}")
+        error.exit_code = exc.exit_code  # 1 where the file could not be read at all
+        raise error from None
     except Exception as exc:
         raise UsageError(f"{key}={path}: cannot read the export ({type(exc).__name__}: {exc})") from None
     return {"config": checkpoint.rename_targets(config), "model": model, "data": data,

@@ -229,12 +229,15 @@ def _check_depth(value, path, depth: int = 1) -> None:
             _check_depth(child, path, depth + 1)
 
 
-def read_json(path, expect: type | None = dict, max_bytes: int = MAX_JSON_BYTES, allow_symlink: bool = True):
-    """The strict JSON document in `path`: NaN, Infinity and numbers beyond a float's range are refused."""
+def read_json(path, expect: type | None = dict, max_bytes: int = MAX_JSON_BYTES, allow_symlink: bool = True,
+              finite: bool = True):
+    """The JSON document in `path`. `finite`: the file is strict JSON (results.json), so NaN, Infinity and
+    numbers beyond a float's range are refused; False for a file whose writer may record them (export.json's
+    max_abs_diff, a data_state.json)."""
     text = read_text(path, max_bytes, allow_symlink)
+    hooks = dict(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int_in_float_range)
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
-                           parse_int=_int_in_float_range)
+        value = json.loads(text, **(hooks if finite else {}))
     except _NotStrict as exc:
         token = exc.token if len(exc.token) <= 24 else exc.token[:21] + "..."
         raise UntrustedFileError(path, f"{token} is not a finite number; mtlrun writes strict JSON "

@@ -18,7 +18,8 @@ MAX_LINES = 400
 # Bottom to top. A module may import from its own layer and the layers below, never from a layer above. An
 # entry names a module, or a package and everything under it; `mtlrun` is the package's own __init__ only.
 LAYERS = [
-    ("foundation", ("mtlrun", "mtlrun.errors", "mtlrun.checks", "mtlrun.distributed", "mtlrun.schema", "mtlrun.hub")),
+    ("foundation", ("mtlrun", "mtlrun.errors", "mtlrun.checks", "mtlrun.distributed", "mtlrun.schema", "mtlrun.hub",
+                    "mtlrun.untrusted_files")),
     ("data", ("mtlrun.data",)),
     ("tasks", ("mtlrun.metrics", "mtlrun.tasks", "mtlrun.task_selection")),
     ("models", ("mtlrun.models",)),
