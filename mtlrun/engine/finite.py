@@ -49,3 +49,32 @@ def first_nonfinite_step(first: torch.Tensor, dist: distributed.DistInfo) -> tor
     first = torch.where(first < 0, never, first)
     distributed.all_reduce_([first], op=torch.distributed.ReduceOp.MIN)
     return torch.where(first == never, -1, first)
+
+
+class BufferGuard:
+    """The model's buffers (BatchNorm's running statistics and batch count, ...) as they were before the step,
+    so that a step skipped for a non-finite loss or gradient (`trainer.skip_nonfinite`) leaves the model
+    exactly as it was: the forward that found the NaN has already folded its batch into them, and one NaN in
+    a running variance would poison every later evaluation. Saving is one fused device copy into tensors
+    allocated once (no allocation, no host sync); restoring happens only for a skipped step, whose skip
+    already read the decision back. Buffers are updated in place, as torch's own modules do."""
+
+    def __init__(self, module: nn.Module, accumulate: int):
+        self.buffers = list(module.buffers())
+        self.step_start = [b.clone() for b in self.buffers]
+        # a skipped optimizer step discards the whole accumulation window: its first micro-batch's copy
+        self.window_start = self.step_start if accumulate == 1 else [b.clone() for b in self.buffers]
+
+    def save(self, window_starts: bool) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.step_start, self.buffers)
+            if window_starts and self.window_start is not self.step_start:
+                torch._foreach_copy_(self.window_start, self.buffers)
+
+    def restore_step(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.step_start)
+
+    def restore_window(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.window_start)

@@ -23,11 +23,12 @@ from mtlrun.engine.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
-from mtlrun.engine.finite import all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
+from mtlrun.engine.finite import BufferGuard, all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
 from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING, write_metrics_csv
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
+from mtlrun.engine.train_sums import labelled_tasks, shown_losses, sums_size, train_means
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.engine.trainer_state import restore_trainer, trainer_state
 from mtlrun.errors import NonFiniteLossError, UsageError
@@ -61,7 +62,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
-        self._zero = torch.zeros(1, device=self.device)
+        self._zero, self._ones = torch.zeros(1, device=self.device), torch.ones(len(tasks), device=self.device)
         self.optimizer = optimizer
         self.train_model = wrap_for_training(self.model, data=data, device=self.device,
                                              distributed=self.dist.enabled, sync_batchnorm=cfg.sync_batchnorm,
@@ -74,6 +75,7 @@ class Trainer:
         if self.amp_dtype is torch.float16:  # bf16 has fp32's range and needs no loss scaling
             self.scaler = torch.amp.GradScaler(self.device.type)
         self.accumulate = int(cfg.accumulate)
+        self.buffer_guard = BufferGuard(self.model, self.accumulate) if cfg.skip_nonfinite else None
 
         self.train_transform = data.train_transform()  # e.g. modality dropout, on the device
         n_batches = count_batches(cfg.limit_train_batches, data.train_batches(self.dist.world_size))
@@ -117,8 +119,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- set-up
     def _reset_train_sums(self) -> None:
-        # summed over micro-batches on the device: per-task losses, per-task weights, objective, regularizer
-        self.train_sums = torch.zeros(2 * len(self.task_names) + 2, device=self.device)
+        # summed over micro-batches on the device: mtlrun/engine/train_sums.py
+        self.train_sums = torch.zeros(sums_size(len(self.task_names)), device=self.device)
         self.train_count = 0
         self._logged_sums, self._logged_count = self.train_sums.clone(), 0  # at the last log step
         self.window_trained = 0  # micro-batches trained in the current accumulation window
@@ -155,20 +157,24 @@ class Trainer:
     def training_step(self, batch: dict) -> None:
         """Forward, per-task losses, weighting.backward. Gradients accumulate until `optimizer_step`."""
         measure = self.conflict is not None and (self.global_step + 1) % int(self.cfg.log_every_n_steps) == 0
+        if self.buffer_guard is not None:  # the forward updates BatchNorm's statistics even if the step is skipped
+            self.buffer_guard.save(window_starts=self.batches_done % self.accumulate == 0)
         losses, shared = self.compute_losses(batch, need_shared=measure)
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.cfg.skip_nonfinite and not all_finite(stacked, self.dist):
             self.skipped_steps += 1  # the one host sync a user opts into with skip_nonfinite
+            self.buffer_guard.restore_step()
             return
+        labelled = labelled_tasks(batch, self.task_names, self._ones)  # an unlabelled task's loss is no measurement
         if measure:  # before the weighting's backward frees the graph
-            self.conflict.measure(losses, shared)
+            self.conflict.measure(losses, shared, labelled)
         regularizer = self.model.regularizer()  # e.g. soft sharing's distance penalty; None if there is none
         objective = self.weighting.backward(losses, scale=self._scale, shared=shared, extra=regularizer)
         reg = regularizer.detach().float().view(1) if regularizer is not None else self._zero
         # a method that weights the whole accumulation window knows its weights at the window's end only
         weights = torch.zeros_like(stacked) if self.weighting.weights_at_window_end else \
             self.weighting.current_weights().float()
-        self.train_sums += torch.cat([stacked, weights, objective.detach().float().view(1), reg])
+        self.train_sums += torch.cat([stacked, weights, objective.detach().float().view(1), reg, labelled])
         self.train_count += 1
         self.window_trained += 1
         if not self.cfg.skip_nonfinite:  # remember the first bad step per task; checked at log time
@@ -191,6 +197,7 @@ class Trainer:
             # a finite loss can still give inf gradients; the fp16 scaler makes this check itself
             self.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
+            self.buffer_guard.restore_window()
             return
         if self.cfg.grad_clip:
             if self.scaler:
@@ -271,7 +278,7 @@ class Trainer:
                 self.optimizer_step()
                 if self.global_step % log_every == 0:
                     self._check_nonfinite()
-                    bar.set_postfix(self._running_losses(), refresh=False)
+                    bar.set_postfix(shown_losses(self.task_names, self._train_means()), refresh=False)
                     self._log_step()
                 if self._should_stop(at_log_step=self.global_step % log_every == 0):
                     break
@@ -287,18 +294,7 @@ class Trainer:
 
     def _train_means(self, sums: torch.Tensor | None = None, count: int | None = None) -> dict[str, float]:
         sums, count = (self.train_sums, self.train_count) if sums is None else (sums, count)
-        means = (sums / max(1, count)).tolist()
-        n = len(self.task_names)
-        out = {f"{t}/loss": v for t, v in zip(self.task_names, means[:n])}
-        out.update({f"{t}/weight": v for t, v in zip(self.task_names, means[n:2 * n])})
-        out["objective"], out["regularizer"] = means[2 * n], means[2 * n + 1]
-        return out
-
-    def _running_losses(self) -> dict[str, str]:
-        means = self._train_means()
-        shown = {t: f"{means[f'{t}/loss']:.3f}" for t in self.task_names}
-        shown["loss"] = f"{means['objective']:.3f}"
-        return shown
+        return train_means(self.task_names, sums, count)
 
     def _log_step(self) -> None:
         """The trackers' per-step scalars: the means since the last log step, the lr now, the last gradient norm."""

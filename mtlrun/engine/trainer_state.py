@@ -12,6 +12,7 @@ import logging
 
 from mtlrun import __version__, distributed
 from mtlrun.engine import checkpoint
+from mtlrun.engine.train_sums import from_checkpoint
 from mtlrun.errors import UsageError
 
 log = logging.getLogger("mtlrun")
@@ -50,7 +51,8 @@ def restore_trainer(trainer, state: dict) -> None:
     checkpoint.set_rng_state(rng[min(dist.rank, len(rng) - 1)])
     trainer.epoch, trainer.batches_done = state["epoch"], state["batches_done"]
     trainer.global_step = state["global_step"]
-    trainer.train_sums = state["train_sums"].to(trainer.device)
+    trainer.train_sums = from_checkpoint(state["train_sums"], len(trainer.task_names),
+                                         state["train_count"]).to(trainer.device)
     trainer.train_count, trainer.skipped_steps = state["train_count"], state["skipped_steps"]
     trainer._logged_sums, trainer._logged_count = trainer.train_sums.clone(), trainer.train_count
     trainer.monitor.load_state_dict(state)

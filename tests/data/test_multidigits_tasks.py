@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from contracts import compose_config, TINY, read_results, run_cli
+from contracts import compose_config, TINY, read_csv, read_results, run_cli
 from mtlrun.build import build_components, build_tasks
 from mtlrun.config import config_dir
 from mtlrun.task_selection import task_configs
@@ -168,7 +168,8 @@ def test_train_all_four_tasks_end_to_end(tmp_path):
 @pytest.mark.e2e
 def test_train_with_partial_labels_end_to_end(tmp_path):
     # right: a quarter of the training labels; sum: none at all, so every batch has no sum label and its
-    # loss is exactly 0 (no NaN); sum is auxiliary: trained and reported, not monitored
+    # loss is exactly 0 (no NaN), which is no measurement: its train cells are empty, not 0; sum is
+    # auxiliary: trained and reported, not monitored
     run = tmp_path / "run"
     proc = run_cli("train", *TINY, "tasks=multidigits_sum", "data.label_fraction.right=0.25",
                    "data.label_fraction.sum=0.0", "tasks.sum.auxiliary=true", f"hydra.run.dir={run}",
@@ -176,7 +177,8 @@ def test_train_with_partial_labels_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sum (aux)" in proc.stdout
     train_rows = [r for r in read_metrics_csv(run / "metrics.csv") if r["split"] == "train"]
-    assert train_rows and all(r["sum/loss"] == 0.0 for r in train_rows)
+    assert train_rows and all("sum/loss" not in r for r in train_rows)  # read_metrics_csv skips empty cells
+    assert all(r["sum/loss"] == "" for r in read_csv(run / "metrics.csv") if r["split"] == "train")  # the column stays
     assert all(math.isfinite(r["right/loss"]) and r["right/loss"] > 0 for r in train_rows)
     metrics = read_results(run)
     assert all(math.isfinite(v) for v in metrics.values())  # val/test are fully labelled
