@@ -6,10 +6,14 @@ in (`trainer.skip_nonfinite`), at log steps, and before a checkpoint is written.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from mtlrun import distributed
+from mtlrun.engine.evaluate import missing_tasks
+from mtlrun.errors import NonFiniteLossError
 
 
 def all_finite(values: torch.Tensor, dist: distributed.DistInfo) -> bool:
@@ -39,6 +43,20 @@ def nonfinite_tensors(*modules: nn.Module) -> list[str]:
     if bool(finite.all()):
         return []
     return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+
+
+def check_outputs_finite(val: dict[str, float], tasks, epoch: int, last_good) -> None:
+    """With skip_nonfinite a skipped step leaves the weights as they were: finite, but after a step that blew
+    them up (a huge lr) they may give NaN/inf on every batch, so every later step is skipped and the run
+    would end with a model that predicts nothing. A task whose val loss is not finite although val had
+    something to measure for it (its metrics are not all NaN) shows that: the run stops, nothing saved."""
+    broken = [t for t in tasks if not math.isfinite(val.get(f"{t}/loss", 0.0)) and t not in missing_tasks(val, [t])]
+    if broken:
+        kept = f"{last_good} is the last good checkpoint" if last_good else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"after epoch {epoch} the model gives a non-finite val loss for task '{broken[0]}' (its weights are "
+            f"finite; the steps that would have made them NaN were skipped): nothing was saved, {kept}. Try a "
+            f"lower optim.lr or trainer.grad_clip=1.0")
 
 
 def first_nonfinite_step(first: torch.Tensor, dist: distributed.DistInfo) -> torch.Tensor:

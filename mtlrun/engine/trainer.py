@@ -23,7 +23,8 @@ from mtlrun.engine.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
-from mtlrun.engine.finite import BufferGuard, all_finite, first_nonfinite_step, grads_finite, nonfinite_tensors
+from mtlrun.engine.finite import (BufferGuard, all_finite, check_outputs_finite, first_nonfinite_step, grads_finite,
+                                  nonfinite_tensors)
 from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING, write_metrics_csv
@@ -232,6 +233,8 @@ class Trainer:
                     raise TrainingInterrupted(self.signals.signum, self._save_last())
                 train_row = self._train_row(epoch)
                 val = self.evaluate("val")
+                if self.cfg.skip_nonfinite:  # skipped steps keep the weights finite, not necessarily usable
+                    check_outputs_finite(val, self.task_names, epoch + 1, self._last_good())
                 self._end_epoch(epoch, train_row, val)
                 if self.monitor.should_stop():
                     log.info(f"early stopping: no improvement of {self.monitor_key} for "

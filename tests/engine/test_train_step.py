@@ -77,3 +77,17 @@ def test_a_skipped_window_restores_the_buffers_of_its_first_micro_batch():
     bn(torch.randn(4, 3))
     guard.restore_window()  # the whole window
     assert all(torch.equal(bn.state_dict()[k], v) for k, v in start.items())
+
+
+def test_a_model_whose_val_loss_is_non_finite_stops_a_skip_nonfinite_run():
+    import pytest
+
+    from mtlrun.engine.finite import check_outputs_finite
+    from mtlrun.errors import NonFiniteLossError
+
+    missing = {"a/loss": 0.3, "a/accuracy": 0.9, "b/loss": math.nan, "b/accuracy": math.nan}  # b: no val label
+    check_outputs_finite(missing, ["a", "b"], 1, None)
+    broken = {"a/loss": math.inf, "a/accuracy": 0.1, "b/loss": math.nan, "b/accuracy": math.nan}
+    with pytest.raises(NonFiniteLossError, match=r"^after epoch 2 the model gives a non-finite val loss for task "
+                                                 r"'a' .* nothing was saved, last\.pt is the last good checkpoint"):
+        check_outputs_finite(broken, ["a", "b"], 2, "last.pt")
