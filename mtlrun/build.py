@@ -18,7 +18,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun.instantiate import instantiate_node
+from mtlrun.instantiate import call_node, instantiate_node
 from mtlrun.task_selection import all_task_configs, task_configs
 from mtlrun.validation import validate_monitor
 from mtlrun import distributed
@@ -104,13 +104,14 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
     modalities = spec.modalities
     if len(modalities) == 1:
         modality, info = next(iter(modalities.items()))
-        return arch(make_encoder=lambda: build_encoder(cfg, modality, info), tasks=tasks, modality=modality)
+        return call_node(arch, "arch", cfg.arch, make_encoder=lambda: build_encoder(cfg, modality, info), tasks=tasks,
+                         modality=modality)
 
     fusion_node = cfg.fusion
     # a late fusion declares it (mtlrun.models.fusion.base): it gets whole models, not encodings
     if getattr(_target_class(fusion_node, "fusion"), "combines_predictions", False):
-        models = {m: arch(make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info), tasks=tasks, modality=m)
-                  for m, info in modalities.items()}
+        models = {m: call_node(arch, "arch", cfg.arch, make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info),
+                               tasks=tasks, modality=m) for m, info in modalities.items()}
         return instantiate_node(fusion_node, "fusion", models=models, tasks=tasks)
 
     def make_encoder() -> FusedEncoder:
@@ -119,7 +120,7 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
                        token_dims={m: e.token_dim for m, e in encoders.items()})
         return FusedEncoder(encoders, fusion)
 
-    return arch(make_encoder=make_encoder, tasks=tasks, modality=None)
+    return call_node(arch, "arch", cfg.arch, make_encoder=make_encoder, tasks=tasks, modality=None)
 
 
 def _target_class(node: DictConfig, key: str) -> type:
@@ -163,7 +164,9 @@ def build_optimizer(cfg: DictConfig, parts: Components) -> torch.optim.Optimizer
     weighting_params = list(parts.weighting.parameters())
     if weighting_params:
         groups.append({"params": weighting_params, "weight_decay": 0.0})
-    return instantiate_node(cfg.optim, "optim")(groups)
+    # validation built it on a stand-in parameter already; what only the real parameters show (their shape,
+    # their device) is a config problem too
+    return call_node(instantiate_node(cfg.optim, "optim"), "optim", cfg.optim, groups)
 
 
 def build_loggers(cfg: DictConfig) -> list:

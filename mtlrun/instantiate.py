@@ -1,14 +1,20 @@
-"""Build the object a config node's `_target_` names, logged, with a failure that names the config key."""
+"""Build the object a config node's `_target_` names, logged, with a failure that names the config key.
+
+A `_partial_: true` node (optim, scheduler, arch) is built in two steps: instantiate_node gives the callable,
+and the code that knows the missing arguments (the parameters, total_steps, the tasks) calls it through
+call_node, so that the target's own checks of its values (SGD: `nesterov` needs momentum) end the run as a
+config problem naming the keys, not as a traceback."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mtlrun.errors import MtlrunError, UsageError
+from mtlrun.errors import ConfigError, MtlrunError, UsageError
 
 log = logging.getLogger("mtlrun")
 
@@ -26,3 +32,36 @@ def instantiate_node(node: DictConfig, key: str, **kwargs):
             raise cause from None
         detail = str(cause) if cause is not None else str(exc).splitlines()[0]
         raise UsageError(f"{key}: cannot build {node._target_}: {detail}") from exc
+
+
+# What a constructor raises for values it refuses (torch.optim: ValueError; `fused` with `foreach`: RuntimeError)
+CONSTRUCTOR_ERRORS = (ValueError, TypeError, RuntimeError)
+
+
+def constructor_problem(key: str, node: DictConfig, exc: Exception) -> str:
+    """`optim: Nesterov momentum requires ... (optim.momentum=0, optim.nesterov=true)`: the constructor's own
+    words, then the values of `node` it names (a key, or its singular: `betas` for "beta parameter"), or all of
+    them when it names none."""
+    from mtlrun.schema import show
+
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    values = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    words = re.sub(r"[^a-z0-9]+", " ", detail.lower()).split()
+    text = " ".join(words)
+
+    def named(name: str) -> bool:
+        spaced = name.lower().replace("_", " ")
+        return any(re.search(rf"\b{re.escape(form)}\b", text) for form in {spaced, spaced.rstrip("s")} if form)
+
+    shown = [k for k in values if named(k)] or list(values)
+    listed = ", ".join(f"{key}.{k}={show(values[k])}" for k in shown)
+    return f"{key}: {detail}" + (f" ({listed})" if listed else "")
+
+
+def call_node(built, key: str, node: DictConfig, *args, **kwargs):
+    """`built(*args, **kwargs)` for the callable instantiate_node made of a `_partial_` node; the values the
+    target refuses become a ConfigError naming `key` and those values."""
+    try:
+        return built(*args, **kwargs)
+    except CONSTRUCTOR_ERRORS as exc:
+        raise ConfigError([constructor_problem(key, node, exc)]) from exc

@@ -13,6 +13,8 @@ import inspect
 import logging
 import math
 
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,6 +24,7 @@ from mtlrun.engine.ddp import sync_batchnorm_problem
 from mtlrun.engine.device import resolve_device
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import ConfigError, Problems, UsageError
+from mtlrun.instantiate import CONSTRUCTOR_ERRORS, constructor_problem
 from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.task_selection import task_configs
 from mtlrun.weighting.base import ACCUMULATE_EXACTLY
@@ -190,15 +193,50 @@ def check_targets(cfg: DictConfig) -> list[str]:
     once the checkpoint is trusted (mtlrun.trust)."""
     problems = Problems()
     for key, node in _target_nodes(cfg):
+    checked = {}  # optim and scheduler, when each of their keys and values passed
         params = _parameters(key, node, problems)
+        before = problems.total()
         if key == "optim":
             problems.extend(_check_numbers(node, schema.Optim, key, params, low=0))
         elif key == "scheduler":
             problems.extend(_check_numbers(node, schema.Scheduler, key, params, low=None))
     return problems.lines()
+        if key in ("optim", "scheduler") and problems.total() == before:
+            checked[key] = node
+    problems.extend(_construction_problems(checked))
 
 
 def _target_nodes(node, key: str = ""):
+STAND_IN_TOTAL_STEPS = 1000
+
+
+def _construction_problems(nodes: dict[str, DictConfig]) -> list[str]:
+    """The optimizer and the scheduler built as build_trainer builds them, their constructors checking the
+    values together (SGD: `nesterov` needs momentum > 0 and no dampening), which no per-key check sees. The
+    model does not exist yet: a stand-in parameter (torch.optim's constructors check values, not the
+    parameters) and a stand-in total_steps; what only the real ones show (a parameter's shape, its device),
+    build_optimizer reports the same way."""
+    if "optim" not in nodes:
+        return []
+    stand_in = [{"params": [torch.nn.Parameter(torch.zeros(2, 2))]}]
+    optimizer, problem = _try_building("optim", nodes["optim"], stand_in)
+    if optimizer is not None and "scheduler" in nodes:
+        _, problem = _try_building("scheduler", nodes["scheduler"], optimizer, total_steps=STAND_IN_TOTAL_STEPS)
+    return [problem] if problem else []
+
+
+def _try_building(key: str, node: DictConfig, *args, **kwargs) -> tuple[object, str | None]:
+    """(what the `_partial_` node builds from args, None), or (None, the problem with its values)."""
+    try:
+        return instantiate(node)(*args, **kwargs), None
+    except CONSTRUCTOR_ERRORS as exc:
+        return None, constructor_problem(key, node, exc)
+    except UsageError as exc:  # an mtlrun target's own check
+        return None, str(exc)
+    except Exception:  # noqa: BLE001 - not a value problem (e.g. hydra's): the build reports it, naming the key
+        return None, None
+
+
     """(key, node) of every DictConfig with a `_target_` under `node`, depth first (hydra's node aside)."""
     if isinstance(node, DictConfig):
         if "_target_" in node and key:

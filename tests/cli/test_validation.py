@@ -225,6 +225,34 @@ def test_optim_and_scheduler_values():
                         "optim.initial_accumulator_value=abc: must be a finite number >= 0"]
 
 
+@pytest.mark.parametrize("overrides, problem", [
+    (["optim=sgd", "optim.momentum=0"],  # sgd.yaml has nesterov: true
+     "optim: Nesterov momentum requires a momentum and zero dampening (optim.momentum=0, optim.nesterov=true)"),
+    (["optim=adam", "+optim.fused=true", "+optim.foreach=true"],
+     "optim: `fused` and `foreach` cannot be `True` together. (optim.fused=true, optim.foreach=true)"),
+    (["scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "~scheduler.warmup_steps", "~scheduler.min_lr_ratio",
+      "+scheduler.max_lr=0.1", "+scheduler.pct_start=2"],
+     "scheduler: Expected float between 0 and 1 pct_start, but got 2 (scheduler.pct_start=2)"),
+], ids=["sgd-nesterov", "adam-fused-foreach", "onecycle"])
+def test_values_an_optimizer_or_scheduler_refuses_together_are_config_problems(overrides, problem):
+    # each value passes its own check; the constructor refuses the combination (built on a stand-in parameter)
+    assert problems_of(overrides) == [problem]
+
+
+def test_a_partial_targets_constructor_error_at_build_time_is_a_config_error():
+    from omegaconf import OmegaConf
+
+    from mtlrun.instantiate import call_node
+
+    def muon_like(params, lr):  # checks the real parameters' shapes, which a stand-in cannot show
+        raise ValueError("only 2D parameters are supported")
+
+    node = OmegaConf.create({"_target_": "x.Muon", "_partial_": True, "lr": 0.1})
+    with pytest.raises(ConfigError) as info:
+        call_node(lambda params: muon_like(params, lr=0.1), "optim", node, [torch.zeros(3)])
+    assert info.value.problems == ["optim: only 2D parameters are supported (optim.lr=0.1)"]
+
+
 # ---------------------------------------------------------------------- `_target_` keys vs signatures
 
 
