@@ -192,21 +192,20 @@ def check_targets(cfg: DictConfig) -> list[str]:
     Imports each target (module-level code of the target's module runs): for a checkpoint's config, only
     once the checkpoint is trusted (mtlrun.trust)."""
     problems = Problems()
-    for key, node in _target_nodes(cfg):
     checked = {}  # optim and scheduler, when each of their keys and values passed
-        params = _parameters(key, node, problems)
+    for key, node in _target_nodes(cfg):
         before = problems.total()
+        params = _parameters(key, node, problems)
         if key == "optim":
             problems.extend(_check_numbers(node, schema.Optim, key, params, low=0))
         elif key == "scheduler":
             problems.extend(_check_numbers(node, schema.Scheduler, key, params, low=None))
-    return problems.lines()
         if key in ("optim", "scheduler") and problems.total() == before:
             checked[key] = node
     problems.extend(_construction_problems(checked))
+    return problems.lines()
 
 
-def _target_nodes(node, key: str = ""):
 STAND_IN_TOTAL_STEPS = 1000
 
 
@@ -237,6 +236,7 @@ def _try_building(key: str, node: DictConfig, *args, **kwargs) -> tuple[object, 
         return None, None
 
 
+def _target_nodes(node, key: str = ""):
     """(key, node) of every DictConfig with a `_target_` under `node`, depth first (hydra's node aside)."""
     if isinstance(node, DictConfig):
         if "_target_" in node and key:
