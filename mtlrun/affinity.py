@@ -19,31 +19,58 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import distributed
 from mtlrun.build import build_trainer
-from mtlrun.checks import check_range, is_number
+from mtlrun.checks import check_range, is_int, is_number
 from mtlrun.data.loading import to_device
 from mtlrun.engine.affinity import (MAX_EXHAUSTIVE_TASKS, AffinityMeter, best_groupings, format_matrix,
                                     lowest_pair, plot_affinity)
 from mtlrun.engine.records import atomic_write_text
 from mtlrun.engine.threads import apply_threads
-from mtlrun.errors import UsageError
+from mtlrun.errors import ConfigError, Problems, UsageError
+from mtlrun.schema import show
 from mtlrun.validation import validate_train
 
 log = logging.getLogger("mtlrun")
 
 
-def _settings(cfg: DictConfig) -> dict:
-    a = cfg.affinity
-    steps = check_range("affinity.steps", a.steps, 1)
-    every = check_range("affinity.every", a.every, 1)
-    groups = check_range("affinity.groups", a.groups, 1)
-    top = check_range("affinity.top", a.top, 1)
-    lr = cfg.optim.lr if a.lr is None else a.lr
-    if not is_number(lr) or lr <= 0:
-        raise UsageError(f"affinity.lr={a.lr}: must be null (optim.lr, {cfg.optim.lr}) or a number > 0")
-    if int(cfg.trainer.accumulate) != 1:
-        raise UsageError(f"trainer.accumulate={cfg.trainer.accumulate}: mtlrun affinity measures one batch per "
-                         f"optimizer step; use trainer.accumulate=1 (and a larger data.batch_size)")
-    return {"steps": steps, "every": every, "groups": groups, "top": top, "lr": float(lr)}
+def _settings(cfg: DictConfig) -> tuple[dict, list[str]]:
+    """affinity.* (and what the command needs of the train config): the values, and every problem at once."""
+    a, problems, opts = cfg.affinity, Problems(), {}
+    for key in ("steps", "every", "groups", "top"):
+        try:
+            opts[key] = check_range(f"affinity.{key}", a.get(key), 1)
+        except UsageError as exc:
+            problems.add(str(exc))
+    if a.get("lr") is not None and (not is_number(a.lr) or a.lr <= 0):
+        problems.add(f"affinity.lr={show(a.lr)}: must be null (optim.lr, {cfg.optim.get('lr')}) or a finite number > 0")
+    opts["lr"] = cfg.optim.get("lr") if a.get("lr") is None else a.lr  # optim.lr: validate_train checks it
+    if is_int(cfg.trainer.get("accumulate")) and cfg.trainer.accumulate != 1:  # validate_train: the other values
+        problems.add(f"trainer.accumulate={cfg.trainer.accumulate}: mtlrun affinity measures one batch per "
+                     f"optimizer step; use trainer.accumulate=1 (and a larger data.batch_size)")
+    return opts, problems.lines()
+
+
+def _validate(cfg: DictConfig) -> dict:
+    """The train config's problems and affinity's, listed together before anything is written."""
+    opts, problems = _settings(cfg)
+    try:
+        validate_train(cfg)
+    except ConfigError as exc:  # a key it names already (e.g. a NaN anywhere) is not listed twice
+        named = {p.split(":", 1)[0].split("=", 1)[0] for p in exc.problems}
+        problems = [*exc.problems, *(p for p in problems if p.split(":", 1)[0].split("=", 1)[0] not in named)]
+    if problems:
+        raise ConfigError(problems)
+    return {**opts, "lr": float(opts["lr"])}
+
+
+def _check_finite(meter: AffinityMeter, cfg: DictConfig) -> None:
+    """A lookahead that turned a finite loss into NaN or inf: the ratio means nothing, so the run stops."""
+    bad = meter.nonfinite_cells()
+    if bad:
+        lr = cfg.affinity.lr
+        setting = f"affinity.lr={lr}" if lr is not None else f"affinity.lr=null (optim.lr={cfg.optim.lr})"
+        (i, j), more = bad[0], f" (and {len(bad) - 1} more pair(s))" if len(bad) > 1 else ""
+        raise UsageError(f"{setting}: the lookahead step is too large: a step on task '{i}' gave task '{j}' a "
+                         f"non-finite loss{more}; use a smaller affinity.lr")
 
 
 def affinity(cfg: DictConfig) -> dict:
@@ -53,8 +80,7 @@ def affinity(cfg: DictConfig) -> dict:
                          "torchrun")
     if cfg.resume:
         raise UsageError("mtlrun affinity starts from fresh weights; resume= is for mtlrun train")
-    validate_train(cfg)
-    opts = _settings(cfg)
+    opts = _validate(cfg)
     apply_threads(cfg.trainer.threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
@@ -80,6 +106,8 @@ def affinity(cfg: DictConfig) -> dict:
             batch = to_device(batch, trainer.device)
             if step % opts["every"] == 0:
                 meter.measure(batch)
+                if meter.steps == 1:  # a step size far too large shows at once: stop before the whole run
+                    _check_finite(meter, cfg)
             trainer.training_step(batch)
             trainer.optimizer_step()
             step += 1
@@ -87,6 +115,7 @@ def affinity(cfg: DictConfig) -> dict:
                 break
         epoch += 1
     trainer._check_nonfinite()
+    _check_finite(meter, cfg)
 
     z = meter.matrix()
     a, b, worst = lowest_pair(names, z)
@@ -96,7 +125,7 @@ def affinity(cfg: DictConfig) -> dict:
             groupings[k] = [{"score": s, "groups": g} for s, g in best_groupings(names, z, k, top=opts["top"])]
     result = {"tasks": names, "matrix": [[v if math.isfinite(v) else None for v in row] for row in z], "steps": step, "measured_steps": meter.steps, "lookahead_lr": opts["lr"],
               "definition": "matrix[i][j] = mean over measured steps of 1 - L_j(after a step on task i alone) / L_j",
-              "lowest_pair": {"tasks": [a, b], "affinity": worst},
+              "lowest_pair": {"tasks": [a, b], "affinity": worst if math.isfinite(worst) else None},
               "groupings": {str(k): v for k, v in groupings.items()}}
     atomic_write_text(run_dir / "affinity.json", json.dumps(result, indent=2, allow_nan=False))
     plot_affinity(names, z, run_dir / "affinity.png",
@@ -104,8 +133,10 @@ def affinity(cfg: DictConfig) -> dict:
     lines = ["", f"task affinity over {meter.steps} measured step(s) (row: step on task i; column: loss of task j; "
              f"> 0: i helps j):", format_matrix(names, z), "",
              f"lowest affinity: {a} <-> {b} (mean of both directions {worst:+.4f}"
-             f"{': they conflict' if worst < 0 else ': no pair conflicts'})"]
+             f"{': they conflict' if worst < 0 else ': no pair conflicts' if worst >= 0 else ': never measured'})"]
     for k, options in groupings.items():
+        if not options:
+            continue
         best = options[0]
         shown = " | ".join(", ".join(g) for g in best["groups"])
         lines.append(f"best {k} group(s): {shown}   (total affinity {best['score']:+.4f})")

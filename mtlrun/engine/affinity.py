@@ -9,7 +9,10 @@ i's loss alone, θ'_s = θ_s - lr ∇_{θ_s} L_i, and see how task j's loss on t
 Z > 0: a step for i lowers j's loss (i helps j); Z < 0: it raises it (the two conflict). Both losses are
 measured in eval mode (BatchNorm's running statistics, no dropout), so the ratio compares the same function
 of the parameters and the lookahead leaves no trace in the model. The matrix is the mean over the measured
-steps; it stays on the device until the end.
+steps; it stays on the device until the end. A cell is measured at a step only where the batch has a label
+for i (else its step is no step) and j's loss is finite and > 0 (else the ratio means nothing); a cell never
+measured is NaN. A lookahead that makes a finite loss non-finite is counted apart (`nonfinite_cells`): the
+step size is too large for the ratio to mean anything.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call
+
+from mtlrun.engine.train_sums import labelled_tasks
 
 
 class AffinityMeter:
@@ -38,6 +43,9 @@ class AffinityMeter:
                              "other tasks could be measured")
         n = len(self.names)
         self.sum = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.count = torch.zeros(n, n, dtype=torch.float64, device=device)  # steps that measured each cell
+        self.nonfinite = torch.zeros(n, n, dtype=torch.bool, device=device)
+        self._ones = torch.ones(n, device=device)
         self.steps = 0
 
     def _losses(self, batch: dict, params: dict | None = None) -> torch.Tensor:
@@ -66,16 +74,26 @@ class AffinityMeter:
                     stepped = {n: p - self.lr * g if g is not None else p
                                for (n, p), g in zip(self.shared.items(), task_grads)}
                     rows.append(1.0 - self._losses(batch, stepped) / before)
-                self.sum += torch.stack(rows).double()
+                z = torch.stack(rows).double()
+                labelled = labelled_tasks(batch, self.names, self._ones).bool()
+                measured = labelled[:, None] & (torch.isfinite(before) & (before > 0))[None, :]
+                self.nonfinite |= measured & ~torch.isfinite(z)
+                measured &= torch.isfinite(z)
+                self.sum += torch.where(measured, z, 0.0)
+                self.count += measured
                 self.steps += 1
         finally:
             self.model.train(was_training)
 
     def matrix(self) -> list[list[float]]:
-        """The mean Z over the measured steps (one host read). NaN where a task's loss was 0 at a step."""
+        """The mean Z over the steps that measured each cell (one host read); NaN where none did."""
         if self.steps == 0:
             raise ValueError("no step was measured")
-        return (self.sum / self.steps).tolist()
+        return torch.where(self.count > 0, self.sum / self.count.clamp_min(1), math.nan).tolist()
+
+    def nonfinite_cells(self) -> list[tuple[str, str]]:
+        """(i, j) where a step on task i made j's finite loss non-finite, at any measured step (one host read)."""
+        return [(self.names[i], self.names[j]) for i, j in self.nonfinite.nonzero().tolist()]
 
 
 def partitions(items: list, k: int):
@@ -98,11 +116,11 @@ def partitions(items: list, k: int):
 
 def grouping_score(groups: list[list[int]], z: list[list[float]]) -> float:
     """TAG's total affinity of a grouping: for each task, the mean affinity onto it from the other tasks of its
-    group (0 for a task alone), summed over tasks."""
+    group (0 for a task alone; a cell never measured, NaN, left out), summed over tasks."""
     total = 0.0
     for group in groups:
         for j in group:
-            others = [z[i][j] for i in group if i != j]
+            others = [z[i][j] for i in group if i != j and not math.isnan(z[i][j])]  # NaN: never measured
             if others:
                 total += sum(others) / len(others)
     return total

@@ -142,6 +142,53 @@ def test_a_model_without_shared_parameters_is_refused():
         AffinityMeter(model, tasks, lr=0.1, device=torch.device("cpu"))
 
 
+def test_a_lookahead_that_makes_a_loss_non_finite_is_counted_apart_not_averaged():
+    torch.manual_seed(0)
+    tasks = _tasks(["a", "b"])
+    model = LinearShared(tasks)
+    batch = {"inputs": {"x": torch.randn(16, 6)}, "targets": {"a": torch.randn(16, 1), "b": torch.randn(16, 1)}}
+    meter = AffinityMeter(model, tasks, lr=1e30, device=torch.device("cpu"))
+    meter.measure(batch)
+    assert sorted(meter.nonfinite_cells()) == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]
+    assert all(math.isnan(v) for row in meter.matrix() for v in row)  # nothing measured, nothing averaged in
+
+
+def test_a_task_without_labels_in_the_batch_measures_neither_its_row_nor_its_column():
+    # b unlabelled: its step is no step (zero gradient: a fake "no effect" of 0) and its loss is 0 (no ratio)
+    torch.manual_seed(0)
+    tasks = _tasks(["a", "b", "c"])
+    model = LinearShared(tasks)
+    targets = {t: torch.randn(16, 1) for t in "abc"}
+    batch = {"inputs": {"x": torch.randn(16, 6)}, "targets": targets,
+             "label_mask": {"b": torch.zeros(16, dtype=torch.bool)}}
+    meter = AffinityMeter(model, tasks, lr=0.1, device=torch.device("cpu"))
+    meter.measure(batch)
+    z = meter.matrix()
+    assert all(math.isnan(z[1][j]) and math.isnan(z[j][1]) for j in range(3))
+    assert all(math.isfinite(z[i][j]) for i in (0, 2) for j in (0, 2)) and not meter.nonfinite_cells()
+    assert math.isfinite(grouping_score([[0, 1, 2]], z))  # NaN cells are left out of the grouping scores
+
+
+def test_affinity_options_are_all_checked_at_once_before_anything_runs():
+    from contracts import compose_config
+    from mtlrun.affinity import _validate
+    from mtlrun.errors import ConfigError
+
+    cfg = compose_config(["affinity.steps=0", "affinity.every=inf", "affinity.lr=nan", "affinity.top=-1",
+                          "trainer.accumulate=2", "optim.lr=-1"], config_name="affinity")
+    with pytest.raises(ConfigError) as info:
+        _validate(cfg)
+    why = "must be a finite number (NaN and infinity are not valid values of any option)"
+    assert info.value.problems == [  # the train config's problems (a NaN anywhere), then affinity's, once each
+        "optim.lr=-1: must be a finite number > 0", f"affinity.every=inf: {why}", f"affinity.lr=nan: {why}",
+        "affinity.steps=0: must be an integer >= 1", "affinity.top=-1: must be an integer >= 1",
+        "trainer.accumulate=2: mtlrun affinity measures one batch per optimizer step; use trainer.accumulate=1 "
+        "(and a larger data.batch_size)"]
+    for lr in ("0", "-0.001", "true"):
+        with pytest.raises(ConfigError, match=f"affinity.lr={lr}: must be null"):
+            _validate(compose_config([f"affinity.lr={lr}"], config_name="affinity"))
+
+
 @pytest.mark.e2e
 def test_mtlrun_affinity_writes_matrix_heatmap_and_groupings(tmp_path):
     out = tmp_path / "run"
@@ -177,6 +224,17 @@ def test_affinity_finds_the_task_built_to_conflict_on_multidigits_hard(tmp_path)
     assert max(sum_row) < 0 < max(others) and max(sum_row) < min(others)
     assert "sum" in data["lowest_pair"]["tasks"] and data["lowest_pair"]["affinity"] < 0
     assert ["sum"] in data["groupings"]["2"][0]["groups"]
+
+
+@pytest.mark.e2e
+def test_a_lookahead_step_too_large_stops_with_a_message_naming_affinity_lr(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("affinity", *TINY, "affinity.lr=1e30", "affinity.steps=4", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("error: affinity.lr=1e+30: the lookahead step is too large: a step on task 'left' gave task 'left' a "
+            "non-finite loss (and 3 more pair(s)); use a smaller affinity.lr") in result.stderr.splitlines()
+    assert not (out / "affinity.json").exists()
 
 
 @pytest.mark.e2e
