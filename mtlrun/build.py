@@ -23,6 +23,7 @@ from mtlrun.task_selection import all_task_configs, task_configs
 from mtlrun.validation import validate_monitor
 from mtlrun import distributed
 from mtlrun.data.base import DataSpec, ModalityInfo
+from mtlrun.engine.loggers.base import Logger, check_on_error, check_trackers
 from mtlrun.engine.trainer import Trainer
 from mtlrun.errors import Problems, UsageError
 from mtlrun.models.base import MultiTaskModel
@@ -172,8 +173,14 @@ def build_optimizer(cfg: DictConfig, parts: Components) -> torch.optim.Optimizer
 def build_loggers(cfg: DictConfig) -> list:
     """The `logger` group's experiment trackers (`logger=[csv,tensorboard]`), in the order listed; none for
     `logger=[]`. Built on every rank (the Trainer starts rank 0's only)."""
-    node = cfg.get("logger") or {}
-    return [instantiate_node(tracker, f"logger.{name}") for name, tracker in node.items()]
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        tracker = instantiate_node(node, f"logger.{name}")
+        if isinstance(tracker, Logger):
+            tracker.option = name  # in its messages, and the key of its run id in checkpoints
+        check_on_error(tracker, name)
+        loggers.append(tracker)
+    return loggers
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | None = None,
@@ -185,6 +192,8 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | No
     dist = dist or distributed.dist_info()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)  # first: a tracker whose package is missing stops the run before the data is built
+    if dist.is_main:  # and one whose store or server cannot be reached (the others never start theirs)
+        loggers = check_trackers(loggers, Path(run_dir))
     seed_everything(cfg.seed)
     parts = parts or build_components(cfg, data_state=data_state)
     optimizer = build_optimizer(cfg, parts)

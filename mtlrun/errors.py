@@ -46,6 +46,13 @@ class NonFiniteLossError(MtlrunError):
     exit_code = 1
 
 
+class TrackerError(MtlrunError):
+    """An experiment tracker (logger=[...]) cannot be used: its server or store is unreachable or unusable.
+    Raised before the first step (logger.<name>.on_error=continue trains on without it instead)."""
+
+    exit_code = 1
+
+
 class WriteError(MtlrunError):
     """An OS error (disk full, permissions, read-only file system) while writing a run's file. Files are
     written through a temp file and os.replace, so the previous version is untouched."""

@@ -29,6 +29,7 @@ def trainer_state(trainer) -> dict:
         "epoch": trainer.epoch, "batches_done": trainer.batches_done, "global_step": trainer.global_step,
         "train_sums": trainer.train_sums.cpu(), "train_count": trainer.train_count,
         "skipped_steps": trainer.skipped_steps, **trainer.monitor.state_dict(), "history": trainer.history,
+        "trackers": trainer.trackers.run_ids(),  # {"mlflow": run id, ...}: a resumed run continues those runs
     }
 
 
@@ -57,3 +58,4 @@ def restore_trainer(trainer, state: dict) -> None:
     trainer._logged_sums, trainer._logged_count = trainer.train_sums.clone(), trainer.train_count
     trainer.monitor.load_state_dict(state)
     trainer.history = list(state["history"])
+    trainer.trackers.resume_from(state.get("trackers"))  # absent in checkpoints of earlier versions

@@ -16,8 +16,10 @@ PREFIX = "train_step/"
 
 
 class CSVLogger(Logger):
-    def __init__(self, filename: str = "steps.csv"):
-        self.filename = filename
+    option = "csv"
+
+    def __init__(self, filename: str = "steps.csv", on_error: str = "fail"):
+        self.filename, self.on_error = filename, on_error
         self.path: Path | None = None
         self.columns: list[str] | None = None
 

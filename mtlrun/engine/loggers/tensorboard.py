@@ -12,9 +12,11 @@ from mtlrun.engine.loggers.base import Logger, flatten, require
 
 
 class TensorBoardLogger(Logger):
-    def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30):
+    option = "tensorboard"
+
+    def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30, on_error: str = "fail"):
         require("tensorboard", "tensorboard", "tensorboard")
-        self.subdir, self.flush_secs = subdir, flush_secs
+        self.subdir, self.flush_secs, self.on_error = subdir, flush_secs, on_error
         self.writer = None
 
     def start(self, config: dict, run_dir: Path, step: int) -> None:

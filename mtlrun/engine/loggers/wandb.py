@@ -1,6 +1,10 @@
 """`logger=wandb`: a Weights & Biases run, offline by default (nothing leaves the machine): its files go in
 <run dir>/wandb/offline-run-*; `wandb sync <that dir>` uploads it later. `logger.wandb.mode=online` logs
-live (after `wandb login`). The resolved config is the run's config. Needs `pip install "mtlrun[wandb]"`."""
+live (after `wandb login`). The resolved config is the run's config. Needs `pip install "mtlrun[wandb]"`.
+
+Online, wandb waits `init_timeout` seconds for its server (its own default is 90) before the run stops, or
+goes on without it (`on_error=continue`). A resumed run continues its own wandb run (its id is in the
+checkpoint; offline, a second offline-run-* folder with that id, which `wandb sync` uploads into it)."""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ EXIT_CODE = {"finished": 0, "failed": 1, "killed": 1}
 
 
 class WandbLogger(Logger):
+    option = "wandb"
+
     def __init__(self, project: str = "mtlrun", mode: str = "offline", entity: str | None = None,
-                 name: str | None = None, tags: list | None = None):
+                 name: str | None = None, tags: list | None = None, on_error: str = "fail",
+                 init_timeout: float = 30):
         require("wandb", "wandb", "wandb")
         self.project, self.mode, self.entity, self.name, self.tags = project, mode, entity, name, tags
+        self.on_error, self.init_timeout = on_error, float(init_timeout)
         self.run = None
 
     def start(self, config: dict, run_dir: Path, step: int) -> None:
@@ -24,8 +32,10 @@ class WandbLogger(Logger):
         run_dir = run_dir.resolve()
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
                               name=self.name or run_dir.name, tags=list(self.tags or []), config=config,
-                              notes=f"run dir: {run_dir}",
-                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+                              notes=f"run dir: {run_dir}", id=self.run_id, resume="allow" if self.run_id else None,
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                                                      init_timeout=self.init_timeout))
+        self.run_id = self.run.id if self.mode != "disabled" else None  # disabled: a placeholder id
         self.run.summary["run_dir"] = str(run_dir)
         # two x-axes: per-step scalars against the optimizer step, per-epoch values against the epoch
         self.run.define_metric("step")
