@@ -19,6 +19,8 @@ from mtlrun.errors import ConfigError, Problems
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 MAX_SHOWN = 10  # problems shown per column and kind before "... and N more"
 CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform takes (a C long)
+BYTE_ORDER_MARKS = {"utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),
+                    "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)}
 
 
 @dataclass
@@ -61,33 +63,59 @@ def read_manifest(path: str, problems: Problems, encoding: str = "utf-8") -> Man
 
 
 def _lines(path: str, encoding: str, problems: Problems, newline: str | None = None):
-    """The text lines of a manifest; a byte that is not `encoding` stops the read with its line (a problem)."""
+    """The text lines of a manifest; text that is not `encoding` stops the read with its line (a problem)."""
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # skips the BOM Excel writes
     with open(path, newline=newline, encoding=codec) as f:
         try:
             yield from f
             return
-        except UnicodeDecodeError:
-            pass
-    problems.add(_undecodable(path, encoding, codec))
+        except UnicodeError as exc:  # not only undecodable bytes: utf-16 / utf-32 without a byte-order mark
+            error = exc
+    problems.add(_undecodable(path, encoding, codec, error))
     problems.raise_if_any()
 
 
-def _undecodable(path: str, encoding: str, codec: str) -> str:
-    """Where the first byte that `codec` cannot decode is (read again as a whole: this runs only on failure)."""
+def _undecodable(path: str, encoding: str, codec: str, error: UnicodeError) -> str:
+    """Where the text stops being `codec` and why (read again as a whole: this runs only on failure)."""
     data = Path(path).read_bytes()
-    try:
-        data.decode(codec)
-        where, bad = "", "a byte"
-    except UnicodeDecodeError as exc:
-        before = data[:exc.start].decode(codec, errors="replace")
-        line, character = before.count("\n") + 1, len(before) - before.rfind("\n")
-        where = f" line {line}, character {character}"
-        bad = data[exc.start:exc.end]
-        bad = f"byte{'s' if len(bad) > 1 else ''} " + " ".join(f"0x{b:02x}" for b in bad)
-    return (f"{path}{where}: {bad} is not valid {encoding} (data.encoding={encoding}); set data.encoding to the "
-            f"file's encoding, e.g. data.encoding=latin-1 (or cp1252 for files saved by Excel on Windows), or "
-            f"save the file as UTF-8")
+    if isinstance(error, UnicodeDecodeError):
+        try:
+            data.decode(codec)
+        except UnicodeDecodeError as exc:
+            bad = data[exc.start:exc.end]
+            bad = f"byte{'s' if len(bad) > 1 else ''} " + " ".join(f"0x{b:02x}" for b in bad)
+            return (f"{path}{_position(data[:exc.start].decode(codec, errors='replace'))}: {bad} is not valid "
+                    f"{encoding} (data.encoding={encoding}); {_advice(encoding, data)}")
+    return (f"{path}{_position(_decoded_before_error(data, codec))}: cannot be read as {encoding} ({error}); "
+            f"{_advice(encoding, data)}")
+
+
+def _decoded_before_error(data: bytes, codec: str) -> str:
+    """The text an incremental decoder (as open() uses) gives, line by line, before it fails: a decoder whose
+    error is not about one byte (a missing byte-order mark) gives no position of its own."""
+    decoder, text = codecs.getincrementaldecoder(codec)(), []
+    for piece in data.splitlines(keepends=True):
+        try:
+            text.append(decoder.decode(piece))
+        except UnicodeError:
+            break
+    return "".join(text)
+
+
+def _position(before: str) -> str:
+    """` line L, character C` of the character after the text `before`."""
+    return f" line {before.count(chr(10)) + 1}, character {len(before) - before.rfind(chr(10))}"
+
+
+def _advice(encoding: str, data: bytes) -> str:
+    name = codecs.lookup(encoding).name
+    for family, marks in BYTE_ORDER_MARKS.items():  # UTF-32 first: its little-endian mark starts as UTF-16's
+        if name != family and data.startswith(marks):
+            return f"the file starts with a {family.upper()} byte-order mark: data.encoding={family}"
+        if name == family and not data.startswith(marks):
+            return f"a {family.upper()} file without a byte-order mark needs data.encoding={family}-le or {family}-be"
+    return ("set data.encoding to the file's encoding, e.g. data.encoding=latin-1 (or cp1252 for files saved by "
+            "Excel on Windows), or save the file as UTF-8")
 
 
 @contextmanager
@@ -130,6 +158,11 @@ def _read_csv(path: str, problems: Problems, encoding: str) -> Manifest:
 def _check_header(path: str, header: list[str], problems: Problems) -> None:
     seen = set()
     for i, name in enumerate(header):
+        if "\x00" in name:  # UTF-16 without a byte-order mark decodes as UTF-8 or latin-1, a NUL every other byte
+            order = "be" if header[0].startswith("\x00") else "le"  # which byte of the first character is 0
+            problems.add(f"{path}: the header holds NUL characters, as UTF-16 text read as another encoding does; "
+                         f"set data.encoding=utf-16-{order}")
+            problems.raise_if_any()  # every row would only repeat it
         if not name:
             problems.add(f"{path}: column {i + 1} of the header has no name")
         elif name in seen:
