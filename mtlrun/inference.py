@@ -60,11 +60,11 @@ def read_source(path: str | Path, key: str = "checkpoint") -> dict:
 
 
 def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: str | Path | None = None,
-                    encoding: str | None = None):
+                    encoding: str | None = None, na_values=None):
     """The data module of `cfg` reading the new manifest `path` (data=table) with the checkpoint's fitted
     preprocessing: every row is the test split, target and split columns are not needed. Relative file paths
-    in its cells start at `root` (null: its own folder, whatever root training had); `encoding` null: the
-    training manifest's."""
+    in its cells start at `root` (null: its own folder, whatever root training had); `encoding` and `na_values`
+    null: the training manifest's."""
     if not hasattr(_data_class(cfg), "read_unlabelled"):
         raise UsageError(f"data.path={path}: new rows are read by data=table; this model was trained on "
                          f"{cfg.data._target_}; predict one of its splits with split=train|val|test instead")
@@ -73,6 +73,8 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     cfg.data.root = None if root is None else str(root)
     if encoding is not None:
         cfg.data.encoding = encoding
+    if na_values is not None:
+        cfg.data.na_values = na_values
     data = instantiate_node(cfg.data, "data", _recursive_=False)  # transforms: mtlrun.data.transforms builds them
     data.load_state_dict(data_state)
     data.read_unlabelled()

@@ -27,7 +27,8 @@ from mtlrun.errors import UsageError
 from mtlrun.trust import check_checkpoint_config
 
 log = logging.getLogger("mtlrun")
-NEW_DATA = ("data.path", "data.root", "data.encoding")  # what reading another manifest may set (data=table)
+# what reading another manifest may set (data=table)
+NEW_DATA = ("data.path", "data.root", "data.encoding", "data.na_values")
 ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
            "trainer.device", "trainer.precision", "trainer.threads")  # on the checkpoint's config
 
@@ -49,7 +50,8 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
     new_data = cfg.data.path is not None
     data_keys = [o for o in typed if o.split("=", 1)[0].lstrip("+~") in NEW_DATA]
     if data_keys and not new_data:
-        raise UsageError("data.root / data.encoding: only with data.path=NEW_MANIFEST (the rows to read)")
+        raise UsageError("data.root / data.encoding / data.na_values: only with data.path=NEW_MANIFEST (the rows to "
+                         "read)")
     run_cfg = apply_overrides(source["config"], cfg, [o for o in typed if o not in data_keys], ALLOWED, what,
                               skip=("split", "output", "id_column", "trusted_targets", "format", "tolerance"))
     validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
@@ -59,7 +61,7 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
     data = None
     if new_data:
         data = prediction_data(run_cfg, source["data"], Path(cfg.data.path).expanduser(), cfg.data.root,
-                               cfg.data.encoding)
+                               cfg.data.encoding, cfg.data.get("na_values"))
     predictor = build_predictor(run_cfg, source, data=data, device=str(run_cfg.trainer.device),
                                 precision=str(run_cfg.trainer.precision))
     read = str(Path(cfg.data.path).expanduser().resolve()) if new_data else f"split={cfg.split}"

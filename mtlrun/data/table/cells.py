@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from mtlrun.checks import is_real
 from mtlrun.data.table.manifest import Manifest, Problems, is_empty
+from mtlrun.data.table.missing import COMMON_MARKERS, marker_hint, na_values_override
+
+log = logging.getLogger("mtlrun")
 
 # What a YAML boolean in an option that names a label (`positive: yes` is read as True) stands for.
 BOOLEAN_WORDS = {True: ("yes", "y", "true", "on", "1"), False: ("no", "n", "false", "off", "0")}
@@ -22,6 +26,8 @@ def canon(value) -> tuple[str | None, object]:
         return None, None
     if isinstance(value, bool):
         return "boolean", value
+    if isinstance(value, int):  # as it is: an integer of a JSON Lines file may exceed float's range
+        return "number", value
     if is_real(value):
         value = float(value)
         if not math.isfinite(value):
@@ -71,7 +77,19 @@ def label_column(manifest: Manifest, column: str, problems: Problems) -> list | 
         problems.add(f"{manifest.path}, column '{column}': mixed types: {' and '.join(parts)}; a label column "
                      f"holds only numbers or only texts", group=("mixed", column))
         bad = True
+    if not bad:
+        _warn_markers_read_as_labels(manifest, column, values)
     return None if bad else values
+
+
+def _warn_markers_read_as_labels(manifest: Manifest, column: str, values: list) -> None:
+    """A label such as 'NA' is kept (it may be a real class), but R and pandas would read it as missing: say so."""
+    markers = sorted({v for v in values if isinstance(v, str) and v in COMMON_MARKERS})
+    for text in markers:
+        count = sum(v == text for v in values)
+        log.warning(f"{manifest.path}, column '{column}': {count} cell(s) {text!r} are read as a label, but {text!r} "
+                    f"commonly marks a missing value (pandas reads it as one): if it does here, set "
+                    f"{na_values_override(text)} to read them as empty cells")
 
 
 def sorted_labels(labels) -> list:
@@ -92,13 +110,15 @@ def number_column(manifest: Manifest, column: str, key: str, problems: Problems)
             continue
         try:
             number = float(cell.strip() if isinstance(cell, str) else cell)
+        except OverflowError:  # an integer of a JSON Lines file past float's range
+            number = math.inf
         except ValueError:
-            problems.add(f"{manifest.at(row, column)}: not a number: {cell!r} ({key} reads numbers)",
-                         group=("number", column))
+            problems.add(f"{manifest.at(row, column)}: not a number: {cell!r} ({key} reads numbers)"
+                         f"{marker_hint(cell)}", group=("number", column))
             continue
         if not math.isfinite(number):
             problems.add(f"{manifest.at(row, column)}: {cell!r} is not a finite number; leave the cell empty "
-                         f"for a missing value", group=("number", column))
+                         f"for a missing value{marker_hint(cell)}", group=("number", column))
             continue
         values[row], present[row] = number, True
     return values, present

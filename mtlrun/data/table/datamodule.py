@@ -16,6 +16,7 @@ from mtlrun.data.table.assemble import Prepared, assemble, decode_everything, sl
 from mtlrun.data.table.fields import parse_fields
 from mtlrun.data.table.fields.base import STATE_SECTIONS, Reading, plain
 from mtlrun.data.table.manifest import MAX_SHOWN, SUFFIXES, read_manifest
+from mtlrun.data.table.missing import parse_na_values
 from mtlrun.data.table.splits import assign_splits, parse_split
 from mtlrun.errors import ConfigError, Problems, UsageError
 
@@ -29,7 +30,7 @@ class Table(DataModule):
 
     def __init__(self, path: str | None = None, root: str | None = None, inputs=None, targets=None, split=None,
                  validate: str = "files", cache: bool = False, augment=None, encoding: str = "utf-8",
-                 allow_outside_root: bool = False, **loader):
+                 na_values=(), allow_outside_root: bool = False, **loader):
         super().__init__(**loader)
         problems: list[str] = []
         if not isinstance(path, str) or not path.strip():
@@ -59,6 +60,7 @@ class Table(DataModule):
         if not is_text_encoding(encoding):
             problems.append(f"data.encoding={encoding!r}: not a text encoding Python knows; e.g. utf-8, latin-1, "
                             f"cp1252, utf-16")
+        self.markers = parse_na_values(plain(na_values), problems)
         self.augment = parse_augment(augment, problems)
         if self.augment and not any(f.resample for f in self.inputs):
             problems.append("data.augment: flips and crops act on images; this data has no image input")
@@ -131,7 +133,7 @@ class Table(DataModule):
         """Read the manifest once, validate every cell and file, fit on the train split (or take what a loaded
         checkpoint fitted), and build the splits; every problem found is reported at once."""
         problems = Problems(max_shown=MAX_SHOWN)
-        m = read_manifest(self.path, problems, self.encoding)
+        m = read_manifest(self.path, problems, self.encoding, self.markers)
         if m.rows == 0:
             problems.add(f"{self.path}: the manifest has no data rows")
             problems.raise_if_any()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlrun.data.table.missing import Markers, blank_markers
 from mtlrun.errors import ConfigError, Problems
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -52,14 +53,18 @@ def is_empty(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def read_manifest(path: str, problems: Problems, encoding: str = "utf-8") -> Manifest:
-    """Read a CSV / JSON Lines / Parquet manifest; malformed rows are added to `problems` and skipped."""
+def read_manifest(path: str, problems: Problems, encoding: str = "utf-8", markers: Markers = Markers()) -> Manifest:
+    """Read a CSV / JSON Lines / Parquet manifest; malformed rows are added to `problems` and skipped; cells that
+    match a `markers` (data.na_values) are empty."""
     fmt = SUFFIXES.get(Path(path).suffix.lower())
     if fmt == "csv":
-        return _read_csv(path, problems, encoding)
-    if fmt == "jsonl":
-        return _read_jsonl(path, problems, encoding)
-    return _read_parquet(path)
+        manifest = _read_csv(path, problems, encoding)
+    elif fmt == "jsonl":
+        manifest = _read_jsonl(path, problems, encoding)
+    else:
+        manifest = _read_parquet(path)
+    blank_markers(manifest.cells, markers, path)
+    return manifest
 
 
 def _lines(path: str, encoding: str, problems: Problems, newline: str | None = None):

@@ -10,6 +10,7 @@ from mtlrun.data.base import TargetInfo
 from mtlrun.data.table.cells import canon, sorted_labels
 from mtlrun.data.table.fields.base import REQUIRED, Reading
 from mtlrun.data.table.fields.labels import LabelField
+from mtlrun.data.table.missing import COMMON_MARKERS, na_values_override
 
 
 class BinaryField(LabelField):
@@ -47,9 +48,12 @@ class BinaryField(LabelField):
             seen.add(positive)
         ordered = sorted_labels(seen)
         if len(ordered) > 2:
+            markers = [v for v in ordered if isinstance(v, str) and v in COMMON_MARKERS]
+            fix = (f"if {markers[0]!r} marks a missing label, set {na_values_override(markers[0])} (read as an empty "
+                   f"cell); else use type: classification" if markers else "use type: classification")
             reading.problems.add(f"{self.key}: {reading.m.path}, column '{self.column}' has {len(ordered)} values "
                                  f"in the train split ({', '.join(map(repr, ordered[:6]))}); a binary target has two; "
-                                 f"use type: classification")
+                                 f"{fix}")
             return ordered[:2]
         if len(ordered) == 1:
             reading.problems.add(f"{self.key}: {reading.m.path}, column '{self.column}' has the single value "
