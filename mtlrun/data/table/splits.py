@@ -4,31 +4,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtlrun.checks import is_int, is_real
+from mtlrun.checks import is_int, is_number
 from mtlrun.data.base import SPLITS
 from mtlrun.data.table.fields.base import plain
 from mtlrun.data.table.manifest import Manifest, Problems
 
 
+DEFAULT_COLUMN = "split"
+
+
 def parse_split(split, problems: list[str]) -> dict:
-    """`{column: name}` or `{ratios: [...], seed: n}` from data.split (null: the column `split`)."""
+    """`{column: name}` or `{ratios: [...], seed: n}` from data.split (null: the column `split`).
+
+    Hydra merges the data.split of an experiment YAML or of the command line into the default, `{column: split,
+    ratios: null, seed: null}`: a key that is null is not given, and ratios win over the default's column, so
+    `{ratios: [0.7, 0.15, 0.15], seed: 0}` works as written, wherever it is written."""
     split = plain(split)
     if split is None:
-        return {"column": "split"}
-    if not isinstance(split, dict) or set(split) - {"column", "ratios", "seed"} \
-            or ("column" in split) == ("ratios" in split):
+        return {"column": DEFAULT_COLUMN}
+    if not isinstance(split, dict) or set(split) - {"column", "ratios", "seed"}:
         problems.append(f"data.split={split!r}: give {{column: <name>}} (a column of train / val / test) or "
                         f"{{ratios: [train, val, test], seed: 0}}")
         return {}
-    if "column" in split:
-        if "seed" in split:
+    given = {k: v for k, v in split.items() if v is not None}
+    if "ratios" in given and given.get("column") == DEFAULT_COLUMN:
+        del given["column"]  # the default's, merged in
+    if ("column" in given) == ("ratios" in given):
+        what = (f"both a column ({given['column']!r}) and ratios; set the other to null: data.split.ratios=null to "
+                f"split by the column, or data.split.column=null to draw with the ratios" if given else
+                "give {column: <name>} (a column of train / val / test) or {ratios: [train, val, test], seed: 0}")
+        problems.append(f"data.split={split!r}: {what}")
+        return {}
+    if "column" in given:
+        if "seed" in given:
             problems.append("data.split.seed: only used with ratios")
-        if not isinstance(split["column"], str) or not split["column"].strip():
-            problems.append(f"data.split.column={split['column']!r}: must be a column name")
-        return split
-    ratios, seed = split["ratios"], split.get("seed", 0)
-    if not isinstance(ratios, (list, tuple)) or len(ratios) != 3 or not all(is_real(r) and r >= 0 for r in ratios) \
-            or not all(r > 0 for r in ratios):
+        if not isinstance(given["column"], str) or not given["column"].strip():
+            problems.append(f"data.split.column={given['column']!r}: must be a column name")
+        return {"column": given["column"]}
+    ratios, seed = given["ratios"], given.get("seed", 0)
+    if not isinstance(ratios, (list, tuple)) or len(ratios) != 3 or not all(is_number(r) and r > 0 for r in ratios):
         problems.append(f"data.split.ratios={ratios!r}: must be three numbers > 0 (train, val, test), e.g. "
                         f"[0.8, 0.1, 0.1]; they are normalised to sum to 1")
     if not is_int(seed) or seed < 0:
