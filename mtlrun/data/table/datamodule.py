@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from mtlrun.data.table.augment import parse_augment
 from mtlrun.data.table.assemble import Prepared, assemble, decode_everything, slot
 from mtlrun.data.table.fields import parse_fields
 from mtlrun.data.table.fields.base import STATE_SECTIONS, Reading, plain
-from mtlrun.data.table.manifest import MAX_SHOWN, SUFFIXES, read_manifest
+from mtlrun.data.table.manifest import MAX_SHOWN, SUFFIXES, Manifest, read_manifest
 from mtlrun.data.table.missing import parse_na_values
 from mtlrun.data.table.splits import assign_splits, parse_split
 from mtlrun.errors import ConfigError, Problems, UsageError
 
+log = logging.getLogger("mtlrun")
 VALIDATE = ("files", "full")
 
 
@@ -161,12 +163,26 @@ class Table(DataModule):
         everything = np.arange(m.rows)
         values = {slot(f): f.read(reading, everything) for f in fields}
         problems.raise_if_any()
+        warn_rows_without_input(m, [values[slot(f)][1] for f in fields])
         splits = {"train": everything[:0], "val": everything[:0], "test": everything}
         prepared = assemble(reading, fields, values, splits, self.targets, None)
         if self.validate == "full" or self.cache:
             decode_everything(prepared, problems, self.cache, self.num_workers)
             problems.raise_if_any()
         return prepared
+
+
+def warn_rows_without_input(m: Manifest, present: list[np.ndarray], shown: int = 5) -> list[int]:
+    """The data rows (from 1) whose every input read is empty, in a warning: the model still predicts them
+    (from no input at all), and a prediction from nothing is better flagged than taken at face value."""
+    if not present:
+        return []
+    empty = [int(m.numbers[row]) for row in np.flatnonzero(~np.any(np.stack(present), axis=0))]
+    if empty:
+        rows = ", ".join(map(str, empty[:shown])) + (", ..." if len(empty) > shown else "")
+        log.warning(f"{m.path}: {len(empty)} of {m.rows} rows have every input cell empty (row{'s' * (len(empty) > 1)} "
+                    f"{rows}): they are predicted from no input at all, a guess that says nothing about them")
+    return empty
 
 
 def is_text_encoding(name) -> bool:
