@@ -13,6 +13,11 @@ Per task kind (the CSV columns; the JSON Lines object nests the same values unde
 - normals: `task` = masks/<task>/<n>.png, RGB = (unit normal + 1) / 2 x 255
 - any other task: `task/0`, `task/1`, ... the raw outputs (a dense one: masks/<task>/<n>.npy)
 `<n>` is the sample's position in the output (0-based, zero-padded), not its id, which may be any text.
+
+predictions.csv is made safe to open in a spreadsheet: a text cell (an id, a class name, a header) that starts
+with = + - @ or a tab / carriage return is written with a leading `'` (OWASP's advice against CSV injection);
+numbers, and texts that are plain numbers such as "-3", are written as they are. predictions.jsonl and
+`Predictions.rows()` / `.records()` keep every value exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,8 @@ import torch
 from mtlrun.engine.records import atomic_write_text
 
 PNG_MAX = 65535
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class Predictions:
@@ -79,13 +87,21 @@ class Predictions:
                  if d["maps"] is not None}
         rows = self.rows(paths)
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180's: a carriage return in a cell gets quoted
+        writer.writerow([spreadsheet_safe(c) for c in (rows[0] if rows else ["id"])])
+        writer.writerows([spreadsheet_safe(v) for v in row.values()] for row in rows)
         atomic_write_text(folder / "predictions.csv", text.getvalue())
         atomic_write_text(folder / "predictions.jsonl",
                           "".join(json.dumps(r, default=str) + "\n" for r in self.records(paths)))
         return {"csv": folder / "predictions.csv", "jsonl": folder / "predictions.jsonl"}
+
+
+def spreadsheet_safe(value):
+    """A text that a spreadsheet would run as a formula (=, +, -, @, tab, carriage return first) with a leading
+    `'`, which spreadsheets show as text; numbers and texts that are plain numbers ("-3", "+1.5e3") as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def decode(task, out: torch.Tensor, names: list | None, scale) -> dict:

@@ -3,6 +3,9 @@ wrapper and errors (mtlrun/engine/portable.py), in-process on hand-made outputs 
 
 from __future__ import annotations
 
+import csv
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -60,6 +63,29 @@ def test_without_class_names_the_indices_are_the_labels():
     tasks = named(digit=Classification(3))
     rows = Predictions([0], {"digit": torch.tensor([[0.0, 0.0, 5.0]])}, tasks, FakeData()).rows()
     assert rows[0]["digit"] == 2 and set(rows[0]) == {"id", "digit", "digit/prob/0", "digit/prob/1", "digit/prob/2"}
+
+
+def test_predictions_csv_defuses_text_cells_a_spreadsheet_would_run_as_formulas(tmp_path):
+    """OWASP's CSV injection advice: a text starting with = + - @ tab or CR gets a leading '; numbers (negative
+    values included) and texts that are plain numbers stay as they are; JSON Lines and rows() keep every value."""
+    ids = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "-3", "+1.5e3", "plain", 7]
+    names = ["=cmd|' /C calc'!A0", "-1", "ok"]
+    tasks = named(kind=Classification(3), size=Regression(dim=1))
+    n = len(ids)
+    outputs = {"kind": torch.tensor([[9.0, 0.0, 0.0]] * (n - 1) + [[0.0, 0.0, 9.0]]),
+               "size": torch.full((n, 1), -1.5)}
+    predictions = Predictions(ids, outputs, tasks, FakeData(names={"kind": names}))
+    written = predictions.write(tmp_path)
+    with open(written["csv"], newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["id", "kind", "kind/prob/=cmd|' /C calc'!A0", "kind/prob/-1", "kind/prob/ok", "size"]
+    assert [r[0] for r in rows] == ["'=HYPERLINK(\"http://x\")", "'+1+1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "-3",
+                                    "+1.5e3", "plain", "7"]
+    assert [r[1] for r in rows] == ["'=cmd|' /C calc'!A0"] * (n - 1) + ["ok"]
+    assert {r[5] for r in rows} == {"-1.5"}  # a negative number is a number, not a formula
+    records = [json.loads(line) for line in written["jsonl"].read_text().splitlines()]
+    assert [r["id"] for r in records] == ids and records[0]["kind"]["label"] == names[0]
+    assert [r["id"] for r in predictions.rows()] == ids
 
 
 class Heads(nn.Module):
