@@ -31,10 +31,11 @@ Everything fitted on the train split (class lists, categories, numeric statistic
 sizes taken from the files) is the module's `state_dict`, which travels in the checkpoint, so `mtlrun eval`
 reads the manifest exactly as training did.
 
-Empty cells (an empty CSV field, JSON null or a missing key): an empty target cell makes the row
-unlabelled for that task (`label_mask` False; the target holds -1 or NaN, never a label); an empty input
-cell makes the modality missing for the row (`modality_mask` False, input zeros). A tabular input is
-missing only when all its cells are empty; a single empty numeric cell reads as the train mean (0).
+Empty cells (an empty CSV field, JSON null, a missing key, or a text listed in `na_values`, e.g. [NA] for a
+file written by R): an empty target cell makes the row unlabelled for that task (`label_mask` False; the
+target holds -1 or NaN, never a label); an empty input cell makes the modality missing for the row
+(`modality_mask` False, input zeros). A tabular input is missing only when all its cells are empty; a
+single empty numeric cell reads as the train mean (0).
 
 Validation runs before the model is built and lists every problem at once, each naming the manifest, the
 row (data rows count from 1; the file line is given for CSV and JSON Lines) and the column. `validate:
