@@ -315,8 +315,9 @@ def finish(code, command: str | None = None, overrides: list[str] = (), since: f
 
 def read_error(job_dir: Path) -> dict | None:
     """A failed job's record (ERROR_FILE in its dir), or None when it has none or it is unreadable."""
-    try:
-        record = json.loads((Path(job_dir) / ERROR_FILE).read_text())
-    except (OSError, ValueError):
+    from mtlrun.untrusted_files import UntrustedFileError, read_json
+
+    try:  # bounded: `mtlrun report` reads it back from folders anyone may have edited
+        return read_json(Path(job_dir) / ERROR_FILE, finite=False)
+    except UntrustedFileError:
         return None
-    return record if isinstance(record, dict) else None

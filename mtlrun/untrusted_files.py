@@ -166,8 +166,9 @@ def read_yaml(path, expect: type | None = dict, max_bytes: int = MAX_YAML_BYTES,
     import yaml
 
     text = read_text(path, max_bytes, allow_symlink)
-    loader = _loader_class()(text)
+    loader = None
     try:
+        loader = _loader_class()(text)  # its reader refuses control characters already here
         node = loader.get_single_node()
         if node is not None:
             _expanded_size(node, {}, set())
@@ -179,9 +180,11 @@ def read_yaml(path, expect: type | None = dict, max_bytes: int = MAX_YAML_BYTES,
         raise UntrustedFileError(path, f"not valid YAML: {exc.problem or exc.context}",
                                  mark.line + 1 if mark is not None else None) from None
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit integer
-        raise UntrustedFileError(path, f"not valid YAML: {str(exc).split(';')[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UntrustedFileError(path, f"not valid YAML: {first.split(';')[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _expect(path, value, expect)
 
 

@@ -35,7 +35,8 @@ from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
 from mtlrun.report.figures import plot_report
 from mtlrun.report.pareto import pareto_keys, render_pareto
-from mtlrun.report.render import render_csv, render_failures, render_markdown, render_robustness
+from mtlrun.report.render import (render_csv, render_failures, render_markdown, render_robustness,
+                                  render_skipped)
 from mtlrun.report.significance import find_reference, render_significance
 from mtlrun.report.stats import compute_delta, match_baselines, metric_columns
 
@@ -68,11 +69,12 @@ def parser() -> argparse.ArgumentParser:
 
 def report(args: argparse.Namespace) -> dict:
     ignore = (*IGNORED, *args.ignore)
-    runs, failed = collect_runs(args.dirs, args.split, "DIR")
+    runs, failed, skipped = collect_runs(args.dirs, args.split, "DIR")
     groups = group_runs(runs, ignore)
     if args.stl:
-        baseline_runs, stl_failed = collect_runs(args.stl, args.split, "--stl")
+        baseline_runs, stl_failed, stl_skipped = collect_runs(args.stl, args.split, "--stl")
         failed = list({f.path.resolve(): f for f in [*failed, *stl_failed]}.values())
+        skipped = list({s.path.resolve(): s for s in [*skipped, *stl_skipped]}.values())
         known = {r.path.resolve() for r in baseline_runs}
         baselines = group_runs(baseline_runs, ignore)
         mtl = [g for g in groups if not all(r.path.resolve() in known for r in g.runs)]
@@ -115,6 +117,7 @@ def report(args: argparse.Namespace) -> dict:
         markdown += render_pareto(mtl, axes, directions, out)
     markdown += render_robustness([*mtl, *baselines], args.split, out, directions)
     markdown += render_failures(failed)
+    markdown += render_skipped(skipped)
     (out / "report.md").write_text(markdown)
     (out / "report.csv").write_text(render_csv(mtl, baselines, columns, failed))
     plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks, args.split)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mtlrun.errors import UsageError
 from mtlrun.report.groups import Group
-from mtlrun.report.load import FailedJob
+from mtlrun.report.load import FailedJob, SkippedRun
 from mtlrun.report.stats import mean_std
 
 
@@ -91,6 +91,15 @@ def render_failures(failed: list[FailedJob]) -> str:
     for job in failed:
         overrides = " ".join(job.overrides) or "no overrides"
         lines.append(f"- `{job.path}` `{esc(overrides)}`: {esc(job.error)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_skipped(skipped: list[SkippedRun]) -> str:
+    """The run dirs left out: unreadable files (which file, why) or no metrics of the reported split."""
+    if not skipped:
+        return ""
+    lines = ["", f"## Runs left out ({len(skipped)})", ""]
+    lines += [f"- `{s.path}`: {s.reason.replace('|', '/')}" for s in skipped]
     return "\n".join(lines) + "\n"
 
 

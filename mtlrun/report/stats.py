@@ -21,7 +21,9 @@ KNOWN_DIRECTIONS = {"accuracy": True, "macro_f1": True, "f1": True, "mae": False
 
 
 def _build_task(config: dict, task: str):
-    """The task object of a run's config (for its metric order and directions), or None."""
+    """The task object of a run's config (for its metric order and directions), or None. A run dir's config
+    is data anyone may have edited: only a task class that mtlrun ships is built (mtlrun.trust), never what
+    else a `_target_` there names (`os.makedirs`, `builtins.open` ran here before)."""
     node = task_nodes(config).get(task)
     if node is None:
         return None
@@ -29,6 +31,9 @@ def _build_task(config: dict, task: str):
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
+        from mtlrun.trust import check_checkpoint_config
+
+        check_checkpoint_config({"tasks": {task: node}}, (), "config.yaml")  # UsageError: not built
         return instantiate(OmegaConf.create(node))
     except Exception:  # noqa: BLE001 - e.g. a user class not importable here: fall back on metric names
         return None
@@ -113,6 +118,8 @@ def compute_delta(group: Group, directions: dict[str, bool | None]) -> None:
         group.delta_seeds = [r.seed for r in complete]
     except ValueError as exc:
         group.delta, group.note = None, str(exc)
+    if group.delta and not all(math.isfinite(d) for d in group.delta):  # a baseline metric of ~1e-300
+        group.delta, group.note = None, "not computed: Δm% overflows (a baseline metric is too close to 0)"
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
