@@ -217,7 +217,7 @@ JSON_CELLS = st.recursive(st.none() | st.booleans() | st.integers(min_value=-10*
                           | st.floats() | st.text(max_size=20),
                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                       max_size=3), max_leaves=6)
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FIELDS = {"inputs": {"stats": {"type": "tabular", "numeric": ["x"], "categorical": ["pen"]},
                      "note": {"type": "text", "column": "note"}},
           "targets": {"label": {"type": "classification", "column": "label"},
