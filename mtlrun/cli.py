@@ -100,28 +100,42 @@ def _resume_in_place(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def _lock_explicit_run_dir(overrides: list[str]) -> bool:
-    """Lock a run dir given as `hydra.run.dir=...` before Hydra writes its .hydra/ files and the log there,
-    so a second run into a live directory changes nothing in it. False (after saying why) if it is taken.
-    A run dir made from the date is locked when the job starts (_locked), as is each job dir of a sweep."""
+def _take_explicit_dirs(command: str, overrides: list[str]) -> int:
+    """Take a run dir given as `hydra.run.dir=...` (its lock and records check, rundir.acquire) before Hydra
+    writes its .hydra/ files and the log there, so a run refused there changes nothing in it; for a sweep into
+    `hydra.sweep.dir=...`, check its job dirs the same way. 0, or the exit code after saying why. A run dir
+    made from the date is taken when the job starts (_locked), as is each job dir of a sweep."""
     from pathlib import Path
 
     from mtlrun import distributed
     from mtlrun.engine import rundir
-    from mtlrun.errors import UsageError
+    from mtlrun.errors import MtlrunError, RunDirRefused
 
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
-    not_a_run = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve")
-    if not given or "${" in given[-1] or any(o.split("=")[0] in not_a_run for o in overrides):
-        return True
+    flags = {o.split("=")[0] for o in overrides}
+    not_a_run = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve"}
+    sweep = bool(flags & {"-m", "--multirun"})
+    given = _last_value(overrides, "hydra.sweep.dir" if sweep else "hydra.run.dir")
+    if given is None or "${" in given or flags & not_a_run:
+        return 0
+    folder = Path(given).expanduser()
     try:
-        rundir.acquire(Path(given[-1]).expanduser())  # held until the process exits
-    except UsageError as exc:
+        if sweep:
+            why = rundir.sweep_refusal(folder, command)
+            if why:
+                raise RunDirRefused(why)
+        else:  # held until the process exits
+            rundir.acquire(folder, command, resumes=rundir.resumes_in(folder, _last_value(overrides, "resume")))
+    except MtlrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if distributed.dist_info().enabled:
-            _exit_distributed(USAGE_EXIT)
-        return False
-    return True
+            _exit_distributed(exc.exit_code)
+        return exc.exit_code
+    return 0
+
+
+def _last_value(overrides: list[str], key: str) -> str | None:
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return given[-1] if given else None
 
 
 def _log_to_files(level: int, message: str) -> None:
@@ -152,15 +166,18 @@ def _sweep_job(fn):
     return (lambda cfg: sweep.run_job(fn, cfg)) if sweep.is_multirun() else fn
 
 
-def _locked(fn):
-    """Hold the job's run dir while it runs: one live run per run dir (in a sweep, per job dir, so a taken
-    dir fails that job alone)."""
+def _locked(fn, command: str):
+    """Hold the job's run dir while it runs: one live run per run dir, and never another command's (in a
+    sweep, per job dir, so a taken dir fails that job alone)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from mtlrun import sweep
     from mtlrun.engine import rundir
 
     def job(cfg):
-        with rundir.locked(HydraConfig.get().runtime.output_dir):
+        run_dir = HydraConfig.get().runtime.output_dir
+        key, where = ("hydra.sweep.dir", f"job dir {run_dir}") if sweep.is_multirun() else ("hydra.run.dir", None)
+        with rundir.locked(run_dir, command, key, where, resumes=rundir.resumes_in(run_dir, cfg.get("resume"))):
             return fn(cfg)
 
     return job
@@ -307,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         if distributed.dist_info().enabled:
             _exit_distributed(USAGE_EXIT)
         raise SystemExit(USAGE_EXIT)
-    if not _lock_explicit_run_dir(overrides):
-        raise SystemExit(USAGE_EXIT)
+    refused = _take_explicit_dirs(command, overrides)
+    if refused:
+        raise SystemExit(refused)
     module_name, fn_name = SUBCOMMANDS[command][0].split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     reached = False
@@ -318,9 +336,9 @@ def main(argv: list[str] | None = None) -> None:
         reached = True
         if not ddp_sweep and not distributed.dist_info().enabled:
             # a launcher's job process (hydra/launcher=slurm: one of srun's tasks) joins its job's group
-            return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn)), cfg))
+            return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn, command)), cfg))
         _warn_unused_sweep()
-        return _run_guarded(_sweep_job(_locked(fn)), cfg)
+        return _run_guarded(_sweep_job(_locked(fn, command)), cfg)
 
     sys.argv = [f"mtlrun {command}", *overrides]
     code, exited = 0, False

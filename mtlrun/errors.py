@@ -54,19 +54,36 @@ class TrackerError(MtlrunError):
 
 
 class WriteError(MtlrunError):
-    """An OS error (disk full, permissions, read-only file system) while writing a run's file. Files are
-    written through a temp file and os.replace, so the previous version is untouched."""
+    """An OS error (disk full, permissions, read-only file system) while writing a file or making a folder:
+    `<path>: cannot write there: <strerror>`. Files are written through a temp file and os.replace, so the
+    previous version of a file is untouched (the message says so where there is one)."""
 
     exit_code = 1
 
     def __init__(self, path, error: OSError):
-        import os
+        from pathlib import Path
 
-        self.path, self.error = path, error
+        self.path, self.error = Path(path), error
         reason = error.strerror or str(error) or type(error).__name__
-        before = (f"the previous {path.name} is intact" if os.path.exists(path)
-                  else f"no earlier {path.name} existed")
-        super().__init__(f"{reason[0].lower()}{reason[1:]} writing {path}; {before}")
+        intact = f"; the previous {self.path.name} is intact" if self.path.is_file() else ""
+        super().__init__(f"{self.path}: cannot write there: {reason}{intact}")
+
+
+def os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError that caused `exc`, if any: libraries answer a failed write with their own error (torch's
+    zip writer raises a RuntimeError "enforce fail at inline_container.cc" while the OSError is handled)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class RunDirRefused(UsageError):
+    """A run dir or output folder that holds another run's records, or that a live run holds: nothing may be
+    written there, not even a failed sweep job's error record."""
 
 
 class Problems:

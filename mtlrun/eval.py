@@ -35,8 +35,7 @@ ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.
 def evaluate(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise UsageError("mtlrun eval needs checkpoint=PATH (e.g. outputs/train/<date>/<time>/checkpoints/best.pt)")
-    if cfg.split not in SPLITS:
-        raise UsageError(f"split={cfg.split}: valid: {', '.join(SPLITS)}")
+    options = [f"split={cfg.split}: valid: {', '.join(SPLITS)}"] if cfg.split not in SPLITS else []
     dist = distributed.dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = Path(cfg.checkpoint).expanduser().resolve()
@@ -44,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     check_checkpoint_config(state["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
     run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task),
                               ALLOWED, "eval", skip=("split", "robustness", "trusted_targets"))
-    validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
+    validate_eval(run_cfg, ALLOWED, options)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
         run_cfg.data.eval_batch_size = cfg.data.batch_size  # for eval, "batch size" is the eval batch size

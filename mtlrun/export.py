@@ -15,25 +15,24 @@ import json
 import logging
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
+from mtlrun.checks import is_number
 from mtlrun.inference import CONFIG, DATA_STATE, META, WEIGHTS
-from mtlrun.predict import open_checkpoint, output_dir
+from mtlrun.predict import open_checkpoint, output_folder
 from mtlrun.engine import portable
-from mtlrun.engine.records import atomic_write_text
-from mtlrun.errors import UsageError
+from mtlrun.engine.records import atomic_write_text, discard, file_in_the_way, writable_folder
+from mtlrun.errors import UsageError, WriteError
 
 log = logging.getLogger("mtlrun")
 FILES = {"weights": WEIGHTS, "torchscript": "model.ts", "onnx": "model.onnx"}
 
 
 def export(cfg: DictConfig) -> dict:
-    if cfg.format not in portable.FORMATS:
-        raise UsageError(f"format={cfg.format}: valid: {', '.join(portable.FORMATS)}")
-    if isinstance(cfg.tolerance, bool) or not isinstance(cfg.tolerance, (int, float)) or cfg.tolerance < 0:
-        raise UsageError(f"tolerance={cfg.tolerance}: a number >= 0 (the largest abs difference accepted)")
-    predictor, path, read, run_cfg = open_checkpoint(cfg, "export")
+    predictor, path, read, run_cfg = open_checkpoint(cfg, "export", option_problems(cfg))
+    out = writable_folder(output_folder(cfg)[1])  # before tracing: a read-only or full folder says so now
     model = predictor.model.float().cpu().eval()  # exported in float32 on the CPU, whatever trained it
     wrapper = portable.PositionalModel(model, predictor.modalities, list(predictor.tasks)).eval()
     batch = next(iter(predictor.data.eval_loader(cfg.split, device=torch.device("cpu"))), None)
@@ -44,33 +43,14 @@ def export(cfg: DictConfig) -> dict:
     with torch.no_grad():
         reference, reference_small = wrapper(*args), wrapper(*smaller)
 
-    out = output_dir(cfg)
     target = out / FILES[cfg.format]
-    extra = {}
-    if cfg.format == "weights":
-        portable.write_weights(model, target)
-        back = portable.read_weights(target)
-        state = model.state_dict()
-        diffs = {"weights": max((float((back[k].float() - v.float()).abs().max()) if v.numel() else 0.0)
-                                for k, v in state.items())} if set(back) == set(state) else {"weights": float("inf")}
-    else:
-        if cfg.format == "torchscript":
-            portable.to_torchscript(wrapper, args, target)
-            run = lambda a: portable.run_torchscript(target, a)  # noqa: E731
-        else:
-            extra["exporter"], failed = portable.to_onnx(wrapper, args, target)
-            if failed:
-                extra["exporters_failed"] = failed
-                log.info("ONNX: " + "; ".join(failed))
-            run = lambda a: portable.run_onnx(target, wrapper, a)  # noqa: E731
-        try:
-            exported, exported_small = run(args), run(smaller)
-        except Exception as exc:
-            raise portable.ExportError(f"format={cfg.format}: the exported model does not run: "
-                                       f"{portable.first_line(exc)}") from None
-        full, small = (portable.compare(wrapper.tasks, reference, exported),
-                       portable.compare(wrapper.tasks, reference_small, exported_small))
-        diffs = {t: max(full[t], small[t]) for t in wrapper.tasks}
+    try:
+        diffs, extra = _write_and_check(cfg.format, model, wrapper, target, (args, reference),
+                                        (smaller, reference_small))
+    except (WriteError, portable.ExportError):
+        for written in (target, target.with_name(f"{target.name}.data")):  # onnx's external weights
+            discard(written)  # the folder held no export before (option_problems): nothing earlier goes
+        raise
     atomic_write_text(out / CONFIG, OmegaConf.to_yaml(OmegaConf.to_container(run_cfg, resolve=True)))
     atomic_write_text(out / DATA_STATE, json.dumps(predictor.data_state, indent=1))
     meta = {"format": cfg.format, "file": target.name, "checkpoint": str(path), "mtlrun_version": __version__,
@@ -86,6 +66,55 @@ def export(cfg: DictConfig) -> dict:
                                    f"); a data-dependent branch was probably frozen by tracing. {target} is left for "
                                    f"inspection")
     return {"file": str(target), "max_abs_diff": diffs}
+
+
+def option_problems(cfg: DictConfig) -> list[str]:
+    """export's own options, listed with the checkpoint config's problems before anything runs."""
+    problems = []
+    if cfg.format not in portable.FORMATS:
+        problems.append(f"format={cfg.format}: valid: {', '.join(portable.FORMATS)}")
+    if not is_number(cfg.tolerance) or cfg.tolerance < 0:
+        problems.append(f"tolerance={cfg.tolerance}: a finite number >= 0 (the largest abs difference accepted)")
+    key, folder = output_folder(cfg)
+    problem = file_in_the_way(key, folder)
+    if problem is None and folder.is_dir():
+        # what Hydra and mtlrun keep in a run dir (.hydra/, .mtlrun.lock, the job's log) is not an export's
+        log_file = f"{HydraConfig.get().job.name}.log" if key == "hydra.run.dir" else None
+        held = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != log_file)
+        if held:
+            shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
+            problem = (f"{key}={folder}: holds {shown}; an export folder describes one model, so it must be new or "
+                       f"empty (export each format into a folder of its own)")
+    return [*problems, *([problem] if problem else [])]
+
+
+def _write_and_check(fmt: str, model, wrapper, target, full: tuple, small: tuple) -> tuple[dict, dict]:
+    """Write the model as `fmt` into `target` and run it back: (max abs diff per task, what export.json adds)."""
+    extra = {}
+    if fmt == "weights":
+        portable.write_weights(model, target)
+        back = portable.read_weights(target)
+        state = model.state_dict()
+        diffs = {"weights": max((float((back[k].float() - v.float()).abs().max()) if v.numel() else 0.0)
+                                for k, v in state.items())} if set(back) == set(state) else {"weights": float("inf")}
+        return diffs, extra
+    if fmt == "torchscript":
+        portable.to_torchscript(wrapper, full[0], target)
+        run = lambda a: portable.run_torchscript(target, a)  # noqa: E731
+    else:
+        extra["exporter"], failed = portable.to_onnx(wrapper, full[0], target)
+        if failed:
+            extra["exporters_failed"] = failed
+            log.info("ONNX: " + "; ".join(failed))
+        run = lambda a: portable.run_onnx(target, wrapper, a)  # noqa: E731
+    try:
+        exported, exported_small = run(full[0]), run(small[0])
+    except Exception as exc:
+        raise portable.ExportError(f"format={fmt}: the exported model does not run: "
+                                   f"{portable.first_line(exc)}") from None
+    on_full, on_small = (portable.compare(wrapper.tasks, full[1], exported),
+                         portable.compare(wrapper.tasks, small[1], exported_small))
+    return {t: max(on_full[t], on_small[t]) for t in wrapper.tasks}, extra
 
 
 def _describe(names, tensors) -> list[dict]:

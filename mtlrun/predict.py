@@ -21,7 +21,8 @@ from mtlrun.inference import Predictor, build_predictor, prediction_data, read_s
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_eval
 from mtlrun.data.base import SPLITS
-from mtlrun.engine.records import atomic_write_text
+from mtlrun.engine import rundir
+from mtlrun.engine.records import atomic_write_text, file_in_the_way, writable_folder
 from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
 from mtlrun.trust import check_checkpoint_config
@@ -33,14 +34,15 @@ ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.
            "trainer.device", "trainer.precision", "trainer.threads")  # on the checkpoint's config
 
 
-def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, DictConfig]:
+def open_checkpoint(cfg: DictConfig, what: str,
+                    options: list[str] = ()) -> tuple[Predictor, Path, str, DictConfig]:
     """(predictor, checkpoint path, what data it reads, the run's config) for `mtlrun predict` and `mtlrun
-    export`: the checkpoint read as eval reads it, with `data.path` a new manifest read for prediction."""
+    export`: the checkpoint read as eval reads it, with `data.path` a new manifest read for prediction.
+    `options`: the problems of the command's own options, listed with the config's before anything is built."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise UsageError(f"mtlrun {what} needs checkpoint=PATH (checkpoints/best.pt of a train run, or the folder "
                          f"of `mtlrun export format=weights`)")
-    if cfg.split not in SPLITS:
-        raise UsageError(f"split={cfg.split}: valid: {', '.join(SPLITS)}")
+    options = [*([f"split={cfg.split}: valid: {', '.join(SPLITS)}"] if cfg.split not in SPLITS else []), *options]
     if distributed.dist_info().enabled:  # every rank would write the same files over each other
         raise UsageError(f"mtlrun {what} runs in one process; start it without torchrun / srun")
     path = Path(cfg.checkpoint).expanduser().resolve()
@@ -54,7 +56,7 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
                          "read)")
     run_cfg = apply_overrides(source["config"], cfg, [o for o in typed if o not in data_keys], ALLOWED, what,
                               skip=("split", "output", "id_column", "trusted_targets", "format", "tolerance"))
-    validate_eval(run_cfg, ALLOWED)  # after the trust check: it imports the config's targets
+    validate_eval(run_cfg, ALLOWED, options)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
         run_cfg.data.eval_batch_size = cfg.data.batch_size
@@ -68,17 +70,30 @@ def open_checkpoint(cfg: DictConfig, what: str) -> tuple[Predictor, Path, str, D
     return predictor, path, read, run_cfg
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    out = Path(cfg.output).expanduser() if cfg.get("output") else Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def output_folder(cfg: DictConfig) -> tuple[str, Path]:
+    """(the key that chose it, the folder) where the command's files go: `output`, else the run dir."""
+    if cfg.get("output"):
+        return "output", Path(cfg.output).expanduser()
+    return "hydra.run.dir", Path(HydraConfig.get().runtime.output_dir)
+
+
+def output_problems(cfg: DictConfig) -> list[str]:
+    """`output=` that is a file, or a folder holding another command's records (the run dir was checked when
+    the CLI took it): predictions go into a folder of their own. Earlier predictions there are replaced."""
+    key, folder = output_folder(cfg)
+    problem = file_in_the_way(key, folder)
+    found = rundir.owner(folder) if problem is None and key == "output" and folder.is_dir() else None
+    if found not in (None, "predict"):
+        problem = (f"output={folder}: holds the records of a `mtlrun {found}` run; predictions go into a folder of "
+                   f"their own: choose another output")
+    return [problem] if problem else []
 
 
 def predict(cfg: DictConfig) -> dict:
-    predictor, path, read, run_cfg = open_checkpoint(cfg, "predict")
+    predictor, path, read, run_cfg = open_checkpoint(cfg, "predict", output_problems(cfg))
+    out = writable_folder(output_folder(cfg)[1])  # before predicting: a read-only or full folder says so now
     split = "test" if cfg.data.path is not None else cfg.split
     predictions = predictor.predict_data(predictor.data, split, cfg.id_column)
-    out = output_dir(cfg)
     atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / "config.yaml", OmegaConf.to_yaml(
         {"checkpoint": str(path), "data_read": read, "id_column": cfg.id_column,
          **OmegaConf.to_container(run_cfg, resolve=True)}))

@@ -172,17 +172,15 @@ def run_job(fn, cfg):
 
     from mtlrun import distributed
     from mtlrun.engine.signals import TrainingInterrupted
-    from mtlrun.errors import MtlrunError
+    from mtlrun.errors import MtlrunError, RunDirRefused
 
     hydra_cfg = HydraConfig.get()
     outcome = JobOutcome(num=int(hydra_cfg.job.num), job_dir=str(hydra_cfg.runtime.output_dir),
                          overrides=[str(o) for o in hydra_cfg.overrides.task])
     error_path = Path(outcome.job_dir) / ERROR_FILE
     main_rank = distributed.dist_info().is_main
-    result, trace = None, None
+    result, trace, refused = None, None, False
     try:
-        if main_rank:
-            error_path.unlink(missing_ok=True)  # left by an earlier sweep into the same dir
         result = fn(cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         outcome.interrupted = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
@@ -192,12 +190,15 @@ def run_job(fn, cfg):
         # strings only: the exception's frames would keep the failed job's model and tensors alive
         outcome.error, outcome.error_type = str(exc) or type(exc).__name__, type(exc).__name__
         outcome.exit_code = exc.exit_code if isinstance(exc, MtlrunError) else FAILURE_EXIT
+        refused = isinstance(exc, RunDirRefused)  # the dir is another run's: leave no error record in it
         if not isinstance(exc, MtlrunError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             trace = "".join(traceback.format_exception(exc))
     outcome = _agree(outcome)
     _outcomes.append(outcome)
     if outcome.failed and main_rank:
-        _report_failure(outcome, error_path, trace)
+        _report_failure(outcome, None if refused else error_path, trace)
+    elif main_rank:
+        error_path.unlink(missing_ok=True)  # left by an earlier sweep into the same dir
     return FailedJob(str(error_path)) if outcome.failed else result
 
 
@@ -236,7 +237,7 @@ def _agree(outcome: JobOutcome) -> JobOutcome:
     return JobOutcome(**{**asdict(failed[0]), "job_dir": outcome.job_dir}) if failed else outcome
 
 
-def _report_failure(outcome: JobOutcome, error_path: Path, trace: str | None) -> None:
+def _report_failure(outcome: JobOutcome, error_path: Path | None, trace: str | None) -> None:
     from mtlrun import __version__
 
     record = {"status": "failed", "job": outcome.num, "overrides": outcome.overrides, "error": outcome.error,
@@ -246,6 +247,8 @@ def _report_failure(outcome: JobOutcome, error_path: Path, trace: str | None) ->
         sys.stderr.write(trace)
     print(message, file=sys.stderr)
     _log_to_files(f"{trace or ''}{message}")
+    if error_path is None:
+        return
     try:
         tmp = error_path.with_name(f".{ERROR_FILE}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")

@@ -50,13 +50,14 @@ def validate_train(cfg: DictConfig, from_checkpoint: bool = False) -> None:
         raise ConfigError(problems)
 
 
-def validate_eval(cfg: DictConfig, editable: tuple[str, ...]) -> None:
-    """`mtlrun eval`: the checkpoint's config with the user's overrides, by the same rules as train.
+def validate_eval(cfg: DictConfig, editable: tuple[str, ...], options: list[str] = ()) -> None:
+    """`mtlrun eval` (predict, export): the checkpoint's config with the user's overrides, by the same rules
+    as train, listed with `options`, the problems of the command's own options (split, output, tolerance...).
 
     A problem with a key eval may change (`editable`) is an error; one with a value only the checkpoint set
     (e.g. a trainer value an older mtlrun accepted) cannot be fixed from eval's command line: a warning."""
     problems = config_problems(cfg, from_checkpoint=True)
-    errors = [p for p in problems if _problem_key(p).startswith(editable)]
+    errors = [*options, *(p for p in problems if _problem_key(p).startswith(editable))]
     for problem in problems:
         if problem not in errors:
             log.warning(f"the checkpoint's config: {problem} (eval cannot change it; going on)")

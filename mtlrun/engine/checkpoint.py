@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlrun.errors import UsageError, WriteError
+from mtlrun.engine.records import discard
+from mtlrun.errors import UsageError, WriteError, os_error_behind
 
 FORMAT = 1
 REQUIRED = ("mtlrun_version", "format", "config", "model")
@@ -73,24 +74,12 @@ def save(path: str | os.PathLike, state: dict) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        cause = _os_error(exc)
+        cause = os_error_behind(exc)
         if cause is None:
             raise
         raise WriteError(path, cause) from exc
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc`: torch's zip writer answers a failed write by raising its own RuntimeError
-    ("enforce fail at inline_container.cc") while the OSError is being handled."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+        discard(tmp)
 
 
 def load(path: str | os.PathLike, key: str = "checkpoint") -> dict:

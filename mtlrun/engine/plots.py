@@ -27,10 +27,10 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
     """Rendered in memory, then written atomically: a full disk is a WriteError, never half a PNG."""
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
+    fig.savefig(buf, dpi=dpi, format="png")
     pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 

@@ -14,13 +14,17 @@ reported; above `tolerance` the export fails.
 
 from __future__ import annotations
 
+import io
+import os
+import re
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mtlrun.errors import MtlrunError, UsageError
+from mtlrun.engine.records import atomic_write_bytes
+from mtlrun.errors import MtlrunError, UsageError, WriteError, os_error_behind
 
 FORMATS = ("weights", "torchscript", "onnx")
 
@@ -59,10 +63,19 @@ class PositionalModel(nn.Module):
 
 
 def write_weights(model: nn.Module, path: Path) -> None:
-    """The state dict as safetensors (tensors shared between modules are written once)."""
+    """The state dict as safetensors (tensors shared between modules are written once; safetensors writes a
+    temp file and renames it). A failed write is a WriteError: safetensors gives its OS error as text."""
     from safetensors.torch import save_model
 
-    save_model(model, str(path))
+    try:
+        save_model(model, str(path))
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+    except Exception as exc:  # SafetensorError: "... I/O error: Read-only file system (os error 30) ..."
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise WriteError(path, OSError(int(code[1]), os.strerror(int(code[1])))) from exc
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -76,9 +89,11 @@ def to_torchscript(wrapper: PositionalModel, args: tuple, path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the check below decides whether the trace is faithful
             traced = torch.jit.trace(wrapper, args, check_trace=False, strict=False)
-        torch.jit.save(traced, str(path))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
     except Exception as exc:
         raise ExportError(f"format=torchscript: torch.jit.trace cannot trace this model: {first_line(exc)}") from None
+    atomic_write_bytes(path, buffer.getvalue())  # a failed write: a WriteError naming the file
 
 
 def run_torchscript(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
@@ -110,6 +125,8 @@ def to_onnx(wrapper: PositionalModel, args: tuple, path: Path) -> tuple[str, lis
                                   **options)
             return exporter, errors
         except Exception as exc:
+            if os_error_behind(exc) is not None:  # the file could not be written: no other exporter would do better
+                raise WriteError(path, os_error_behind(exc)) from exc
             errors.append(f"{exporter} exporter: {first_line(exc)}")
     raise ExportError("format=onnx: torch.onnx.export cannot export this model; " + "; ".join(errors))
 

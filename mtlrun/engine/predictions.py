@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlrun.engine.records import atomic_write_text
+from mtlrun.engine.records import atomic_write_bytes, atomic_write_text
+from mtlrun.errors import WriteError
 
 PNG_MAX = 65535
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
@@ -169,15 +170,21 @@ def write_maps(folder: Path, task: str, maps: np.ndarray, kind: str) -> list[str
     from PIL import Image
 
     target = folder / "masks" / task
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(target, exc) from exc
     width = max(5, len(str(len(maps))))
     paths = []
     for k, m in enumerate(maps):
         name = f"masks/{task}/{k:0{width}d}"
+        buffer = io.BytesIO()  # encoded in memory, written atomically: a failed write names the file
         if kind in ("segmentation", "depth", "normals"):
-            Image.fromarray(m).save(folder / f"{name}.png")
-            paths.append(f"{name}.png")
+            Image.fromarray(m).save(buffer, format="png")
+            name += ".png"
         else:
-            np.save(folder / f"{name}.npy", m)
-            paths.append(f"{name}.npy")
+            np.save(buffer, m)
+            name += ".npy"
+        atomic_write_bytes(folder / name, buffer.getvalue())
+        paths.append(name)
     return paths

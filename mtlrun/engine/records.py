@@ -32,7 +32,54 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as exc:
         raise WriteError(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
+
+
+def discard(path: Path) -> None:
+    """Remove a temp file if it is there. Quietly: on a read-only file system even the unlink of a missing
+    file fails (EROFS), and that must not replace the error that made the write fail."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+ROOM = 64 * 1024  # bytes a folder must take before a command starts: its config files and records are smaller
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Make `folder` (with its parents) and write ROOM bytes there and remove them, before any work whose result
+    would be lost: a read-only or full file system is a WriteError naming the folder now, not a traceback later
+    (and not a Hydra config or log file half-written into a full folder)."""
+    folder = Path(folder)
+    probe = folder / f".mtlrun-probe.{os.getpid()}.tmp"  # the name rundir.remove_stale_temp_files cleans up
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(ROOM))
+    except OSError as exc:
+        discard(probe)
+        for path in made:  # leave no empty folder behind, leaf first
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise WriteError(folder, exc) from exc
+    discard(probe)
+    return folder
+
+
+def file_in_the_way(key: str, folder: str | os.PathLike) -> str | None:
+    """`key=folder: ... is a file, not a folder` where the folder or one of its parents is a file, else None."""
+    folder = Path(folder).expanduser()
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return None
+        if path.exists():
+            where = "" if path == folder else f"{path} "
+            return f"{key}={folder}: {where}is a file, not a folder"
+    return None
 
 
 def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:

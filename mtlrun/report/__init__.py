@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtlrun.engine.records import atomic_write_text, file_in_the_way, writable_folder
 from mtlrun.errors import MtlrunError, UsageError, exit_on
 from mtlrun.report.groups import IGNORED, group_runs, label_groups
 from mtlrun.report.load import collect_runs
@@ -69,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
 def report(args: argparse.Namespace) -> dict:
     ignore = (*IGNORED, *args.ignore)
+    _out_folder(args)  # a file given as --out: said before the runs are read
     runs, failed, skipped = collect_runs(args.dirs, args.split, "DIR")
     groups = group_runs(runs, ignore)
     if args.stl:
@@ -106,8 +108,7 @@ def report(args: argparse.Namespace) -> dict:
                  and all(g.auxiliary(c.split("/")[0]) for g in having(c.split("/")[0]))}
     has_delta = any(g.delta for g in mtl)
 
-    out = Path(args.out if args.out is not None else args.dirs[0]).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(_out_folder(args))  # a read-only or full folder: exit 1 naming it, before any file
     markdown = render_markdown(args.split, mtl, baselines, columns, directions, aux_tasks, notes, has_delta)
     reference = find_reference(mtl, args.reference)
     if reference is not None:
@@ -118,8 +119,8 @@ def report(args: argparse.Namespace) -> dict:
     markdown += render_robustness([*mtl, *baselines], args.split, out, directions)
     markdown += render_failures(failed)
     markdown += render_skipped(skipped)
-    (out / "report.md").write_text(markdown)
-    (out / "report.csv").write_text(render_csv(mtl, baselines, columns, failed))
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.csv", render_csv(mtl, baselines, columns, failed))
     plot_report(out / "report.png", mtl, baselines, columns, directions, aux_tasks, args.split)
     print(markdown)
     extra = f", {out / 'robustness.png'}" if (out / "robustness.png").is_file() and "## Robustness" in markdown \
@@ -128,6 +129,16 @@ def report(args: argparse.Namespace) -> dict:
         extra += f", {out / 'pareto.png'}"
     print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}{extra}")
     return {"mtl": mtl, "baselines": baselines, "columns": columns, "out": out, "failed": failed}
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    """--out, or the first DIR (collect_runs has read it); a UsageError where --out is a file (or under one)."""
+    if args.out is None:
+        return Path(args.dirs[0]).expanduser()
+    problem = file_in_the_way("--out", Path(args.out).expanduser())
+    if problem:
+        raise UsageError(problem)
+    return Path(args.out).expanduser()
 
 
 def main(argv: list[str] | None = None) -> dict:

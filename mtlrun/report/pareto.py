@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mtlrun.engine.plots import save_figure
 from mtlrun.errors import UsageError
 from mtlrun.report.groups import Group
 from mtlrun.report.stats import mean_std
@@ -84,5 +85,4 @@ def _plot(path: Path, groups: list[Group], stats, front: list[int], keys: list[s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)  # atomic: a full disk is a WriteError, never half a PNG

@@ -221,7 +221,7 @@ def test_disk_full_while_saving_is_a_clear_error(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     last = run / "checkpoints" / "last.pt"
-    assert f"error: no space left on device writing {last}; the previous last.pt is intact" in proc.stderr
+    assert f"error: {last}: cannot write there: No space left on device; the previous last.pt is intact" in proc.stderr
     assert "Traceback" not in out
     assert not list(run.rglob(".*.tmp"))
     assert torch.load(last, weights_only=True)["epoch"] == 1
