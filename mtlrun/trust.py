@@ -3,7 +3,8 @@
 `mtlrun eval checkpoint=X` and `mtlrun train resume=X` rebuild the run from the config stored in X, and
 Hydra's instantiate calls whatever a `_target_` names. A checkpoint may come from anyone, so before
 anything is imported or built from it, every `_target_` in its config must be one that mtlrun ships for
-that purpose, or live under a module prefix the user trusts on the command line (`trusted_targets=[mypkg]`).
+that purpose, or be defined in a module under a prefix the user trusts on the command line
+(`trusted_targets=[mypkg]`): a name is resolved to where its object is defined, so `mypkg.os.system` is refused.
 
 What mtlrun ships for that purpose: a class under mtlrun's models/data/tasks/weighting or torch.optim that
 subclasses the base of its kind (so `mtlrun.engine.records.atomic_write_text` or `mtlrun.tasks.os.system`,
@@ -109,6 +110,25 @@ def _why_not_shipped(target: str) -> str | None:
     return None
 
 
+def _why_not_trusted(target: str, trusted: Sequence[str]) -> str | None:
+    """None when `target`, named under a trusted prefix, is defined in a trusted module (or is a class mtlrun
+    ships, re-exported); otherwise the reason. A trusted package is trusted for what it defines, not for what it
+    imports: `mypkg.os.makedirs` is os.makedirs. Imports the trusted module, which runs only code the user
+    trusts; calls nothing from the checkpoint."""
+    try:
+        obj = _locate(target)
+    except Exception as exc:  # a trusted module that fails to import, a name it does not have
+        return f"cannot be imported ({type(exc).__name__}: {exc})"
+    home, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if isinstance(home, str) and _under(home, trusted):
+        return None
+    real = f"{home}.{name}" if isinstance(home, str) and isinstance(name, str) else None
+    if real is not None and _why_not_shipped(real) is None:
+        return None
+    return (f"it is {real or type(obj).__name__ + ' object'}, defined outside the trusted modules "
+            f"({', '.join(trusted)}); trusting a package trusts the code it defines, not what it imports")
+
+
 def without_trackers(config: dict) -> dict:
     """A checkpoint's config without the sections mtlrun never builds from a checkpoint (NOT_FROM_CHECKPOINT)."""
     return {k: v for k, v in config.items() if k not in NOT_FROM_CHECKPOINT} if isinstance(config, dict) else config
@@ -139,7 +159,12 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
         if not isinstance(target, str) or not target.replace(".", "").replace("_", "").isalnum():
             problems.add(f"{key}._target_={target!r}: not a dotted Python name")
             continue
-        if _under(target.rpartition(".")[0], trusted) or _is_data_transform(key, target):
+        if _is_data_transform(key, target):
+            continue
+        if _under(target.rpartition(".")[0], trusted):
+            why = _why_not_trusted(target, trusted)
+            if why is not None:
+                problems.add(f"{key}._target_={target}: {why}")
             continue
         why = _why_not_shipped(target)
         if why is None:
