@@ -25,7 +25,8 @@ from mtlrun.engine.plots import plot_robustness
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
-from mtlrun.trust import check_checkpoint_config, without_trackers
+from mtlrun.inference import load_weights
+from mtlrun.trust import check_source, without_trackers
 
 log = logging.getLogger("mtlrun")
 ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
@@ -40,21 +41,20 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = Path(cfg.checkpoint).expanduser().resolve()
     state = checkpoint.load(path)
-    check_checkpoint_config(state["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
+    check_source(state, list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
     run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task),
                               ALLOWED, "eval", skip=("split", "robustness", "trusted_targets"))
     validate_eval(run_cfg, ALLOWED, options)  # after the trust check: it imports the config's targets
     apply_threads(run_cfg.trainer.threads)
     if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
         run_cfg.data.eval_batch_size = cfg.data.batch_size  # for eval, "batch size" is the eval batch size
-    if dist.is_main:
+    parts = build_components(run_cfg, data_state=state.get("data"))
+    sweep = robustness_sweep(cfg.robustness, parts.data.spec)
+    load_weights(parts.model, state["model"], f"checkpoint={path}")
+    if dist.is_main:  # once the checkpoint has proved to build its model: a refused one leaves no files
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(
             {"checkpoint": str(path), "split": cfg.split, "robustness": OmegaConf.to_container(cfg.robustness),
              **OmegaConf.to_container(run_cfg, resolve=True)}))
-
-    parts = build_components(run_cfg, data_state=state.get("data"))
-    sweep = robustness_sweep(cfg.robustness, parts.data.spec)
-    parts.model.load_state_dict(state["model"])
     device = resolve_device(run_cfg.trainer.device, dist.local_rank)
     data = parts.data
     model = parts.model.to(device)

@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun.build import Components, build_components
 from mtlrun.instantiate import instantiate_node
-from mtlrun.trust import check_checkpoint_config
+from mtlrun.checks import is_int
+from mtlrun.trust import check_source
+from mtlrun.validation import validate_eval
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.device import autocast, resolve_device
@@ -29,13 +31,13 @@ WEIGHTS, CONFIG, DATA_STATE, META = "model.safetensors", "config.yaml", "data_st
 
 
 def read_source(path: str | Path, key: str = "checkpoint") -> dict:
-    """{"config", "model", "data", "epoch", "global_step"} from a checkpoint file or an exported weights folder;
-    the config is not checked yet (check_checkpoint_config)."""
+    """{"config", "model", "data", "epoch", "global_step", "label"} from a checkpoint file or an exported weights
+    folder (with "files": the file of each part), not checked yet (check_source)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         state = checkpoint.load(path, key)
         return {"config": state["config"], "model": state["model"], "data": state.get("data") or {},
-                "epoch": state.get("epoch"), "global_step": state.get("global_step")}
+                "epoch": state.get("epoch"), "global_step": state.get("global_step"), "label": f"{key}={path}"}
     missing = [name for name in (WEIGHTS, CONFIG, DATA_STATE) if not (path / name).is_file()]
     if missing:
         raise UsageError(f"{key}={path}: a folder must be an export of `mtlrun export format=weights` (missing "
@@ -43,9 +45,13 @@ def read_source(path: str | Path, key: str = "checkpoint") -> dict:
     try:
         from safetensors.torch import load_file
 
-        config = read_yaml(path / CONFIG)  # bounded: never OmegaConf.load on a file anyone may have edited
-        data = read_json(path / DATA_STATE, finite=False)
-        meta = read_json(path / META, finite=False) if (path / META).is_file() else {}
+        # bounded: never OmegaConf.load on a file anyone may have edited; an export writes no symbolic links
+        config = read_yaml(path / CONFIG, allow_symlink=False)
+        data = read_json(path / DATA_STATE, finite=False, allow_symlink=False)
+        meta = _weights_export(read_json(path / META, finite=False, allow_symlink=False), path / META) \
+            if (path / META).exists() else {}
+        if (path / WEIGHTS).is_symlink():
+            raise UntrustedFileError(path / WEIGHTS, "is a symbolic link; mtlrun writes a regular file here")
         model = load_file(path / WEIGHTS)
     except ImportError:
         raise UsageError(f"{key}={path}: reading exported weights needs safetensors: pip install safetensors") from None
@@ -56,7 +62,21 @@ def read_source(path: str | Path, key: str = "checkpoint") -> dict:
     except Exception as exc:
         raise UsageError(f"{key}={path}: cannot read the export ({type(exc).__name__}: {exc})") from None
     return {"config": checkpoint.rename_targets(config), "model": model, "data": data,
-            "epoch": meta.get("epoch"), "global_step": meta.get("global_step")}
+            "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
+            "label": f"{key}={path}", "files": {"config": CONFIG, "model": WEIGHTS, "data": DATA_STATE}}
+
+
+def _weights_export(meta: dict, file: Path) -> dict:
+    """export.json of a folder read as weights: it must say format=weights (a folder of another format holds no
+    model.safetensors of its own), and its epoch and step are integers or null."""
+    if meta.get("format") != "weights":
+        raise UntrustedFileError(file, f"format={meta.get('format')!r}: mtlrun.load and predict read a "
+                                       f"`format=weights` export (torchscript and onnx files run in their own "
+                                       f"runtimes)")
+    for key in ("epoch", "global_step"):
+        if meta.get(key) is not None and not is_int(meta[key]):
+            raise UntrustedFileError(file, f"{key}={meta[key]!r}: must be an integer or null")
+    return meta
 
 
 def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: str | Path | None = None,
@@ -142,15 +162,22 @@ class Predictor:
         return self.predict_data(self.data, split, id_column, batch_size)
 
 
+def load_weights(model: torch.nn.Module, weights: dict, label: str) -> None:
+    """The checkpoint's weights into the model its config builds; one that does not fit (an edited or mixed-up
+    file) is a UsageError naming the file (`label`, e.g. "checkpoint=PATH") and the first tensor that differs."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc).strip()]
+        first = details[0] if len(details[0]) <= 240 else details[0][:237] + "..."
+        raise UsageError(f"{label}: the weights do not fit the model its config builds ({first})") from None
+
+
 def build_predictor(cfg: DictConfig, source: dict, *, data=None, device: str | None = "cpu",
                     precision: str = "32") -> Predictor:
     """The model of a checked config with the source's weights, in eval mode on `device` (null: the best)."""
     parts: Components = build_components(cfg, data_state=source["data"], data=data)
-    try:
-        parts.model.load_state_dict(source["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"the weights do not fit the model the config builds: {first}") from None
+    load_weights(parts.model, source["model"], source.get("label", "checkpoint"))
     target = resolve_device(device or "auto")
     model = parts.model.to(target).eval()
     return Predictor(model, parts.tasks, parts.data, cfg, source["data"], target, str(precision), source["epoch"])
@@ -165,7 +192,8 @@ def load(checkpoint: str | Path, trusted_targets: Sequence[str] = (), *, device:
     manifest instead of the training one (data=table), e.g. when the training files are not on this machine.
     """
     source = read_source(checkpoint)
-    check_checkpoint_config(source["config"], list(trusted_targets), f"checkpoint={checkpoint}")
+    check_source(source, list(trusted_targets), source["label"])
     cfg = OmegaConf.create(source["config"])
+    validate_eval(cfg, ())  # as predict does: fills in the trainer keys an older checkpoint lacks
     data = prediction_data(cfg, source["data"], data_path) if data_path is not None else None
     return build_predictor(cfg, source, data=data, device=device)

@@ -25,7 +25,7 @@ from mtlrun.engine import rundir
 from mtlrun.engine.records import atomic_write_text, file_in_the_way, writable_folder
 from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
-from mtlrun.trust import check_checkpoint_config
+from mtlrun.trust import check_source
 
 log = logging.getLogger("mtlrun")
 # what reading another manifest may set (data=table)
@@ -47,7 +47,7 @@ def open_checkpoint(cfg: DictConfig, what: str,
         raise UsageError(f"mtlrun {what} runs in one process; start it without torchrun / srun")
     path = Path(cfg.checkpoint).expanduser().resolve()
     source = read_source(path)
-    check_checkpoint_config(source["config"], list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
+    check_source(source, list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
     typed = list(HydraConfig.get().overrides.task)
     new_data = cfg.data.path is not None
     data_keys = [o for o in typed if o.split("=", 1)[0].lstrip("+~") in NEW_DATA]

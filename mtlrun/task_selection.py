@@ -4,7 +4,7 @@ narrowed by `tasks.only`. The one place that reads the tasks group, so its setti
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlrun.errors import UsageError
 from mtlrun.schema import RESERVED_TASK_KEYS
@@ -24,6 +24,9 @@ def task_configs(cfg: DictConfig, targets: dict | None) -> dict[str, DictConfig]
     only = cfg.tasks.get("only")
     if only is None:
         return nodes
+    if not isinstance(only, (str, ListConfig, list)):
+        raise UsageError(f"tasks.only={only}: give a task name or a list of them, e.g. tasks.only=[left] "
+                         f"(tasks.only=null trains them all)")
     names = [only] if isinstance(only, str) else [str(n) for n in only]
     unknown = [n for n in names if n not in nodes]
     if unknown or not names:

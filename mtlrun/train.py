@@ -21,7 +21,7 @@ from mtlrun.engine import checkpoint
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
-from mtlrun.trust import check_checkpoint_config, without_trackers
+from mtlrun.trust import RESUMED_FROM, check_source, without_trackers
 
 log = logging.getLogger("mtlrun")
 
@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> float | None:
         resume_path = Path(cfg.resume).expanduser().resolve()
         resume_state = checkpoint.load(resume_path, key="resume")
         trusted = list(cfg.get("trusted_targets") or [])  # from this command line, never from the checkpoint
-        check_checkpoint_config(resume_state["config"], trusted, f"resume={resume_path}")
+        check_source(resume_state, trusted, f"resume={resume_path}", RESUMED_FROM)
         trackers = cfg.get("logger")  # this command line's (logger=[...]), never the checkpoint's
         cfg = apply_overrides(without_trackers(resume_state["config"]), cfg, list(HydraConfig.get().overrides.task),
                               None, "resume", skip=("trusted_targets", "logger"))

@@ -179,3 +179,93 @@ def check_checkpoint_config(config: dict, trusted: Sequence[str], source: str) -
         lines = "\n".join(f"  - {p}" for p in problems.lines())
         raise UsageError(f"{source}: refused: the checkpoint's config names code that mtlrun does not build "
                          f"from a checkpoint; nothing was built or run ({problems.total()} problem(s)):\n{lines}")
+
+
+# ------------------------------------------------------------- the rest of what a checkpoint or export holds
+# The sections the model is rebuilt from (eval, predict, export, mtlrun.load); resume= builds the optimizer too.
+REBUILT_FROM = ("data", "backbone", "arch", "tasks", "weighting", "trainer")
+RESUMED_FROM = (*REBUILT_FROM, "optim", "scheduler")
+HYDRA_FLAGS = {"_partial_": (lambda v: isinstance(v, bool), "true or false"),
+               "_recursive_": (lambda v: isinstance(v, bool), "true or false"),
+               "_convert_": (lambda v: str(v).lower() in ("none", "partial", "object", "all"),
+                             "none, partial, object or all"),
+               "_args_": (lambda v: isinstance(v, list), "a list")}
+PARTS = {"config": "config", "model": "weights", "data": "data state"}  # how messages name a checkpoint's parts
+
+
+def check_source(source: dict, trusted: Sequence[str], label: str, sections: Sequence[str] = REBUILT_FROM) -> None:
+    """Everything a command checks in a checkpoint or an export before it builds anything from it (exit 2): the
+    config's targets (check_checkpoint_config), the config sections the model is rebuilt from, finite weights,
+    and a data state its data module accepts (`DataModule.state_problems`, e.g. a table's fitted statistics).
+
+    `source`: {"config", "model", "data"} as checkpoint.load or inference.read_source give it; `files`, where
+    read_source adds it, names the export's file of each part. `label`: how the user named it, e.g.
+    "checkpoint=runs/x/best.pt". The low-level checkpoint.load checks none of this: tests and tools save and
+    load minimal checkpoints."""
+    config = source.get("config")
+    if not isinstance(config, dict):
+        raise UsageError(f"{_where(source, 'config', label)}: holds {type(config).__name__}, not a mapping of "
+                         f"config sections")
+    check_checkpoint_config(config, trusted, label)
+    flags = list(_bad_hydra_flags(config))
+    if flags:
+        raise UsageError(f"{_where(source, 'config', label)}: {'; '.join(flags)} (Hydra's instantiate flags)")
+    absent = [s for s in sections if not isinstance(config.get(s), dict)]
+    if absent:
+        what = "is empty" if not config else f"has no {', '.join(absent)} section{'s' * (len(absent) > 1)}"
+        raise UsageError(f"{_where(source, 'config', label)}: {what}; the model is rebuilt from its "
+                         f"{', '.join(sections)} sections, as `mtlrun train` writes them")
+    _check_weights(source.get("model"), _where(source, "model", label))
+    _check_data_state(config, source.get("data"), _where(source, "data", label))
+
+
+def _bad_hydra_flags(node, key: str = "") -> Iterator[str]:
+    """`key._partial_=[1]: must be true or false`, for each of Hydra's flags with a value instantiate refuses
+    with a bare TypeError (mtlrun's own configs set them only to valid values)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            here = f"{key}.{k}" if key else str(k)
+            if k in HYDRA_FLAGS and not HYDRA_FLAGS[k][0](v):
+                yield f"{here}={v!r}: must be {HYDRA_FLAGS[k][1]}"
+            yield from _bad_hydra_flags(v, here)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _bad_hydra_flags(v, f"{key}[{i}]")
+
+
+def _where(source: dict, part: str, label: str) -> str:
+    files = source.get("files")
+    return f"{label}: {files[part]}" if files else f"{label}: the checkpoint's {PARTS[part]}"
+
+
+def _check_weights(weights, where: str) -> None:
+    import torch
+
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise UsageError(f"{where}: not a mapping of parameter names to tensors")
+    floating = [(k, v) for k, v in weights.items() if v.is_floating_point()]
+    bad = [k for k, v in floating if not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UsageError(f"{where}: {len(bad)} of {len(floating)} model tensors hold NaN or inf ({shown}); mtlrun "
+                         f"never saves such weights, so the file is damaged or was edited, and every prediction "
+                         f"from it would be meaningless; use another checkpoint")
+
+
+def _check_data_state(config: dict, state, where: str) -> None:
+    """The data state against the data module the config names (a class the trust check let through)."""
+    if state is None:
+        return
+    if not isinstance(state, dict):
+        raise UsageError(f"{where}: holds {type(state).__name__}, not a mapping")
+    target = config["data"].get("_target_")
+    try:
+        data_class = _locate(str(target))
+    except Exception:
+        return  # building the data says what is wrong with its `_target_`
+    problems = data_class.state_problems(state, config["data"]) if hasattr(data_class, "state_problems") else []
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise UsageError(f"{where}: {shown} (the preprocessing fitted on the training data, read back before any "
+                         f"data is read with it)")

@@ -244,8 +244,21 @@ class DataModule:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+        problems = self.state_problems(state)
+        if problems:
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"data: the checkpoint's data state: {'; '.join(problems)}")
+
+    @classmethod
+    def state_problems(cls, state: dict, config: dict | None = None) -> list[str]:
+        """What is wrong with a data state read back from a checkpoint or an export, one line each ([]: nothing),
+        against the `data` section of its config where given; checked before anything is built from it. A module
+        that keeps state overrides this too, where its state can be damaged in a way that would silently change
+        the data."""
+        if state and cls.load_state_dict is DataModule.load_state_dict:
+            return [f"holds {sorted(map(str, state))}; {cls.__name__} keeps no state"]
+        return []
 
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:

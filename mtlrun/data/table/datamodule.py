@@ -15,10 +15,11 @@ from mtlrun.data.base import DataModule, DataSpec
 from mtlrun.data.table.augment import parse_augment
 from mtlrun.data.table.assemble import Prepared, assemble, decode_everything, slot
 from mtlrun.data.table.fields import parse_fields
-from mtlrun.data.table.fields.base import STATE_SECTIONS, Reading, plain
+from mtlrun.data.table.fields.base import Reading, plain
 from mtlrun.data.table.manifest import MAX_SHOWN, SUFFIXES, Manifest, read_manifest
 from mtlrun.data.table.missing import parse_na_values
 from mtlrun.data.table.splits import assign_splits, parse_split
+from mtlrun.data.table.state import state_problems
 from mtlrun.errors import ConfigError, Problems, UsageError
 
 log = logging.getLogger("mtlrun")
@@ -115,13 +116,20 @@ class Table(DataModule):
             return [int(r) for r in rows]
         return [m.cells[column][int(r)] for r in rows]
 
+    @classmethod
+    def state_problems(cls, state: dict, config: dict | None = None) -> list[str]:
+        if not isinstance(config, dict):
+            return state_problems(state)
+        declared = [*parse_fields("inputs", config.get("inputs"), []),  # their own problems: the data module
+                    *parse_fields("targets", config.get("targets"), [])]  # reports them when it is built
+        return state_problems(state, declared)
+
     def load_state_dict(self, state: dict) -> None:
-        expected = set(STATE_SECTIONS)
-        if isinstance(state, dict) and set(state) == expected - {"targets"}:
+        problems = state_problems(state, [*self.inputs, *self.targets])
+        if problems:
+            raise UsageError(f"data=table: the checkpoint's data state: {'; '.join(problems)}")
+        if "targets" not in state:
             state = {**state, "targets": {}}  # written before regression targets could be standardised
-        if not isinstance(state, dict) or set(state) != expected:
-            raise UsageError(f"data=table: the checkpoint's data state has keys {sorted(state or {})}, expected "
-                             f"{sorted(expected)}; it was not written by this data module")
         self._loaded = state
         self._prepared = None
 

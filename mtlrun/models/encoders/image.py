@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtlrun.checks import check_range, check_widths
 from mtlrun.errors import UsageError
 from mtlrun.models.encoders.base import StagedEncoder
 
@@ -27,6 +28,8 @@ class SmallCNN(StagedEncoder):
     def __init__(self, in_channels: int, input_size: tuple[int, int], channels=(32, 64, 128),
                  out_dim: int = 256, dropout: float = 0.0):
         super().__init__()
+        channels = check_widths("backbone.image.channels", channels)  # [] would build an encoder of no stage
+        check_range("backbone.image.out_dim", out_dim, 1)
         stages, c_in = [], in_channels
         for i, c_out in enumerate(channels):
             block = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
