@@ -15,7 +15,6 @@ import json
 import logging
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
@@ -28,6 +27,7 @@ from mtlrun.errors import UsageError, WriteError
 
 log = logging.getLogger("mtlrun")
 FILES = {"weights": WEIGHTS, "torchscript": "model.ts", "onnx": "model.onnx"}
+EXPORTED = (CONFIG, DATA_STATE, META, *FILES.values(), "model.onnx.data")  # what an export folder holds
 
 
 def export(cfg: DictConfig) -> dict:
@@ -77,14 +77,11 @@ def option_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"tolerance={cfg.tolerance}: a finite number >= 0 (the largest abs difference accepted)")
     key, folder = output_folder(cfg)
     problem = file_in_the_way(key, folder)
-    if problem is None and folder.is_dir():
-        # what Hydra and mtlrun keep in a run dir (.hydra/, .mtlrun.lock, the job's log) is not an export's
-        log_file = f"{HydraConfig.get().job.name}.log" if key == "hydra.run.dir" else None
-        held = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != log_file)
-        if held:
-            shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
-            problem = (f"{key}={folder}: holds {shown}; an export folder describes one model, so it must be new or "
-                       f"empty (export each format into a folder of its own)")
+    held = sorted(p.name for p in folder.iterdir() if p.name in EXPORTED or p.name.startswith("model.")) \
+        if problem is None and folder.is_dir() else []
+    if held:  # another export (or a run's config.yaml) that this one would leave half-replaced
+        problem = (f"{key}={folder}: holds {', '.join(held)}; an export folder describes one model: choose a folder "
+                   f"without these (export each format into a folder of its own)")
     return [*problems, *([problem] if problem else [])]
 
 

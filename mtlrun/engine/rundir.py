@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mtlrun import distributed
-from mtlrun.engine.records import atomic_write_text, writable_folder
+from mtlrun.engine.records import atomic_write_text, file_in_the_way, writable_folder
 from mtlrun.errors import MtlrunError, RunDirRefused, WriteError
 
 try:
@@ -109,7 +109,7 @@ def _take(run_dir: Path, command: str | None = None, key: str = "hydra.run.dir",
     holder = _live_holder(run_dir)
     if holder is not None:
         return holder
-    why = refusal(run_dir, command, key, where, resumes) if command else None
+    why = file_in_the_way(key, run_dir) or (refusal(run_dir, command, key, where, resumes) if command else None)
     if why:
         raise RunDirRefused(why)
     writable_folder(run_dir)
@@ -206,6 +206,8 @@ def resumes_in(run_dir: str | os.PathLike, resume) -> bool:
 def sweep_refusal(sweep_dir: Path, command: str) -> str | None:
     """Why a `-m` sweep of `command` into `sweep_dir` would overwrite the records of an earlier run in one of its
     job dirs (0, 1, ...), found before Hydra writes a job's .hydra/ files there; None when it would not."""
+    if file_in_the_way("hydra.sweep.dir", sweep_dir):
+        return file_in_the_way("hydra.sweep.dir", sweep_dir)
     jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)) \
         if sweep_dir.is_dir() else []
     return next((why for d in jobs if (why := refusal(d.resolve(), command, "hydra.sweep.dir",

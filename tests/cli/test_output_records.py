@@ -48,8 +48,8 @@ def test_export_into_another_exports_folder_and_its_bad_options_are_listed_befor
         "error: invalid config (3 problem(s)):",
         "  - tolerance=nan: a finite number >= 0 (the largest abs difference accepted)",
         f"  - output={folder}: holds config.yaml, export.json, model.onnx, model.onnx.data, model.safetensors; an "
-        f"export folder describes one model, so it must be new or empty (export each format into a folder of its "
-        f"own)",
+        f"export folder describes one model: choose a folder without these (export each format into a folder of "
+        f"its own)",
         "  - data.batch_size=0: must be an integer >= 1"]
     assert "Traceback" not in proc.stderr
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("log")} == before

@@ -147,6 +147,14 @@ def test_train_takes_its_own_dir_again_only_to_resume_it(tmp_path):
     assert not rundir.resumes_in(run, str(tmp_path / "other" / "last.pt")) and not rundir.resumes_in(run, None)
 
 
+def test_a_run_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(RunDirRefused) as caught:
+        rundir.acquire(tmp_path / "run", "eval")
+    assert str(caught.value) == f"hydra.run.dir={tmp_path / 'run'}: is a file, not a folder"
+    assert caught.value.exit_code == 2 and (tmp_path / "run").read_text() == "not a folder"
+
+
 def test_a_new_run_dir_is_marked_with_its_command_and_a_failed_start_does_not_lock_it_out(tmp_path):
     with rundir.locked(tmp_path / "ev", "eval"):
         pass
@@ -191,15 +199,18 @@ def test_export_options_and_folder_are_listed_as_config_problems(tmp_path):
     from mtlrun.export import option_problems
 
     (tmp_path / "old").mkdir()
-    for name in ("model.safetensors", "config.yaml", "export.json"):
+    for name in ("model.safetensors", "config.yaml", "export.json", "notes.txt"):  # the user's notes may stay
         (tmp_path / "old" / name).write_text("A's")
-    (tmp_path / "old" / ".hidden").write_text("")
     cfg = OmegaConf.create({"format": "tflite", "tolerance": float("nan"), "output": str(tmp_path / "old")})
     assert option_problems(cfg) == [
         "format=tflite: valid: weights, torchscript, onnx",
         "tolerance=nan: a finite number >= 0 (the largest abs difference accepted)",
         f"output={tmp_path / 'old'}: holds config.yaml, export.json, model.safetensors; an export folder describes "
-        f"one model, so it must be new or empty (export each format into a folder of its own)"]
+        f"one model: choose a folder without these (export each format into a folder of its own)"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("the user's")
+    assert option_problems(OmegaConf.create({"format": "onnx", "tolerance": 0, "output": str(tmp_path / "notes")})) \
+        == []
     for tolerance in (-1, "abc", True, float("inf")):
         assert option_problems(OmegaConf.create({"format": "onnx", "tolerance": tolerance,
                                                  "output": str(tmp_path / "new")})) == \
