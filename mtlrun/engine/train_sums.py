@@ -1,6 +1,7 @@
 """The epoch's train row (metrics.csv) as running sums on the device, read back at log steps and at the end of
-an epoch, never per step. Layout, for n tasks: per-task losses [0, n), per-task weights [n, 2n), the
-objective, the regularizer, and per task the number of micro-batches that had a label for it [2n + 2, 3n + 2).
+an epoch, never per step: `TrainSums`, one packed tensor (one device add per micro-batch, one read per look)
+with a named view per part. For n tasks: per-task losses, per-task weights, the objective, the regularizer, and
+per task the number of micro-batches that had a label for it.
 
 A task without any label in a batch gets a loss of exactly 0 there (mtlrun/tasks.py): that is no measurement,
 so a task's mean loss is over the micro-batches that had a label for it, and NaN (an empty cell) when none
@@ -12,6 +13,40 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+class TrainSums:
+    """Sums over the micro-batches trained since the start of the epoch (`count` of them), on the device."""
+
+    def __init__(self, names: list[str], device: torch.device, packed: torch.Tensor | None = None, count: int = 0):
+        self.names, n = list(names), len(names)
+        self.packed = torch.zeros(sums_size(n), device=device) if packed is None else packed.to(device)
+        self.count = count
+        # the named parts: views of `packed`, so adding to one adds to it
+        self.losses, self.weights = self.packed[:n], self.packed[n:2 * n]
+        self.objective, self.regularizer = self.packed[2 * n], self.packed[2 * n + 1]
+        self.labelled = self.packed[2 * n + 2:]
+        self._logged, self._logged_count = self.packed.clone(), count  # at the last log step
+
+    @classmethod
+    def from_checkpoint(cls, names: list[str], device: torch.device, packed: torch.Tensor, count: int) -> TrainSums:
+        return cls(names, device, from_checkpoint(packed, len(names), count), count)
+
+    def add(self, losses: torch.Tensor, weights: torch.Tensor, objective: torch.Tensor, regularizer: torch.Tensor,
+            labelled: torch.Tensor) -> None:
+        """One trained micro-batch: every argument a float device tensor, [tasks] or [1]."""
+        self.packed += torch.cat([losses, weights, objective, regularizer, labelled])
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """The epoch's means so far (one host read)."""
+        return train_means(self.names, self.packed, self.count)
+
+    def means_since_last_log(self) -> dict[str, float]:
+        """The means since the previous call (one host read): the trackers' per-step scalars."""
+        means = train_means(self.names, self.packed - self._logged, self.count - self._logged_count)
+        self._logged, self._logged_count = self.packed.clone(), self.count
+        return means
 
 
 def sums_size(n_tasks: int) -> int:

@@ -1,12 +1,15 @@
 """The training loop: device placement, AMP, accumulation, clipping, validation, checkpoints, DDP.
 
-Read top to bottom: `fit` runs epochs; `_train_epoch` runs steps; `training_step` is forward + losses +
-weighting.backward; `optimizer_step` clips and steps. Nothing in the step reads a value back to the host:
-losses are summed on the device and looked at every `log_every_n_steps` steps and at the end of an epoch.
+Read top to bottom: `fit` runs epochs; `_train_epoch` cuts the epoch's batches into accumulation windows;
+`step` is one optimizer step over one window: for each micro-batch `_train_micro_batch` (forward + losses +
+weighting.backward), then the weighting's end of the window, the DDP average, and `_optimizer_step` (clip,
+step). `evaluate` is one evaluation pass. Nothing in the step reads a value back to the host: losses are summed
+on the device (TrainSums) and looked at every `log_every_n_steps` steps and at the end of an epoch.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -18,33 +21,47 @@ from tqdm import tqdm
 
 from mtlrun import distributed
 from mtlrun.data.loading import to_device
-from mtlrun.engine import checkpoint
 from mtlrun.engine.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
-from mtlrun.engine.finite import (BufferGuard, all_finite, check_outputs_finite, first_nonfinite_step, grads_finite,
-                                  nonfinite_tensors)
+from mtlrun.engine.finite import BufferGuard, all_finite, check_outputs_finite, first_nonfinite_step, grads_finite
 from mtlrun.engine.loggers.base import Trackers, grad_norm
 from mtlrun.engine.monitor import Monitor
-from mtlrun.engine.records import MISSING, write_metrics_csv
+from mtlrun.engine.records import MISSING
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
-from mtlrun.engine.train_sums import labelled_tasks, shown_losses, sums_size, train_means
+from mtlrun.engine.train_sums import TrainSums, labelled_tasks, shown_losses
 from mtlrun.engine.trainer_config import TrainerConfig
-from mtlrun.engine.trainer_state import restore_trainer, trainer_state
+from mtlrun.engine.trainer_state import last_good, restore_trainer, save_checkpoints, trainer_state
 from mtlrun.errors import NonFiniteLossError, UsageError
 
 log = logging.getLogger("mtlrun")
-__all__ = ["Trainer", "TrainingInterrupted"]  # TrainingInterrupted: raised out of fit
+__all__ = ["Trainer", "TrainingInterrupted", "Window"]  # TrainingInterrupted: raised out of fit
+
+
+class Window:
+    """`size` micro-batches of an accumulation window, read from `batches` one at a time as `Trainer.step`
+    trains them: one on the device at a time, and the loader read in the same order as batch by batch."""
+
+    def __init__(self, batches, size: int):
+        self.batches, self.size = batches, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        return itertools.islice(self.batches, self.size)
 
 
 class Trainer:
     """Trains `model` on `data` as the run's resolved `config` (a plain dict, the one checkpoints carry) says:
     its `trainer` section as a typed TrainerConfig, its `seed` for the shuffling order. Built by
-    mtlrun.build.build_trainer, the one path from a config to a running Trainer."""
+    mtlrun.build.build_trainer, the one path from a config to a running Trainer. `total_steps`: the optimizer
+    steps the LR schedule spans (default: those of `trainer.max_epochs` epochs)."""
 
     def __init__(self, *, model: torch.nn.Module, tasks: dict, weighting, optimizer, scheduler_factory, data,
-                 config: dict, run_dir: str | Path, dist: distributed.DistInfo | None = None, loggers=()):
+                 config: dict, run_dir: str | Path, dist: distributed.DistInfo | None = None, loggers=(),
+                 total_steps: int | None = None):
         cfg = self.cfg = TrainerConfig.from_config(config["trainer"])
         self.config = config
         self.seed = int(config["seed"])
@@ -82,7 +99,7 @@ class Trainer:
         n_batches = count_batches(cfg.limit_train_batches, data.train_batches(self.dist.world_size))
         self.batches_per_epoch = n_batches
         steps_per_epoch = math.ceil(n_batches / self.accumulate)
-        self.total_steps = steps_per_epoch * int(cfg.max_epochs)
+        self.total_steps = steps_per_epoch * int(cfg.max_epochs) if total_steps is None else int(total_steps)
         try:
             self.scheduler = scheduler_factory(optimizer, total_steps=self.total_steps)
         except TypeError as exc:  # a scheduler config whose keys its factory does not take
@@ -96,7 +113,7 @@ class Trainer:
         self.history: list[dict] = []
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode, tasks, cfg.early_stopping.min_delta,
                                cfg.early_stopping.patience)
-        self._reset_train_sums()
+        self._reset_epoch_state()
         self._warned_splits: set[str] = set()
         self.conflict = None  # gradient conflict at the shared representation, measured at log steps
         if cfg.conflict:
@@ -104,7 +121,7 @@ class Trainer:
                 raise UsageError(f"trainer.conflict=true: {type(model).__name__} shares no representation "
                                  f"between tasks, so there is no gradient conflict to measure there")
             self.conflict = ConflictMeter(self.task_names, self.device)
-        self.signals = StopSignals(self._last_good, announce=self.dist.is_main)
+        self.signals = StopSignals(lambda: last_good(self.ckpt_dir), announce=self.dist.is_main)
 
     @property
     def best_epoch(self) -> int | None:
@@ -119,12 +136,8 @@ class Trainer:
         return self.monitor.key
 
     # ----------------------------------------------------------------------------------------- set-up
-    def _reset_train_sums(self) -> None:
-        # summed over micro-batches on the device: mtlrun/engine/train_sums.py
-        self.train_sums = torch.zeros(sums_size(len(self.task_names)), device=self.device)
-        self.train_count = 0
-        self._logged_sums, self._logged_count = self.train_sums.clone(), 0  # at the last log step
-        self.window_trained = 0  # micro-batches trained in the current accumulation window
+    def _reset_epoch_state(self) -> None:
+        self.train_sums = TrainSums(self.task_names, self.device)  # the epoch's train row, on the device
         self.first_nonfinite = torch.full((len(self.task_names),), -1, dtype=torch.long, device=self.device)
         self.skipped_steps = 0
 
@@ -155,17 +168,52 @@ class Trainer:
         losses = {t: self.tasks[t].loss(preds[t], batch["targets"][t], masks.get(t)) for t in self.task_names}
         return losses, shared
 
-    def training_step(self, batch: dict) -> None:
-        """Forward, per-task losses, weighting.backward. Gradients accumulate until `optimizer_step`."""
-        measure = self.conflict is not None and (self.global_step + 1) % int(self.cfg.log_every_n_steps) == 0
+    def is_log_step(self, step: int) -> bool:
+        """Whether optimizer step `step` (counted from 1) reads the losses back to the host: NaN check, trackers,
+        progress bar; the gradient norm and the gradient conflict are measured at such steps only."""
+        return step % int(self.cfg.log_every_n_steps) == 0
+
+    def step(self, micro_batches) -> bool:
+        """One optimizer step over one accumulation window: `micro_batches` (a list, or any iterable with a
+        len, such as fit's Window, which reads the loader one batch at a time), each trained in turn, the
+        gradients accumulating; the weighting's end of the window; DDP's average of the gradients its reducer
+        does not see; clipping and the optimizer step. True when the step just taken is a log step: the losses
+        were checked for NaN/inf and the trackers got the means since the last one."""
+        last = len(micro_batches) - 1
+        measure = self.conflict is not None and self.is_log_step(self.global_step + 1)
+        # A weighting that differentiates several times per step (per-task gradients) always runs outside DDP's
+        # reducer, which allows one backward per forward (its model is not DDP-wrapped): averaged below.
+        manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
+        trained = 0  # micro-batches not skipped for a non-finite loss
+        for i, batch in enumerate(micro_batches):
+            self.weighting.start_micro_batch(first=i == 0, last=i == last)
+            # DDP: all-reduce gradients only on the micro-batch that ends the window
+            sync = self.train_model.no_sync() if self.dist.enabled and not (i == last or manual) else nullcontext()
+            with sync:
+                trained += self._train_micro_batch(to_device(batch, self.device), window_starts=i == 0,
+                                                   measure=measure)
+        self._end_window(trained)
+        if self.dist.enabled:
+            average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())],
+                              self.dist.world_size)
+        self._optimizer_step()
+        logged = self.is_log_step(self.global_step)  # not the step before when this one was skipped
+        if logged:
+            self.check_nonfinite()
+            self._log_step()
+        return logged
+
+    def _train_micro_batch(self, batch: dict, window_starts: bool, measure: bool) -> bool:
+        """Forward, per-task losses, weighting.backward; False when skipped (skip_nonfinite and a NaN/inf loss).
+        `measure`: the gradient conflict too (a log step with trainer.conflict)."""
         if self.buffer_guard is not None:  # the forward updates BatchNorm's statistics even if the step is skipped
-            self.buffer_guard.save(window_starts=self.batches_done % self.accumulate == 0)
+            self.buffer_guard.save(window_starts=window_starts)
         losses, shared = self.compute_losses(batch, need_shared=measure)
         stacked = torch.stack([losses[t].detach() for t in self.task_names])
         if self.cfg.skip_nonfinite and not all_finite(stacked, self.dist):
             self.skipped_steps += 1  # the one host sync a user opts into with skip_nonfinite
             self.buffer_guard.restore_step()
-            return
+            return False
         labelled = labelled_tasks(batch, self.task_names, self._ones)  # an unlabelled task's loss is no measurement
         if measure:  # before the weighting's backward frees the graph
             self.conflict.measure(losses, shared, labelled)
@@ -175,24 +223,21 @@ class Trainer:
         # a method that weights the whole accumulation window knows its weights at the window's end only
         weights = torch.zeros_like(stacked) if self.weighting.weights_at_window_end else \
             self.weighting.current_weights().float()
-        self.train_sums += torch.cat([stacked, weights, objective.detach().float().view(1), reg, labelled])
-        self.train_count += 1
-        self.window_trained += 1
+        self.train_sums.add(stacked, weights, objective.detach().float().view(1), reg, labelled)
         if not self.cfg.skip_nonfinite:  # remember the first bad step per task; checked at log time
             bad = ~torch.isfinite(stacked)
             self.first_nonfinite = torch.where((self.first_nonfinite < 0) & bad, self.global_step + 1,
                                                self.first_nonfinite)
+        return True
 
-    def end_window(self) -> None:
-        """The accumulation window's last micro-batch is done: the weighting's last gradients (a method that
-        aggregates the whole window does it here), and its weights logged once per trained micro-batch."""
+    def _end_window(self, trained: int) -> None:
+        """The window's last micro-batch is done: the weighting's last gradients (a method that aggregates the
+        whole window does it here), and its weights logged once per `trained` micro-batch."""
         self.weighting.end_window()
-        if self.weighting.weights_at_window_end and self.window_trained:
-            n = len(self.task_names)
-            self.train_sums[n:2 * n] += self.window_trained * self.weighting.current_weights().float()
-        self.window_trained = 0
+        if self.weighting.weights_at_window_end and trained:
+            self.train_sums.weights += trained * self.weighting.current_weights().float()
 
-    def optimizer_step(self) -> None:
+    def _optimizer_step(self) -> None:
         params = self.optimizer.param_groups
         if self.cfg.skip_nonfinite and not self.scaler and not grads_finite(self.optimizer, self.dist):
             # a finite loss can still give inf gradients; the fp16 scaler makes this check itself
@@ -205,7 +250,7 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             self.grad_norm = torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]],
                                                             float(self.cfg.grad_clip))
-        elif self.trackers.active and (self.global_step + 1) % int(self.cfg.log_every_n_steps) == 0:
+        elif self.trackers.active and self.is_log_step(self.global_step + 1):
             self.grad_norm = grad_norm(self.optimizer, self.scaler)  # a log step: it is read back below
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -215,6 +260,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.global_step += 1
+
+    def _log_step(self) -> None:
+        """The trackers' per-step scalars: the means since the last log step, the lr now, the last gradient norm."""
+        if self.trackers.active:
+            means = self.train_sums.means_since_last_log()
+            del means["regularizer"]  # the per-epoch rows have it, for the models that have one
+            extra = {} if self.grad_norm is None else {"grad_norm": float(self.grad_norm)}
+            self.trackers.log_step({**means, "lr": self.optimizer.param_groups[0]["lr"], **extra}, self.global_step)
+
+    def check_nonfinite(self) -> None:
+        """Raise NonFiniteLossError naming the first task and step with a NaN/inf loss so far (one host read)."""
+        first = first_nonfinite_step(self.first_nonfinite.clone(), self.dist)
+        bad = [(int(s), t) for s, t in zip(first.tolist(), self.task_names) if s >= 0]
+        if bad:
+            step, task = min(bad)
+            raise NonFiniteLossError(
+                f"non-finite loss for task '{task}' at step {step} (epoch {self.epoch + 1}); the last good "
+                f"checkpoint is kept. Try a lower optim.lr, trainer.grad_clip=1.0, or "
+                f"trainer.skip_nonfinite=true to skip such steps")
 
     # -------------------------------------------------------------------------------------- the loop
     def fit(self, resume: dict | None = None) -> dict:
@@ -230,11 +294,11 @@ class Trainer:
                 self._train_epoch(epoch)
                 if self._should_stop(at_log_step=True):
                     stopping = True
-                    raise TrainingInterrupted(self.signals.signum, self._save_last())
+                    raise TrainingInterrupted(self.signals.signum, save_checkpoints(self))
                 train_row = self._train_row(epoch)
                 val = self.evaluate("val")
                 if self.cfg.skip_nonfinite:  # skipped steps keep the weights finite, not necessarily usable
-                    check_outputs_finite(val, self.task_names, epoch + 1, self._last_good())
+                    check_outputs_finite(val, self.task_names, epoch + 1, last_good(self.ckpt_dir))
                 self._end_epoch(epoch, train_row, val)
                 if self.monitor.should_stop():
                     log.info(f"early stopping: no improvement of {self.monitor_key} for "
@@ -249,74 +313,35 @@ class Trainer:
         return {"best_epoch": self.best_epoch, "best_value": self.best_value}
 
     def _train_epoch(self, epoch: int) -> None:
-        skip = self.batches_done  # > 0 only right after a resume
+        skip = self.batches_done  # > 0 only right after a resume (a window boundary)
         loader = self.data.train_loader(epoch=epoch, seed=self.seed, device=self.device, rank=self.dist.rank,
                                         world_size=self.dist.world_size, skip_batches=skip)
         self.model.train()
         total = self.batches_per_epoch
         bar = tqdm(total=total, initial=skip, desc=f"epoch {epoch + 1}/{self.cfg.max_epochs}", leave=False,
                    disable=not (self.cfg.progress_bar and self.dist.is_main), mininterval=0.5, dynamic_ncols=True)
-        log_every = int(self.cfg.log_every_n_steps)
-        for batch in loader:
-            if self.batches_done >= total:
+        batches = iter(loader)
+        while self.batches_done < total:
+            # windows of `accumulate` micro-batches from the epoch's start; the last one may be shorter
+            size = min(self.accumulate - self.batches_done % self.accumulate, total - self.batches_done)
+            logged = self.step(Window(batches, size))
+            self.batches_done += size
+            bar.update(size)
+            if logged:
+                bar.set_postfix(shown_losses(self.task_names, self.train_sums.means()), refresh=False)
+            if self._should_stop(at_log_step=logged):
                 break
-            batch = to_device(batch, self.device)
-            boundary = (self.batches_done + 1) % self.accumulate == 0 or self.batches_done + 1 == total
-            self.weighting.start_micro_batch(first=self.batches_done % self.accumulate == 0, last=boundary)
-            # DDP: all-reduce gradients only on the micro-batch that ends an accumulation window. A
-            # weighting that differentiates several times per step (per-task gradients) always runs
-            # outside DDP's reducer, which allows one backward per forward (its model is not DDP-wrapped); its
-            # gradients are averaged below.
-            manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
-            sync = self.train_model.no_sync() if self.dist.enabled and not (boundary or manual) else nullcontext()
-            with sync:
-                self.training_step(batch)
-            self.batches_done += 1
-            bar.update(1)
-            if boundary:
-                self.end_window()
-                if self.dist.enabled:
-                    average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())],
-                                      self.dist.world_size)
-                self.optimizer_step()
-                if self.global_step % log_every == 0:
-                    self._check_nonfinite()
-                    bar.set_postfix(shown_losses(self.task_names, self._train_means()), refresh=False)
-                    self._log_step()
-                if self._should_stop(at_log_step=self.global_step % log_every == 0):
-                    break
+        else:  # read one batch past limit_train_batches, as the loop always has: a dataset whose augmentation
+            next(batches, None)  # draws from the global RNG as a batch is read (CIFAR-10) keeps its later epochs
         bar.close()
-        self._check_nonfinite()
+        self.check_nonfinite()
         if self.skipped_steps:
             log.warning(f"epoch {epoch + 1}: skipped {self.skipped_steps} step(s) with a non-finite loss or "
-                        f"gradient ({self.train_count} batch(es) trained)")
-            if self.train_count == 0:
+                        f"gradient ({self.train_sums.count} batch(es) trained)")
+            if self.train_sums.count == 0:
                 raise NonFiniteLossError(
                     f"every batch of epoch {epoch + 1} had a non-finite loss (the weights are no longer "
                     f"finite); the last good checkpoint is kept. Try a lower optim.lr or trainer.grad_clip=1.0")
-
-    def _train_means(self, sums: torch.Tensor | None = None, count: int | None = None) -> dict[str, float]:
-        sums, count = (self.train_sums, self.train_count) if sums is None else (sums, count)
-        return train_means(self.task_names, sums, count)
-
-    def _log_step(self) -> None:
-        """The trackers' per-step scalars: the means since the last log step, the lr now, the last gradient norm."""
-        if self.trackers.active:
-            means = self._train_means(self.train_sums - self._logged_sums, self.train_count - self._logged_count)
-            self._logged_sums, self._logged_count = self.train_sums.clone(), self.train_count
-            del means["regularizer"]  # the per-epoch rows have it, for the models that have one
-            extra = {} if self.grad_norm is None else {"grad_norm": float(self.grad_norm)}
-            self.trackers.log_step({**means, "lr": self.optimizer.param_groups[0]["lr"], **extra}, self.global_step)
-
-    def _check_nonfinite(self) -> None:
-        first = first_nonfinite_step(self.first_nonfinite.clone(), self.dist)
-        bad = [(int(s), t) for s, t in zip(first.tolist(), self.task_names) if s >= 0]
-        if bad:
-            step, task = min(bad)
-            raise NonFiniteLossError(
-                f"non-finite loss for task '{task}' at step {step} (epoch {self.epoch + 1}); the last good "
-                f"checkpoint is kept. Try a lower optim.lr, trainer.grad_clip=1.0, or "
-                f"trainer.skip_nonfinite=true to skip such steps")
 
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
@@ -332,7 +357,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------ history, checkpoints
     def _train_row(self, epoch: int) -> dict:
-        means = self._train_means()  # weights: the mean over the epoch's steps
+        means = self.train_sums.means()  # weights: the mean over the epoch's steps
         row = {"epoch": epoch + 1, "split": "train", "step": self.global_step,
                "lr": self.optimizer.param_groups[0]["lr"], **means}
         if self.model.regularizer() is None:
@@ -342,7 +367,7 @@ class Trainer:
             row.update(self.conflict.epoch_row(self.dist))  # collective under DDP: every rank gets here
         if self.skipped_steps:
             row["skipped_steps"] = self.skipped_steps
-        self._reset_train_sums()
+        self._reset_epoch_state()
         return row
 
     def _end_epoch(self, epoch: int, train_row: dict, val: dict[str, float]) -> None:
@@ -358,39 +383,13 @@ class Trainer:
         shown = "  ".join(f"{k} {fmt(v)}" for k, v in val.items() if not k.endswith("/loss"))
         log.info(f"epoch {epoch + 1}/{self.cfg.max_epochs}  train loss {train_row['objective']:.4f}  "
                  f"val {shown}  monitor {fmt(value)}{'  (best)' if improved else ''}")
-        self._save_last(best=improved or stand_in)
+        save_checkpoints(self, best=improved or stand_in)
 
     def state_dict(self) -> dict:
         return trainer_state(self)
 
     def load_state(self, state: dict) -> None:
         restore_trainer(self, state)
-
-    def _save_last(self, best: bool = False) -> Path:
-        """last.pt, then best.pt when this epoch is the best. last.pt records the best epoch, so if the run
-        dies between the two writes, resume sees that last.pt is itself the best and restores best.pt from
-        it (train._restore_best). No checkpoint ever holds non-finite weights."""
-        bad = nonfinite_tensors(self.model, self.weighting)  # one host sync per checkpoint
-        if bad:
-            last = self._last_good()
-            kept = f"{last} is the last good checkpoint" if last else "no checkpoint had been written yet"
-            raise NonFiniteLossError(
-                f"the weights are no longer finite after {self.global_step} step(s) (e.g. {', '.join(bad[:3])}); "
-                f"nothing was saved, {kept}. Try a lower optim.lr or trainer.grad_clip=1.0")
-        state = self.state_dict()  # collective under DDP (RNG states): every rank builds it
-        path = self.ckpt_dir / "last.pt"
-        if self.dist.is_main:
-            with self.signals.saving():
-                checkpoint.save(path, state)
-                if best:
-                    checkpoint.save(self.ckpt_dir / "best.pt", state)
-                write_metrics_csv(self.run_dir / "metrics.csv", self.history)
-        distributed.barrier()
-        return path
-
-    def _last_good(self) -> Path | None:
-        path = self.ckpt_dir / "last.pt"
-        return path if path.is_file() else None
 
     # --------------------------------------------------------------------------------------- signals
     def _should_stop(self, at_log_step: bool) -> bool:

@@ -1,4 +1,4 @@
-"""What a checkpoint holds of a Trainer (the run-dir contract in shared/DESIGN.md), and putting it back.
+"""What a checkpoint holds of a Trainer (the run-dir contract in shared/DESIGN.md), writing it, and putting it back.
 
 Everything needed to continue exactly where the run stopped: weights, weighting state, the data module's
 fitted state, optimizer, scheduler and fp16 scaler, every rank's RNG state, the loop position, the epoch's
@@ -9,11 +9,14 @@ are gathered), so every rank calls `trainer_state`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from mtlrun import __version__, distributed
 from mtlrun.engine import checkpoint
-from mtlrun.engine.train_sums import from_checkpoint
-from mtlrun.errors import UsageError
+from mtlrun.engine.finite import nonfinite_tensors
+from mtlrun.engine.records import write_metrics_csv
+from mtlrun.engine.train_sums import TrainSums
+from mtlrun.errors import NonFiniteLossError, UsageError
 
 log = logging.getLogger("mtlrun")
 
@@ -27,7 +30,7 @@ def trainer_state(trainer) -> dict:
         "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
         "rng": distributed.gather_objects(checkpoint.rng_state()),
         "epoch": trainer.epoch, "batches_done": trainer.batches_done, "global_step": trainer.global_step,
-        "train_sums": trainer.train_sums.cpu(), "train_count": trainer.train_count,
+        "train_sums": trainer.train_sums.packed.cpu(), "train_count": trainer.train_sums.count,
         "skipped_steps": trainer.skipped_steps, **trainer.monitor.state_dict(), "history": trainer.history,
         "trackers": trainer.trackers.run_ids(),  # {"mlflow": run id, ...}: a resumed run continues those runs
     }
@@ -52,10 +55,38 @@ def restore_trainer(trainer, state: dict) -> None:
     checkpoint.set_rng_state(rng[min(dist.rank, len(rng) - 1)])
     trainer.epoch, trainer.batches_done = state["epoch"], state["batches_done"]
     trainer.global_step = state["global_step"]
-    trainer.train_sums = from_checkpoint(state["train_sums"], len(trainer.task_names),
-                                         state["train_count"]).to(trainer.device)
-    trainer.train_count, trainer.skipped_steps = state["train_count"], state["skipped_steps"]
-    trainer._logged_sums, trainer._logged_count = trainer.train_sums.clone(), trainer.train_count
+    trainer.train_sums = TrainSums.from_checkpoint(trainer.task_names, trainer.device, state["train_sums"],
+                                                   state["train_count"])
+    trainer.skipped_steps = state["skipped_steps"]
     trainer.monitor.load_state_dict(state)
     trainer.history = list(state["history"])
     trainer.trackers.resume_from(state.get("trackers"))  # absent in checkpoints of earlier versions
+
+
+def save_checkpoints(trainer, best: bool = False) -> Path:
+    """last.pt, then best.pt when this epoch is the best. last.pt records the best epoch, so if the run dies
+    between the two writes, resume sees that last.pt is itself the best and restores best.pt from it
+    (train._restore_best). No checkpoint ever holds non-finite weights."""
+    bad = nonfinite_tensors(trainer.model, trainer.weighting)  # one host sync per checkpoint
+    if bad:
+        last = last_good(trainer.ckpt_dir)
+        kept = f"{last} is the last good checkpoint" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"the weights are no longer finite after {trainer.global_step} step(s) (e.g. {', '.join(bad[:3])}); "
+            f"nothing was saved, {kept}. Try a lower optim.lr or trainer.grad_clip=1.0")
+    state = trainer_state(trainer)  # collective under DDP (RNG states): every rank builds it
+    path = trainer.ckpt_dir / "last.pt"
+    if trainer.dist.is_main:
+        with trainer.signals.saving():
+            checkpoint.save(path, state)
+            if best:
+                checkpoint.save(trainer.ckpt_dir / "best.pt", state)
+            write_metrics_csv(trainer.run_dir / "metrics.csv", trainer.history)
+    distributed.barrier()
+    return path
+
+
+def last_good(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint on disk, if any."""
+    path = ckpt_dir / "last.pt"
+    return path if path.is_file() else None
