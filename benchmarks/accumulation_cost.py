@@ -6,7 +6,7 @@ every micro-batch on its own (mtlrun before issue 16, which is not the step of t
     OMP_NUM_THREADS=1 python benchmarks/accumulation_cost.py --methods upgrad mgda --accumulate 4 --tasks 3
 
 Model and data: those of weighting_cost.py (small CNN, hard sharing, multidigits, extra synthetic tasks).
-One step = K x `Trainer.training_step` + `end_window` + `optimizer_step`, on pre-built micro-batches. The two
+One step = `Trainer.step` over a window of K pre-built micro-batches. The two
 sides alternate round by round on the same model; the figure is the median over rounds of the time ratio.
 """
 
@@ -29,18 +29,10 @@ def per_micro_batch(trainer) -> None:
     weighting.start_micro_batch = lambda first, last: Weighting.start_micro_batch(weighting, first, True)
 
 
-def window_step(trainer, micro_batches) -> None:
-    for i, batch in enumerate(micro_batches):
-        trainer.weighting.start_micro_batch(first=i == 0, last=i == len(micro_batches) - 1)
-        trainer.training_step(batch)
-    trainer.end_window()
-    trainer.optimizer_step()
-
-
 def timed(trainer, micro_batches, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
-        window_step(trainer, micro_batches)
+        trainer.step(micro_batches)
     return (time.perf_counter() - start) / steps
 
 

@@ -86,16 +86,14 @@ def training_rate(cfg, steps: int, run_dir: str) -> tuple[float, str]:
     batches = [to_device(b, trainer.device) for b in trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)]
     trainer.model.train()
     for batch in batches[:3]:  # warm-up
-        trainer.training_step(batch)
-        trainer.optimizer_step()
+        trainer.step([batch])
     sync(trainer.device)
     start = time.perf_counter()
     for i in range(steps):
-        trainer.training_step(batches[i % len(batches)])
-        trainer.optimizer_step()
+        trainer.step([batches[i % len(batches)]])
     sync(trainer.device)
     rate = steps / (time.perf_counter() - start)
-    trainer._check_nonfinite()
+    trainer.check_nonfinite()
     encoders = getattr(trainer.model.encoder, "encoders", {"": trainer.model.encoder})
     model = f"{type(trainer.model).__name__}({', '.join(type(e).__name__ for e in encoders.values())})"
     return rate, f"{model} on {trainer.device}"

@@ -48,8 +48,7 @@ def main() -> None:
             trainer.conflict = meter if on else None
             start = time.perf_counter()
             for i in range(steps):
-                trainer.training_step(batches[i % len(batches)])
-                trainer.optimizer_step()
+                trainer.step([batches[i % len(batches)]])
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize(trainer.device)
             return (time.perf_counter() - start) / steps

@@ -1,8 +1,8 @@
 """Everything GPU-specific in one command: placement, host syncs in the step, throughput, precision, memory.
 
 Every figure comes from the real Trainer, built as `mtlrun train` builds it (Hydra compose of configs/train.yaml
-with overrides, then mtlrun.build.build_trainer), driving `trainer.training_step(batch); trainer.optimizer_step()`,
-the per-batch work of Trainer._train_epoch.
+with overrides, then mtlrun.build.build_trainer), driving `trainer.step([batch])`, one optimizer step as
+Trainer.fit takes it.
 
   placement   every built-in data set x a representative arch/fusion/weighting trains 20 steps; model,
               weighting, optimizer state, training sums and metric states must be on the device; eval runs
@@ -93,8 +93,7 @@ class Check:
             sync(self.device)
         start = time.perf_counter()
         for i in range(n):
-            t.training_step(self.batches[i % len(self.batches)])
-            t.optimizer_step()
+            t.step([self.batches[i % len(self.batches)]])
         if timed:
             sync(self.device)
         return n / (time.perf_counter() - start)
@@ -121,7 +120,7 @@ def off_device(trainer) -> list[str]:
     named = [*(("model." + n, p) for n, p in trainer.model.state_dict().items()),
              *(("weighting." + n, p) for n, p in trainer.weighting.state_dict().items()
                if isinstance(p, torch.Tensor)),
-             ("train_sums", trainer.train_sums), ("first_nonfinite", trainer.first_nonfinite)]
+             ("train_sums", trainer.train_sums.packed), ("first_nonfinite", trainer.first_nonfinite)]
     for i, state in enumerate(trainer.optimizer.state.values()):
         named += [(f"optimizer.state{i}.{k}", v) for k, v in state.items()
                   if isinstance(v, torch.Tensor) and v.dim() > 0]  # Adam's `step` counter stays on the host
@@ -202,7 +201,7 @@ def _sync(args, row: dict, tmp: Path) -> None:
     sync(bench.device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        bench.steps(5, timed=False)  # what Trainer._train_epoch does between two log steps
+        bench.steps(5, timed=False)  # Trainer.step between two log steps
         torch.cuda.set_sync_debug_mode("default")
         sync(bench.device)
         row["status"] = "pass"

@@ -1,6 +1,6 @@
 """Cost of an experiment tracker per training step: `logger=[tensorboard]` against `logger=[]`.
 
-What it measures: the wall time of one training epoch (`Trainer._train_epoch`: loader, steps, and at every
+What it measures: the wall time of one training epoch (`Trainer.step` over the loader's batches: loader, steps, and at every
 `trainer.log_every_n_steps` the read-back, the gradient norm and the tracker's writes), divided by its
 optimizer steps, for two Trainers built from the same config (`build_trainer`, as `mtlrun train` does) that
 differ only in `logger`. Rounds alternate which side goes first; the figure is the median over rounds of
@@ -41,11 +41,9 @@ def make_trainer(loggers: str, log_every: int, n_train: int, run_dir: Path):
 
 def epoch_seconds_per_step(trainer) -> float:
     start, step = time.perf_counter(), trainer.global_step
-    trainer._train_epoch(0)
-    seconds = (time.perf_counter() - start) / (trainer.global_step - step)
-    trainer.batches_done = 0  # as _end_epoch does; the same epoch again next round
-    trainer._reset_train_sums()
-    return seconds
+    for batch in trainer.data.train_loader(epoch=0, seed=trainer.seed, device=trainer.device):
+        trainer.step([batch])  # the same epoch again next round
+    return (time.perf_counter() - start) / (trainer.global_step - step)
 
 
 def main() -> None:

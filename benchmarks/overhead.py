@@ -1,8 +1,8 @@
 """Overhead of mtlrun's training step versus a plain hand-written PyTorch loop.
 
 What it measures: optimizer steps per second of
-  * mtlrun: `trainer.training_step(batch); trainer.optimizer_step()`, the per-batch work of
-    `Trainer._train_epoch` with accumulate=1, on a Trainer built from the real default config
+  * mtlrun: `trainer.step([batch])`, one optimizer step as `Trainer.fit` takes it with accumulate=1
+    (the progress bar and the loader aside), on a Trainer built from the real default config
     (Hydra compose of configs/train.yaml, then `build_trainer`, the builder `mtlrun train` uses);
   * plain: `zero_grad; model(inputs); sum of F.cross_entropy; backward; AdamW.step; sched.step`, with its
     own torch.optim.AdamW (same hyperparameters) and the same LR schedule.
@@ -78,8 +78,7 @@ def main() -> None:
                            device) for i in range(N_BATCHES)]
 
         def mtlrun_step(batch):
-            trainer.training_step(batch)
-            trainer.optimizer_step()
+            trainer.step([batch])
 
         def plain_step(batch):
             plain_opt.zero_grad(set_to_none=True)
@@ -120,7 +119,7 @@ def main() -> None:
             names = ["mtlrun", "plain"] if r % 2 == 0 else ["plain", "mtlrun"]
             for name in names:
                 rates[name].append(run(sides[name], args.steps))
-        trainer._check_nonfinite()  # the real loop does this at log steps; a NaN would void the figures
+        trainer.check_nonfinite()  # since the last log step (step checks at those); a NaN would void the figures
         # both sides took the same number of steps, so their schedules must agree (same hyperparameters)
         assert plain_opt.param_groups[0]["lr"] == trainer.optimizer.param_groups[0]["lr"], "LR schedules differ"
 

@@ -5,8 +5,8 @@
 
 Model: the default config (small CNN, hard sharing, AdamW), batch 128 of multidigits. Tasks beyond the
 data's `left` and `right` are synthetic extra heads trained on copies of those labels, so the cost of
-more tasks is measured on the same trunk. One step = `Trainer.training_step` + `Trainer.optimizer_step`,
-exactly what the training loop runs per batch, on pre-built batches (loading is not timed).
+more tasks is measured on the same trunk. One step = `Trainer.step([batch])`, exactly what the training
+loop runs per optimizer step, on pre-built batches (loading is not timed).
 
 Each method is timed in rounds that alternate with `static` on the same model, so the ratio is robust to
 drift in machine load. For gradient-level methods at parameter level it also times torchjd's own
@@ -141,8 +141,7 @@ def main() -> None:
             static = make_trainer(model, tasks, data, ["weighting=static"], run_dir)
 
             def static_step(batch):
-                static.training_step(batch)
-                static.optimizer_step()
+                static.step([batch])
 
             for method in args.methods:
                 modes = ["-"]
@@ -154,8 +153,7 @@ def main() -> None:
                     trainer = make_trainer(model, tasks, data, [f"weighting={method}", *extra], run_dir)
 
                     def method_step(batch, trainer=trainer):
-                        trainer.training_step(batch)
-                        trainer.optimizer_step()
+                        trainer.step([batch])
 
                     sides = {"method": method_step, "static": static_step}
                     aggregator = getattr(trainer.weighting, "aggregator", None)

@@ -117,9 +117,10 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def step_without_batchnorm(cfg, run_dir, dist=None):
-    """One epoch (here: one optimizer step) of the config's Trainer with its BatchNorm layers removed:
-    BatchNorm normalises with the statistics of the samples it sees, by design not the same for 2 x 32
-    and 64. Returns the parameters' update, the logged weights and the trainer."""
+    """One optimizer step over the config's whole epoch (`Trainer.step` of every batch of the loader: one
+    accumulation window) with the BatchNorm layers removed: BatchNorm normalises with the statistics of the
+    samples it sees, by design not the same for 2 x 32 and 64. Returns the parameters' update, the logged
+    weights and the trainer."""
     seed_everything(cfg.seed)
     parts = build_components(cfg)
     for module in list(parts.model.modules()):
@@ -129,10 +130,11 @@ def step_without_batchnorm(cfg, run_dir, dist=None):
     trainer = build_trainer(cfg, run_dir, parts=parts, dist=dist)
     params = [*trainer.model.parameters(), *trainer.weighting.parameters()]
     before = [p.detach().clone() for p in params]
-    trainer._train_epoch(0)
+    trainer.step(trainer.data.train_loader(epoch=0, seed=trainer.seed, device=trainer.device, rank=trainer.dist.rank,
+                                           world_size=trainer.dist.world_size))
     update = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
-    n = len(trainer.task_names)
-    return update, trainer.train_sums[n:2 * n] / max(1, trainer.train_count), trainer
+    sums = trainer.train_sums
+    return update, sums.weights / max(1, sums.count), trainer
 
 
 def compose_config(overrides=(), config_name: str = "train") -> DictConfig:

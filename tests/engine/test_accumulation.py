@@ -32,7 +32,7 @@ def one_step(tmp_path, method: str, grad_on: str | None, batch_size: int, accumu
     cfg = compose_config(overrides)
     assert not training_problems(cfg)
     update, weights, trainer = step_without_batchnorm(cfg, tmp_path / f"{batch_size}x{accumulate}")
-    assert trainer.global_step == 1 and trainer.train_count == accumulate
+    assert trainer.global_step == 1 and trainer.train_sums.count == accumulate
     return update, weights
 
 
@@ -116,7 +116,7 @@ for method in sys.argv[1:]:
     cfg = compose_config([*SGD_64, f"weighting={name}", *([f"weighting.grad_on={grad_on}"] if grad_on else []),
                           "data.batch_size=16", "trainer.accumulate=2"])
     update, weights, trainer = step_without_batchnorm(cfg, f"run-{method}", dist=info)
-    assert trainer.global_step == 1 and trainer.train_count == 2
+    assert trainer.global_step == 1 and trainer.train_sums.count == 2
     if info.rank == 0:
         torch.save({"update": update, "weights": weights}, f"{method}.pt")
 distributed.barrier()

@@ -364,8 +364,7 @@ def test_channels_last_puts_the_model_and_image_batches_in_channels_last(tmp_pat
     trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]["image"]))
     batch = next(iter(trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)))
     assert not batch["inputs"]["image"].is_contiguous(memory_format=torch.channels_last)  # [B, 3, H, W] as loaded
-    trainer.training_step(batch)
-    trainer.optimizer_step()
+    trainer.step([batch])
     assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
     trainer.evaluate("val")  # evaluation feeds the same layout
     assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()

@@ -47,19 +47,16 @@ def test_a_skipped_step_leaves_every_parameter_and_buffer_bit_identical(tmp_path
     cfg = compose_config([*SGD_64, "data.batch_size=32", "trainer.skip_nonfinite=true"])
     trainer = build_trainer(cfg, tmp_path, dist=DistInfo())
     batch = next(iter(trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)))
-    trainer.training_step(batch)  # a good step first: running statistics and momentum that are not the initial ones
-    trainer.optimizer_step()
+    trainer.step([batch])  # a good step first: running statistics and momentum that are not the initial ones
     before = _state(trainer)
     assert any("running_var" in k for k in before)  # BatchNorm: its forward updates these
     poisoned = {**batch, "inputs": {m: torch.full_like(x, math.nan) for m, x in batch["inputs"].items()}}
-    trainer.training_step(poisoned)
-    trainer.optimizer_step()
+    trainer.step([poisoned])
     assert trainer.skipped_steps == 1
     after = _state(trainer)
     assert all(torch.equal(after[k], before[k]) for k in before), [k for k in before if not torch.equal(after[k],
                                                                                                         before[k])]
-    trainer.training_step(batch)  # and training goes on from there
-    trainer.optimizer_step()
+    trainer.step([batch])  # and training goes on from there
     assert all(torch.isfinite(v).all() for v in _state(trainer).values() if v.is_floating_point())
 
 

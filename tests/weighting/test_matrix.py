@@ -114,11 +114,10 @@ def train_steps(trainer: Trainer, steps: int = 3) -> None:
     before = [p.detach().clone() for p in trainer.model.parameters()]
     for i in range(steps):
         batch = to_device(data.__getitems__(list(range(16 * i, 16 * (i + 1)))), trainer.device)
-        trainer.training_step(batch)
-        trainer.optimizer_step()
-    trainer._check_nonfinite()  # raises on any NaN/inf loss
-    assert trainer.train_count == steps
-    assert torch.isfinite(trainer.train_sums).all()
+        trainer.step([batch])
+    trainer.check_nonfinite()  # raises on any NaN/inf loss
+    assert trainer.train_sums.count == steps
+    assert torch.isfinite(trainer.train_sums.packed).all()
     changed = [not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())]
     assert sum(changed) > len(changed) // 2, "most parameters should move"
 

@@ -28,10 +28,11 @@ from torch import nn
 from torchjd import aggregation
 
 from contracts import compose_config
-from mtlrun.build import build_components
+from mtlrun.build import build_components, build_trainer
 from mtlrun.config import config_dir, config_groups
 from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import train_loader
+from mtlrun.distributed import DistInfo
 from mtlrun.engine import checkpoint
 from mtlrun.errors import UsageError
 from mtlrun.models.base import MultiTaskModel
@@ -71,7 +72,8 @@ def build_run(method: str, *overrides):
 
 
 def train_step(parts, batch, scale=lambda x: x, masks=None):
-    """What Trainer.training_step does, without the trainer."""
+    """The weighting's part of a step, on its own: forward, losses, weighting.backward, leaving the gradients
+    in `.grad` to be looked at (Trainer.step adds AMP, accumulation, clipping and the optimizer step)."""
     model, weighting = parts.model, parts.weighting
     if weighting.needs_shared:
         preds, shared = model(batch["inputs"], return_shared=True)
@@ -247,14 +249,18 @@ CASES = [(m, None) for m in ALL] + [(m, "representation") for m in WITH_GRAD_ON]
 
 
 @pytest.mark.parametrize("method,grad_on", CASES, ids=[f"{m}-{g or 'default'}" for m, g in CASES])
-def test_each_method_lowers_the_losses(method, grad_on):
-    parts, optimizer, batches = build_run(method, *([f"weighting.grad_on={grad_on}"] if grad_on else []))
+def test_each_method_lowers_the_losses(method, grad_on, tmp_path):
+    """30 optimizer steps of the Trainer (`Trainer.step`, as `mtlrun train` takes them) at a constant lr."""
+    overrides = ["scheduler=constant", "logger=[]", "trainer.device=cpu",
+                 *([f"weighting.grad_on={grad_on}"] if grad_on else [])]
+    parts, _, batches = build_run(method, *overrides)
+    trainer = build_trainer(compose_train(f"weighting={method}", *overrides), tmp_path, parts=parts,
+                            dist=DistInfo())
     before = total_loss(parts, batches)
     for step in range(30):
-        _, objective = train_step(parts, batches[step % len(batches)])
-        assert torch.isfinite(objective)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        trainer.step([batches[step % len(batches)]])
+    trainer.check_nonfinite()
+    assert trainer.train_sums.objective.isfinite()
     weights = parts.weighting.current_weights()
     assert weights.shape == (len(parts.tasks),) and torch.isfinite(weights).all()
     after = total_loss(parts, batches)
