@@ -1,7 +1,8 @@
 """`mtlrun affinity [train overrides] affinity.steps=N affinity.groups=K`: which tasks help each other.
 
 Trains the configured multi-task model for `affinity.steps` optimizer steps exactly as `mtlrun train` would
-(same configs, same build path) and, every `affinity.every` steps, measures the lookahead inter-task
+(same configs, same build path, the same `Trainer.step`; the LR schedule spans `affinity.steps`, as a train
+run's spans its epochs) and, every `affinity.every` steps, measures the lookahead inter-task
 affinity of TAG (mtlrun/engine/affinity.py) on the step's batch. Writes affinity.json (the matrix, the pair
 that conflicts most, the best groupings for 1..K groups), affinity.png (heatmap) and config.yaml into the run
 dir, and prints the matrix and the groupings. Nothing is checkpointed: this is a short diagnostic run.
@@ -85,7 +86,7 @@ def affinity(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
-    trainer = build_trainer(cfg, run_dir, dist=dist)
+    trainer = build_trainer(cfg, run_dir, dist=dist, total_steps=opts["steps"])
     names = trainer.task_names
     if len(names) < 2:
         raise UsageError(f"mtlrun affinity needs at least 2 tasks; this config trains {names}")
@@ -108,13 +109,12 @@ def affinity(cfg: DictConfig) -> dict:
                 meter.measure(batch)
                 if meter.steps == 1:  # a step size far too large shows at once: stop before the whole run
                     _check_finite(meter, cfg)
-            trainer.training_step(batch)
-            trainer.optimizer_step()
+            trainer.step([batch])  # one micro-batch per step: _settings refuses trainer.accumulate > 1
             step += 1
             if step >= opts["steps"]:
                 break
         epoch += 1
-    trainer._check_nonfinite()
+    trainer.check_nonfinite()  # since the last log step
     _check_finite(meter, cfg)
 
     z = meter.matrix()

@@ -184,11 +184,13 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | None = None,
-                  parts: Components | None = None, dist: distributed.DistInfo | None = None) -> Trainer:
+                  parts: Components | None = None, dist: distributed.DistInfo | None = None,
+                  total_steps: int | None = None) -> Trainer:
     """A Trainer for a validated config: the same initial weights on every rank (`seed`), the components
     (or `parts`, for a caller that builds its own model or data), optimizer and scheduler, then each rank
     its own dropout/augmentation stream (`seed + rank`). The Trainer carries the resolved config into its
-    checkpoints; it is resolved before anything is built, as config.yaml is."""
+    checkpoints; it is resolved before anything is built, as config.yaml is. `total_steps`: the optimizer
+    steps the LR schedule spans, for a run that is not `trainer.max_epochs` epochs (mtlrun affinity)."""
     dist = dist or distributed.dist_info()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)  # first: a tracker whose package is missing stops the run before the data is built
@@ -201,4 +203,4 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, *, data_state: dict | No
     seed_everything(cfg.seed + dist.rank)
     return Trainer(model=parts.model, tasks=parts.tasks, weighting=parts.weighting, optimizer=optimizer,
                    scheduler_factory=scheduler_factory, data=parts.data, config=resolved, run_dir=run_dir,
-                   dist=dist, loggers=loggers)
+                   dist=dist, loggers=loggers, total_steps=total_steps)
