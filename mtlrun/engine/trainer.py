@@ -276,8 +276,7 @@ class Trainer:
             if boundary:
                 self.end_window()
                 if self.dist.enabled:
-                    average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())],
-                                      self.dist.world_size)
+                    average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())])
                 self.optimizer_step()
                 if self.global_step % log_every == 0:
                     self._check_nonfinite()
@@ -321,7 +320,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
         if self.dist.enabled and getattr(self.weighting, "multi_backward", False):
-            average_buffers(self.model, self.dist.world_size)  # trained without DDP's buffer broadcast
+            average_buffers(self.model)  # trained without DDP's buffer broadcast
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
         warn = split not in self._warned_splits  # which tasks are unlabelled does not change between epochs

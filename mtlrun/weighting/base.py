@@ -137,5 +137,5 @@ def global_losses(losses: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.T
     if distributed.world_size() <= 1:
         return losses, labelled
     stacked = torch.stack([torch.where(labelled, losses.float(), torch.zeros_like(losses.float())), labelled.float()])
-    distributed.all_reduce_([stacked])
+    distributed.reduce_over_ranks_([stacked])
     return stacked[0] / stacked[1].clamp_min(1), stacked[1] > 0

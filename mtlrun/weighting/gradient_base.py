@@ -64,7 +64,6 @@ import logging
 import torch
 from torchjd import aggregation
 from torchjd.autojac import jac, mtl_backward
-from torchjd.linalg import QuadprogProjector
 
 from mtlrun import distributed
 from mtlrun.errors import UsageError
@@ -311,11 +310,8 @@ class GradientAggregation(Weighting):
     # ------------------------------------------------------------------------------ the aggregation
     def _combine(self, blocks: list[torch.Tensor], s: torch.Tensor, whole_batch: bool = False) -> list[torch.Tensor]:
         """The aggregate of the Jacobian given as blocks [T, ...] (scaled by s), as blocks of the same shapes."""
-        if not whole_batch and distributed.world_size() > 1:  # parameter level: the global batch's Jacobian
-            flat = torch.cat([b.flatten() for b in blocks])
-            distributed.all_reduce_([flat])
-            flat /= distributed.world_size()
-            blocks = [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
+        if not whole_batch:  # parameter level: the global batch's Jacobian
+            distributed.reduce_over_ranks_(blocks, "mean")
         if not isinstance(self.aggregator, aggregation.WeightedAggregator):
             return self.combine_matrix(blocks)
         self.weights = self._gramian_weights(_gramian(blocks), s, whole_batch)
@@ -324,8 +320,7 @@ class GradientAggregation(Weighting):
     def _gramian_weights(self, gramian: torch.Tensor, s: torch.Tensor, whole_batch: bool) -> torch.Tensor:
         """The weights of the Gramian of the Jacobian scaled by s (that of the true gradients is G / s^2)."""
         if whole_batch and distributed.world_size() > 1:  # representation level: the global batch's Gramian
-            distributed.all_reduce_([gramian])
-            gramian = gramian / distributed.world_size() ** 2
+            gramian = distributed.reduce_over_ranks_([gramian])[0] / distributed.world_size() ** 2
         return self._weights(gramian / (s * s))
 
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
