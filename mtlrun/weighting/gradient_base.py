@@ -71,7 +71,7 @@ from torchjd.autojac import jac, mtl_backward
 from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import graph
-from mtlrun.weighting.base import Weighting, accumulate_grad, architecture_name, as_tensor_list
+from mtlrun.weighting.base import GRAD_ON, Weighting, accumulate_grad, architecture_name, as_tensor_list
 
 log = logging.getLogger("mtlrun")
 
@@ -122,6 +122,7 @@ class GradientAggregation(Weighting):
     weights_at_window_end = True
     needs_shared = True  # at parameter level too: mtl_backward starts from the shared representation
     multi_backward = True
+    grad_on_levels = GRAD_ON
     # The aggregator needs the Jacobian, not its Gramian: read from it at set-up. A class may declare it, so that
     # trainer.accumulate>1 at representation level is refused at config time, not at the first step (GradDrop).
     needs_jacobian = False

@@ -28,7 +28,7 @@ from torch import nn
 from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import graph
-from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list, global_losses
+from mtlrun.weighting.base import GRAD_ON, Weighting, architecture_name, as_tensor_list, global_losses
 
 
 def _with_labels(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +36,8 @@ def _with_labels(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class GradNorm(Weighting):
+    grad_on_levels = GRAD_ON
+
     def __init__(self, alpha: float = 1.5, grad_on: str = "parameters"):
         super().__init__()
         self.grad_on = self.check_grad_on(grad_on)
