@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,13 +111,12 @@ class Weighting(nn.Module):
 def method_classes() -> list[type[Weighting]]:
     """The methods of this package: the Weighting classes its modules define, one module per method, except the
     bases' modules (base.py, loss_base.py, gradient_base.py). Imports every module."""
-    import mtlrun.weighting as package
-
+    package = __name__.rpartition(".")[0]
     found = []
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name == "base" or info.name.endswith("_base"):
             continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        module = importlib.import_module(f"{package}.{info.name}")
         found += [c for c in vars(module).values()
                   if isinstance(c, type) and issubclass(c, Weighting) and c.__module__ == module.__name__]
     return found
