@@ -32,9 +32,13 @@ class DistInfo:
 
 
 def dist_info() -> DistInfo:
-    """What torchrun told this process (RANK/WORLD_SIZE/LOCAL_RANK); a single process otherwise."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    """This process's place. Once it has joined the process group, the group's rank and `world_size()`;
+    before that, what torchrun or srun announced (RANK/WORLD_SIZE/LOCAL_RANK, which `init_if_launched` joins);
+    a single process otherwise."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), world_size(), local_rank)
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local_rank)
 
 
 def first_host(nodelist: str) -> str:
@@ -102,14 +106,33 @@ def gather_objects(obj) -> list:
 
 
 def world_size() -> int:
-    """How many processes train together (1 without DDP)."""
+    """How many processes train together: the size of the process group this process has joined (1 without
+    one). The one source of the world size: `dist_info()` and every cross-rank mean read it."""
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def all_reduce_(tensors: list[torch.Tensor], op=None) -> None:
-    if dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+REDUCTIONS = {"sum": "SUM", "mean": "SUM", "min": "MIN", "max": "MAX"}
+
+
+def reduce_over_ranks_(tensors: list[torch.Tensor], how: str = "sum") -> list[torch.Tensor]:
+    """Each tensor reduced in place over the ranks, and the list returned: "sum", "mean" (the sum divided by
+    `world_size()`; floating tensors), "min" or "max". The tensors of one dtype and device go in one
+    all-reduce, flattened together. Without a process group the tensors stay as they are."""
+    if not dist.is_initialized() or not tensors:
+        return tensors
+    op = getattr(dist.ReduceOp, REDUCTIONS[how])
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = group[0] if len(group) == 1 and group[0].is_contiguous() else torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=op)
+        if how == "mean":
+            flat /= world_size()
+        if flat is not group[0]:
+            for t, reduced in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(reduced.view_as(t))
+    return tensors
 
 
 def barrier() -> None:

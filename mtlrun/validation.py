@@ -27,7 +27,7 @@ from mtlrun.errors import ConfigError, Problems, UsageError
 from mtlrun.instantiate import CONSTRUCTOR_ERRORS, constructor_problem
 from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.task_selection import task_configs
-from mtlrun.weighting.base import ACCUMULATE_EXACTLY
+from mtlrun.weighting.base import accumulates_exactly
 
 log = logging.getLogger("mtlrun")
 
@@ -83,7 +83,7 @@ def training_problems(cfg: DictConfig) -> list[str]:
             p.add(f"trainer.accumulate={accumulate}: weighting={method.method_name()} {reason}, so {accumulate} "
                   f"micro-batches would not make the step of one {accumulate} times larger batch; use "
                   f"trainer.accumulate=1 with a larger data.batch_size, or a weighting that accumulates exactly: "
-                  f"{ACCUMULATE_EXACTLY}")
+                  f"{accumulates_exactly()}")
     if trainer.get("sync_batchnorm") is True:
         dist = distributed.dist_info()
         try:

@@ -77,7 +77,7 @@ class ConflictMeter:
         (e.g. an epoch shorter than the logging interval)."""
         totals = torch.cat([self.sums, self.counts, self.sums.new_tensor([float(self.count)])])
         if dist is not None and dist.enabled:
-            distributed.all_reduce_([totals])
+            distributed.reduce_over_ranks_([totals])
         size = len(self.sums)
         sums, counts, count = totals[:size], totals[size:-1], float(totals[-1])
         self.sums.zero_()

@@ -75,32 +75,22 @@ def unused_parameters(model: nn.Module, batch: dict, device: torch.device) -> li
     return [n for (n, _), g in zip(named, grads) if g is None]
 
 
-def average_gradients(params, world_size: int) -> None:
+def average_gradients(params) -> None:
     """Average over ranks the gradients DDP does not reduce: the weighting's own parameters (e.g. UW's
     log-variances, which live outside the DDP-wrapped model) and, for multi-backward weightings, the model's.
-    A missing gradient counts as zero, so every rank reduces the same flat tensor."""
+    A missing gradient counts as zero, so every rank reduces the same tensors."""
     params = [p for p in params if p.requires_grad]
-    if not params:
-        return
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    distributed.all_reduce_([flat])
-    flat /= world_size
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(g.view_as(p.grad))
+    distributed.reduce_over_ranks_([p.grad for p in params], "mean")
 
 
-def average_buffers(model: nn.Module, world_size: int) -> None:
+def average_buffers(model: nn.Module) -> None:
     """Average the floating buffers (BatchNorm running statistics) over ranks. A model trained without the DDP
     wrapper (multi-backward weightings) keeps its own statistics on every rank, where DDP would broadcast
     rank 0's before each forward: averaged before evaluation, every rank evaluates, and rank 0 saves, the same."""
     buffers = [b for b in model.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    distributed.all_reduce_([flat])
-    flat /= world_size
-    for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
-        b.copy_(v.view_as(b))
+    averaged = distributed.reduce_over_ranks_([b.float() for b in buffers], "mean")  # in float32, whatever their dtype
+    for b, v in zip(buffers, averaged):
+        b.copy_(v)

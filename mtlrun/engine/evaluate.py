@@ -61,7 +61,7 @@ def evaluate_split(model: nn.Module, tasks: dict, loader, *, device: torch.devic
             loss_sums[1, j] += labelled
             metrics[t].update(preds[t], target, mask)
     model.train(was_training)
-    distributed.all_reduce_([loss_sums, *[s for m in metrics.values() for s in m.states()]])
+    distributed.reduce_over_ranks_([loss_sums, *[s for m in metrics.values() for s in m.states()]])
     out = {}
     losses, labelled = (loss_sums[0] / loss_sums[1].clamp_min(1)).tolist(), loss_sums[1].tolist()
     for j, t in enumerate(names):

@@ -21,7 +21,7 @@ def all_finite(values: torch.Tensor, dist: distributed.DistInfo) -> bool:
     DDP all-reduce hangs)."""
     finite = torch.isfinite(values).all().to(torch.int32)
     if dist.enabled:
-        distributed.all_reduce_([finite], op=torch.distributed.ReduceOp.MIN)
+        distributed.reduce_over_ranks_([finite], "min")
     return bool(finite)
 
 
@@ -65,7 +65,7 @@ def first_nonfinite_step(first: torch.Tensor, dist: distributed.DistInfo) -> tor
         return first
     never = torch.iinfo(torch.long).max  # -1 (none) must not win the MIN
     first = torch.where(first < 0, never, first)
-    distributed.all_reduce_([first], op=torch.distributed.ReduceOp.MIN)
+    distributed.reduce_over_ranks_([first], "min")
     return torch.where(first == never, -1, first)
 
 

@@ -65,7 +65,7 @@ class StopSignals:
         if not at_log_step:
             return False
         flag = torch.tensor([self.signum or 0], device=device)
-        distributed.all_reduce_([flag], op=torch.distributed.ReduceOp.MAX)
+        distributed.reduce_over_ranks_([flag], "max")
         if flag.item():
             self.signum = int(flag.item())
         return self.signum is not None

@@ -194,8 +194,7 @@ class Trainer:
                                                    measure=measure)
         self._end_window(trained)
         if self.dist.enabled:
-            average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())],
-                              self.dist.world_size)
+            average_gradients([*self.weighting.parameters(), *(self.model.parameters() if manual else ())])
         self._optimizer_step()
         logged = self.is_log_step(self.global_step)  # not the step before when this one was skipped
         if logged:
@@ -346,7 +345,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
         if self.dist.enabled and getattr(self.weighting, "multi_backward", False):
-            average_buffers(self.model, self.dist.world_size)  # trained without DDP's buffer broadcast
+            average_buffers(self.model)  # trained without DDP's buffer broadcast
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
         warn = split not in self._warned_splits  # which tasks are unlabelled does not change between epochs

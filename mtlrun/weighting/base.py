@@ -14,7 +14,10 @@ and produces no NaN.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,10 +26,6 @@ from mtlrun.errors import UsageError
 from mtlrun import distributed
 
 GRAD_ON = ("parameters", "representation")
-# What `trainer.accumulate>1` is exact for (the step of one batch `accumulate` times larger); the others refuse it.
-ACCUMULATE_EXACTLY = ("static, uw, dwa, rlw, imtl_l, and the gradient-level mgda, pcgrad, upgrad, dualproj, "
-                      "cagrad, nash_mtl, fairgrad, imtl_g, aligned_mtl, gradvac (both grad_on), graddrop and "
-                      "config (grad_on=parameters)")
 
 
 class Weighting(nn.Module):
@@ -41,6 +40,7 @@ class Weighting(nn.Module):
 
     needs_shared = False
     multi_backward = False
+    grad_on_levels: tuple[str, ...] = ()  # the `grad_on` values the method takes (none: loss-level)
     # Where the trainer is in an accumulation window (`trainer.accumulate` micro-batches per optimizer step).
     # The class defaults make a `backward` called outside the trainer a whole step on its own.
     first_micro_batch = True
@@ -100,11 +100,44 @@ class Weighting(nn.Module):
                              f"backward of a weighted sum of the losses) and takes no grad_on; it applies to "
                              f"gradnorm and to the gradient-level methods (mgda, pcgrad, upgrad, ...). Leave it null")
 
-    def check_grad_on(self, grad_on, allowed: tuple[str, ...] = GRAD_ON) -> str:
+    def check_grad_on(self, grad_on, allowed: tuple[str, ...] | None = None) -> str:
+        allowed = allowed or self.grad_on_levels
         if grad_on not in allowed:
             raise UsageError(f"weighting.grad_on={grad_on}: valid for weighting={self.method_name()}: "
                              f"{', '.join(allowed)}")
         return str(grad_on)
+
+
+def method_classes() -> list[type[Weighting]]:
+    """The methods of this package: the Weighting classes its modules define, one module per method, except the
+    bases' modules (base.py, loss_base.py, gradient_base.py). Imports every module."""
+    package = __name__.rpartition(".")[0]
+    found = []
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name == "base" or info.name.endswith("_base"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        found += [c for c in vars(module).values()
+                  if isinstance(c, type) and issubclass(c, Weighting) and c.__module__ == module.__name__]
+    return found
+
+
+def accumulates_exactly() -> str:
+    """The methods `trainer.accumulate>1` is exact for (the step of one batch `accumulate` times larger), as their
+    classes' `accumulation_problem` says: what a refusal offers instead."""
+    loss_level, both, some = [], [], []
+    for cls in sorted(method_classes(), key=lambda c: c.method_name()):
+        levels = cls.grad_on_levels or (None,)
+        exact = [g for g in levels if cls.accumulation_problem(g) is None]
+        if not exact:
+            continue
+        if not cls.grad_on_levels:
+            loss_level.append(cls.method_name())
+        elif len(exact) == len(levels):
+            both.append(cls.method_name())
+        else:
+            some.append(f"{cls.method_name()} (grad_on={', '.join(exact)})")
+    return f"{', '.join(loss_level)}, and the gradient-level {', '.join(both)} (both grad_on), {', '.join(some)}"
 
 
 def as_tensor_list(shared) -> list[torch.Tensor]:
@@ -137,5 +170,5 @@ def global_losses(losses: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.T
     if distributed.world_size() <= 1:
         return losses, labelled
     stacked = torch.stack([torch.where(labelled, losses.float(), torch.zeros_like(losses.float())), labelled.float()])
-    distributed.all_reduce_([stacked])
+    distributed.reduce_over_ranks_([stacked])
     return stacked[0] / stacked[1].clamp_min(1), stacked[1] > 0

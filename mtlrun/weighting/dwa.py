@@ -43,9 +43,7 @@ class DynamicWeightAverage(LossWeighting):
     def on_epoch_end(self, train_losses):
         means = torch.tensor([float(train_losses[t]) for t in self.task_names],
                              device=self.loss_history.device)
-        if distributed.world_size() > 1:  # the same history, so the same weights, on every DDP rank
-            distributed.all_reduce_([means])
-            means /= distributed.world_size()
+        distributed.reduce_over_ranks_([means], "mean")  # the same history, so the same weights, on every DDP rank
         self.loss_history.copy_(torch.stack([self.loss_history[1], means]))
         self.epochs_seen += 1
         if int(self.epochs_seen) >= 2:  # once per epoch, outside the step

@@ -33,8 +33,8 @@ class GradDrop(GradientAggregation):
                              f"({', '.join(self.task_names)})")
         return aggregation.GradDrop(leak=None if self.leak is None else torch.tensor(self.leak))
 
-    def combine_matrix(self, blocks):
+    def combine_matrix(self, blocks, s):
         leak = self.aggregator.leak
         if leak is not None and leak.device != blocks[0].device:
             self.aggregator.leak = leak.to(blocks[0].device)  # once: the leak follows the Jacobian
-        return super().combine_matrix(blocks)
+        return super().combine_matrix(blocks, s)

@@ -16,7 +16,8 @@ module is the Jacobian / Gramian machinery they share.
   style, about the cost of static weighting. With several shared tensors (MTAN's stages) they are one
   long vector. Needs `model.has_shared_representation`.
 
-How the aggregator is applied. Most torchjd aggregators are a weighting of the Gramian G = J J^T
+How the aggregator is applied: what it needs is read from the aggregator itself (`needs_jacobian`), and any
+torchjd aggregator works. Most are a weighting of the Gramian G = J J^T
 (`GramianWeightedAggregator`): aggregate = w(G) @ J. We compute G block by block (no concatenated
 Jacobian), take the weights on the host (T x T numbers; every one of these weightings runs a solver or a
 Python loop and would synchronise anyway), and combine the rows of J on the device. That is what
@@ -29,8 +30,10 @@ Python loop and would synchronise anyway), and combine the rows of J on the devi
   are taken on the Gramian of the labelled tasks, and the others get weight 0 (MGDA or CAGrad would
   otherwise return a zero update as soon as one task has no label);
 - report the weights actually applied (`current_weights`).
-GradDrop and ConFIG are not weightings: they get the (concatenated, scaled) Jacobian, handle zero rows
-by construction, and report a proxy weight, <aggregate, g_k> / ||g_k||^2.
+Every other aggregator (GradDrop, ConFIG, TrimmedMean; Mean, Sum, Random, Constant, ExcessMTL, which weight
+the Jacobian itself) gets the concatenated Jacobian of the true gradients (divided by s; its aggregate is
+multiplied by s again) and takes zero rows as they are; a weighting of the Jacobian reports its weights,
+the others a proxy weight, <aggregate, g_k> / ||g_k||^2.
 
 Gradient accumulation (`trainer.accumulate=k`): the aggregator sees the whole window once, so k micro-batches
 make the step of one k times larger batch. Each micro-batch's loss is its mean divided by k (`scale`), so
@@ -64,16 +67,20 @@ import logging
 import torch
 from torchjd import aggregation
 from torchjd.autojac import jac, mtl_backward
-from torchjd.linalg import QuadprogProjector
 
 from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import graph
-from mtlrun.weighting.base import Weighting, accumulate_grad, architecture_name, as_tensor_list
+from mtlrun.weighting.base import GRAD_ON, Weighting, accumulate_grad, architecture_name, as_tensor_list
 
 log = logging.getLogger("mtlrun")
 
 SOLVERS_EXTRA = 'pip install "mtlrun[solvers]"'
+VALID_AGGREGATOR = ("it must return an instance of a torchjd.aggregation.Aggregator, e.g. aggregation.UPGrad() or "
+                    "aggregation.Mean(), or of a subclass of it")
+JACOBIAN_AT_REPRESENTATION = ("at grad_on=representation needs the whole batch's Jacobian at once (its aggregator is "
+                              "not a weighting of the Gramian, which micro-batches can sum); weighting.grad_on="
+                              "parameters accumulates exactly")
 
 
 def require_packages(method: str, packages: tuple[str, ...]) -> None:
@@ -115,7 +122,10 @@ class GradientAggregation(Weighting):
     weights_at_window_end = True
     needs_shared = True  # at parameter level too: mtl_backward starts from the shared representation
     multi_backward = True
-    needs_jacobian = False  # its aggregator is not a weighting of the Gramian (GradDrop, ConFIG)
+    grad_on_levels = GRAD_ON
+    # The aggregator needs the Jacobian, not its Gramian: read from it at set-up. A class may declare it, so that
+    # trainer.accumulate>1 at representation level is refused at config time, not at the first step (GradDrop).
+    needs_jacobian = False
     packages: tuple[str, ...] = ()  # import names of the optional solver packages the aggregator needs
 
     def __init__(self, grad_on: str = "parameters"):
@@ -124,14 +134,24 @@ class GradientAggregation(Weighting):
         require_packages(self.method_name(), self.packages)
 
     def make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        raise NotImplementedError
+        raise UsageError(f"weighting={self.method_name()}: {type(self).__name__} defines no "
+                         f"make_aggregator(num_tasks); {VALID_AGGREGATOR}")
 
     @classmethod
     def accumulation_problem(cls, grad_on=None):
         if grad_on == "representation" and cls.needs_jacobian:
-            return ("at grad_on=representation needs the whole batch's Jacobian at once (it is not a weighting "
-                    "of the Gramian, which micro-batches can sum); weighting.grad_on=parameters accumulates exactly")
+            return JACOBIAN_AT_REPRESENTATION
         return None
+
+    def start_micro_batch(self, first, last):
+        super().start_micro_batch(first, last)
+        if first and not last:  # a window of several micro-batches opens
+            self._refuse_window()
+
+    def _refuse_window(self) -> None:
+        if self.grad_on == "representation" and self.needs_jacobian:  # a window sums Gramians, not Jacobians
+            raise UsageError(f"trainer.accumulate>1: weighting={self.method_name()} {JACOBIAN_AT_REPRESENTATION}; "
+                             f"or use trainer.accumulate=1 with a larger data.batch_size")
 
     # ----------------------------------------------------------------------------------------- set-up
     def setup(self, tasks, model):
@@ -153,17 +173,33 @@ class GradientAggregation(Weighting):
             log.warning(f"weighting={method}: the architecture {arch} shares no parameter, so every "
                         f"task's gradient reaches only its own parameters and there is nothing to aggregate: "
                         f"this trains like weighting=static with unit weights")
-        try:
-            aggregator = self.make_aggregator(T)
-        except ImportError as exc:  # a solver that find_spec saw but that does not import
-            raise UsageError(f"weighting={method}: {exc}. Install the solvers with: {SOLVERS_EXTRA}") from exc
-        except ValueError as exc:  # torchjd's own checks of the hyperparameters
-            raise UsageError(f"weighting={method}: {exc}") from exc
-        object.__setattr__(self, "aggregator", aggregator)  # not a submodule: it stays on the host
+        object.__setattr__(self, "aggregator", self._built_aggregator(T))  # not a submodule: it stays on the host
+        self.needs_jacobian = self._needs_jacobian()
         self._cut: bool | None = None  # whether `shared` is a cut of the graph (checked on the first step)
         self.register_buffer("weights", torch.ones(T), persistent=False)
         self.register_buffer("one", torch.ones(()), persistent=False)
         self._window: dict | None = None  # what the accumulation window has gathered (see `end_window`)
+
+    def _built_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
+        """`make_aggregator`'s torchjd aggregator; a usage error, at set-up, for anything else."""
+        method = self.method_name()
+        try:
+            aggregator = self.make_aggregator(num_tasks)
+        except ImportError as exc:  # a solver that find_spec saw but that does not import
+            raise UsageError(f"weighting={method}: {exc}. Install the solvers with: {SOLVERS_EXTRA}") from exc
+        except ValueError as exc:  # torchjd's own checks of the hyperparameters
+            raise UsageError(f"weighting={method}: {exc}") from exc
+        if not isinstance(aggregator, aggregation.Aggregator):
+            got = "None" if aggregator is None else f"a {type(aggregator).__name__}"
+            raise UsageError(f"weighting={method}: make_aggregator({num_tasks}) returned {got}, not a torchjd "
+                             f"aggregator; {VALID_AGGREGATOR}")
+        return aggregator
+
+    def _needs_jacobian(self) -> bool:
+        """Whether the weights cannot be taken from the Gramian: the aggregator is not a weighting of its Gramian,
+        and the method does not take them from it itself (Nash-MTL's `solve`)."""
+        from_gramian = type(self).solve is not GradientAggregation.solve
+        return not (from_gramian or isinstance(self.aggregator, aggregation.GramianWeightedAggregator))
 
     # -------------------------------------------------------------------------------------- the step
     def backward(self, losses, *, scale, shared=None, extra=None):
@@ -220,9 +256,7 @@ class GradientAggregation(Weighting):
             combined = self._combine(blocks, s, whole_batch=True)
             torch.autograd.backward(shared, grad_tensors=combined)  # once through the shared trunk
             return
-        if not isinstance(self.aggregator, aggregation.WeightedAggregator):  # config validation refuses it
-            raise UsageError(f"trainer.accumulate>1: weighting={self.method_name()} "
-                             f"{self.accumulation_problem(self.grad_on)}")
+        self._refuse_window()  # start_micro_batch refuses it before the window's first step
         window = self._window or {"s": torch.zeros_like(s), "gramian": 0, "task_grads": None}
         window["s"] = window["s"] + s
         window["gramian"] = window["gramian"] + _gramian(blocks)
@@ -311,21 +345,17 @@ class GradientAggregation(Weighting):
     # ------------------------------------------------------------------------------ the aggregation
     def _combine(self, blocks: list[torch.Tensor], s: torch.Tensor, whole_batch: bool = False) -> list[torch.Tensor]:
         """The aggregate of the Jacobian given as blocks [T, ...] (scaled by s), as blocks of the same shapes."""
-        if not whole_batch and distributed.world_size() > 1:  # parameter level: the global batch's Jacobian
-            flat = torch.cat([b.flatten() for b in blocks])
-            distributed.all_reduce_([flat])
-            flat /= distributed.world_size()
-            blocks = [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
-        if not isinstance(self.aggregator, aggregation.WeightedAggregator):
-            return self.combine_matrix(blocks)
+        if not whole_batch:  # parameter level: the global batch's Jacobian
+            distributed.reduce_over_ranks_(blocks, "mean")
+        if self.needs_jacobian:
+            return self.combine_matrix(blocks, s)
         self.weights = self._gramian_weights(_gramian(blocks), s, whole_batch)
         return [torch.tensordot(self.weights.to(b.dtype), b, dims=1) for b in blocks]
 
     def _gramian_weights(self, gramian: torch.Tensor, s: torch.Tensor, whole_batch: bool) -> torch.Tensor:
         """The weights of the Gramian of the Jacobian scaled by s (that of the true gradients is G / s^2)."""
         if whole_batch and distributed.world_size() > 1:  # representation level: the global batch's Gramian
-            distributed.all_reduce_([gramian])
-            gramian = gramian / distributed.world_size() ** 2
+            gramian = distributed.reduce_over_ranks_([gramian])[0] / distributed.world_size() ** 2
         return self._weights(gramian / (s * s))
 
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
@@ -349,12 +379,20 @@ class GradientAggregation(Weighting):
             weights[index] = weighting(gramian[index][:, index])
         return weights
 
-    def combine_matrix(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Aggregators that need the Jacobian itself (GradDrop, ConFIG); both are scale-equivariant."""
+    def combine_matrix(self, blocks: list[torch.Tensor], s: torch.Tensor) -> list[torch.Tensor]:
+        """Aggregators that need the Jacobian itself: they get the true gradients (the rows divided by s) and their
+        aggregate is scaled by s again, as the gradient of a scaled loss. A weighting of the Jacobian (Mean, Sum,
+        ExcessMTL, ...) logs its weights (0 for a task without labels), any other aggregator (GradDrop, ConFIG,
+        TrimmedMean) the proxy <aggregate, g_k> / ||g_k||^2."""
         matrix = torch.cat([b.flatten(1).float() for b in blocks], dim=1)
-        aggregate = self.aggregator(matrix)
         squared = (matrix * matrix).sum(dim=1)
-        projected = matrix @ aggregate
-        self.weights = torch.where(squared > 0, projected / squared.clamp_min(1e-30), torch.zeros_like(squared))
+        if isinstance(self.aggregator, aggregation.WeightedAggregator):
+            weights = self.aggregator.weighting(matrix / s).to(matrix.dtype)
+            aggregate = weights @ matrix
+            self.weights = torch.where(squared > 0, weights, torch.zeros_like(weights))
+        else:
+            aggregate = self.aggregator(matrix / s) * s
+            projected = matrix @ aggregate
+            self.weights = torch.where(squared > 0, projected / squared.clamp_min(1e-30), torch.zeros_like(squared))
         sizes = [b[0].numel() for b in blocks]
         return [g.view_as(b[0]).to(b.dtype) for g, b in zip(aggregate.split(sizes), blocks)]

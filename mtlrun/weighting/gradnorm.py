@@ -28,7 +28,7 @@ from torch import nn
 from mtlrun import distributed
 from mtlrun.errors import UsageError
 from mtlrun.weighting import graph
-from mtlrun.weighting.base import Weighting, architecture_name, as_tensor_list, global_losses
+from mtlrun.weighting.base import GRAD_ON, Weighting, architecture_name, as_tensor_list, global_losses
 
 
 def _with_labels(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +36,8 @@ def _with_labels(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class GradNorm(Weighting):
+    grad_on_levels = GRAD_ON
+
     def __init__(self, alpha: float = 1.5, grad_on: str = "parameters"):
         super().__init__()
         self.grad_on = self.check_grad_on(grad_on)
@@ -134,15 +136,11 @@ class GradNorm(Weighting):
         """||grad_W L_k|| of the global batch under DDP (so every rank steps the weights alike, as one process
         on the whole batch would): W's gradients averaged over ranks; at representation level, whose rows are
         the ranks' own samples, the squared norms summed (each rank's loss is a mean over 1/W of the batch)."""
-        world = distributed.world_size()
-        if world > 1 and self.grad_on != "representation":
-            flat = torch.cat(grads)
-            distributed.all_reduce_([flat])
-            grads = list((flat / world).split([len(g) for g in grads]))
+        if self.grad_on != "representation":
+            distributed.reduce_over_ranks_(grads, "mean")
         squares = torch.stack([g.pow(2).sum() for g in grads])
-        if world > 1 and self.grad_on == "representation":
-            distributed.all_reduce_([squares])
-            squares = squares / world ** 2
+        if self.grad_on == "representation" and distributed.world_size() > 1:
+            squares = distributed.reduce_over_ranks_([squares])[0] / distributed.world_size() ** 2
         return squares.sqrt()
 
     def current_weights(self):

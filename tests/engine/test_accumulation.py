@@ -5,6 +5,7 @@ config time; `trainer.sync_batchnorm` on a device where torch cannot synchronise
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -14,9 +15,11 @@ from torch import nn
 
 from contracts import REPO, SGD_64, cli_env, compose_config, step_without_batchnorm
 from mtlrun.build import build_components
+from mtlrun.config import config_groups
 from mtlrun.engine.ddp import wrap_for_training
 from mtlrun.errors import UsageError
 from mtlrun.validation import training_problems
+from mtlrun.weighting.base import accumulates_exactly, method_classes
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP"),
               pytest.mark.filterwarnings("ignore:divide by zero encountered in divide:RuntimeWarning")]
@@ -70,6 +73,18 @@ def test_accumulation_is_refused_where_it_would_not_be_the_larger_batch(method, 
                                     "graddrop", "config"])
 def test_accumulation_is_accepted_where_it_is_the_larger_batch(method):
     assert not training_problems(compose_config([*SGD_64, f"weighting={method}", "trainer.accumulate=4"]))
+
+
+def test_the_methods_offered_instead_are_read_from_their_classes():
+    """The refusal's list of what accumulates exactly is derived, not kept by hand: every configs/weighting/
+    method whose class accepts accumulation at some grad_on is in it, and only those."""
+    offered = accumulates_exactly()
+    classes = {cls.method_name(): cls for cls in method_classes()}
+    assert set(classes) == set(config_groups()["weighting"])
+    for name, cls in classes.items():
+        accepted = [g for g in (cls.grad_on_levels or (None,)) if cls.accumulation_problem(g) is None]
+        assert (re.search(rf"\b{name}\b", offered) is not None) == bool(accepted), (name, offered)
+    assert "graddrop (grad_on=parameters)" in offered and "upgrad" in offered and "famo" not in offered
 
 
 def test_rlw_draws_once_per_optimizer_step(tmp_path):
