@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun.instantiate import call_node, instantiate_node
+from mtlrun.instantiate import TargetNotFound, call_node, instantiate_node, locate
 from mtlrun.task_selection import all_task_configs, task_configs
 from mtlrun.validation import validate_monitor
 from mtlrun import distributed
@@ -110,7 +109,7 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
 
     fusion_node = cfg.fusion
     # a late fusion declares it (mtlrun.models.fusion.base): it gets whole models, not encodings
-    if getattr(_target_class(fusion_node, "fusion"), "combines_predictions", False):
+    if getattr(_target_of(fusion_node, "fusion"), "combines_predictions", False):
         models = {m: call_node(arch, "arch", cfg.arch, make_encoder=lambda m=m, info=info: build_encoder(cfg, m, info),
                                tasks=tasks, modality=m) for m, info in modalities.items()}
         return instantiate_node(fusion_node, "fusion", models=models, tasks=tasks)
@@ -124,12 +123,13 @@ def build_model(cfg: DictConfig, tasks: dict, spec: DataSpec) -> MultiTaskModel:
     return call_node(arch, "arch", cfg.arch, make_encoder=make_encoder, tasks=tasks, modality=None)
 
 
-def _target_class(node: DictConfig, key: str) -> type:
+def _target_of(node: DictConfig, key: str):
+    """The class (or factory) `node._target_` names, located as validation and the trust check locate it."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         raise UsageError(f"{key}: needs a `_target_` (the class to build), got {node!r}")
     try:
-        return get_class(str(node._target_))
-    except Exception as exc:
+        return locate(str(node._target_))
+    except TargetNotFound as exc:
         raise UsageError(f"{key}: cannot import {node._target_}: {exc}") from exc
 
 

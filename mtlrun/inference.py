@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun.build import Components, build_components
-from mtlrun.instantiate import instantiate_node
+from mtlrun.instantiate import TargetNotFound, instantiate_node, locate
 from mtlrun.checks import is_int
 from mtlrun.trust import check_source
 from mtlrun.validation import validate_eval
@@ -85,7 +85,11 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     preprocessing: every row is the test split, target and split columns are not needed. Relative file paths
     in its cells start at `root` (null: its own folder, whatever root training had); `encoding` and `na_values`
     null: the training manifest's."""
-    if not hasattr(_data_class(cfg), "read_unlabelled"):
+    try:
+        data_class = locate(str(cfg.data._target_))
+    except TargetNotFound as exc:
+        raise UsageError(f"data._target_={cfg.data._target_}: cannot import it ({exc})") from None
+    if not hasattr(data_class, "read_unlabelled"):
         raise UsageError(f"data.path={path}: new rows are read by data=table; this model was trained on "
                          f"{cfg.data._target_}; predict one of its splits with split=train|val|test instead")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
@@ -99,12 +103,6 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     data.load_state_dict(data_state)
     data.read_unlabelled()
     return data
-
-
-def _data_class(cfg: DictConfig):
-    from hydra.utils import get_class
-
-    return get_class(str(cfg.data._target_))
 
 
 @dataclass
