@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import distributed, schema
+from mtlrun.build import SUPPLIED
 from mtlrun.checks import is_int, is_number
 from mtlrun.engine.ddp import sync_batchnorm_problem
 from mtlrun.engine.device import resolve_device
@@ -30,9 +31,6 @@ from mtlrun.weighting.base import ACCUMULATE_EXACTLY
 
 log = logging.getLogger("mtlrun")
 
-# What the code that builds a section passes itself: its target's signature lists these, a config does not.
-SUPPLIED = {"optim": ("params",), "scheduler": ("optimizer", "total_steps"),
-            "arch": ("make_encoder", "tasks", "modality"), "fusion": ("dims", "token_dims", "models", "tasks")}
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -171,17 +169,6 @@ def _check_tasks(cfg: DictConfig, p: Problems) -> None:
         elif "weight" in task and (isinstance(task.weight, bool) or not isinstance(task.weight, (int, float))
                                    or task.weight < 0):
             p.add(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
-
-
-def validate_monitor(monitor: str, tasks: dict) -> None:
-    """trainer.monitor against the built tasks' metrics (the tasks are known only once the data is)."""
-    if monitor in ("auto", "mean"):
-        return
-    key = monitor.removeprefix("val/")
-    task, _, metric = key.partition("/")
-    valid = ["auto", "mean"] + [f"val/{t}/{m}" for t, task_ in tasks.items() for m in ("loss", *task_.metric_names)]
-    if task not in tasks or (metric != "loss" and metric not in tasks[task].metric_names):
-        raise UsageError(f"trainer.monitor={monitor}: not a validation metric; valid: {', '.join(valid)}")
 
 
 # ------------------------------------------------------------------------ `_target_` nodes vs signatures
