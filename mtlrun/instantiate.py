@@ -31,23 +31,25 @@ class TargetNotFound(ImportError):
 
 
 def locate(target: str):
-    """The object a dotted `_target_` names: the longest importable module prefix, then attributes; only a
-    module's own import runs (nothing is called). The one way mtlrun looks a `_target_` up (validation, the
-    trust check, the builder, inference), so a name fails the same way everywhere: TargetNotFound."""
+    """The object a dotted `_target_` names: its modules imported from the top down as far as they exist, then
+    attributes; only a module's own import runs (nothing is called). The one way mtlrun looks a `_target_` up
+    (validation, the trust check, the builder, inference), so a name fails the same way everywhere."""
     parts = str(target).split(".")
-    for i in range(len(parts), 0, -1):
-        module = ".".join(parts[:i])
+    obj, i = None, 0
+    while i < len(parts):
+        module = ".".join(parts[: i + 1])
         try:
             obj = importlib.import_module(module)
-            break
         except ModuleNotFoundError as exc:
-            if exc.name and not (module == exc.name or module.startswith(exc.name + ".")):
+            if exc.name != module:  # a package the module needs
                 raise TargetNotFound(target, f"{module} fails to import ({type(exc).__name__}: {exc})",
                                      broken=True) from exc
+            break  # no such module: the rest are attributes
         except Exception as exc:  # noqa: BLE001 - whatever the module's own code raises
             raise TargetNotFound(target, f"{module} fails to import ({type(exc).__name__}: {exc})",
                                  broken=True) from exc
-    else:
+        i += 1
+    if obj is None:
         raise TargetNotFound(target, f"no module named '{parts[0]}'")
     for j in range(i, len(parts)):
         if not hasattr(obj, parts[j]):

@@ -319,6 +319,23 @@ def test_the_keys_validation_leaves_out_are_what_the_builder_passes(tmp_path, mo
     assert passed == {key: set(names) for key, names in build.SUPPLIED.items()}
 
 
+def test_a_target_is_located_one_way(tmp_path, monkeypatch):
+    """instantiate.locate, which validation, the trust check, the builder and inference share: a name that is
+    not there, and a module that is there but fails to import, are each one TargetNotFound with a one-line
+    reason (`broken` tells them apart: validation leaves a broken module to the build)."""
+    from mtlrun.instantiate import TargetNotFound, locate
+
+    (tmp_path / "fails_on_import.py").write_text("raise RuntimeError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert locate("torch.optim.SGD") is torch.optim.SGD
+    with pytest.raises(TargetNotFound) as missing:
+        locate("torch.optim.Nope")
+    assert (str(missing.value), missing.value.broken) == ("'torch.optim' has no 'Nope'", False)
+    with pytest.raises(TargetNotFound) as broken:
+        locate("fails_on_import.Thing")
+    assert (str(broken.value), broken.value.broken) == ("fails_on_import fails to import (RuntimeError: broken)", True)
+
+
 def test_targets_of_user_code(tmp_path, monkeypatch):
     cfg = compose_config()
     cfg.weighting = {"_target_": "logging.basicConfig", "anything": 1}  # takes **kwargs: any key
