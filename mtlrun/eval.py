@@ -13,42 +13,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
 from mtlrun.build import build_components
-from mtlrun.overrides import apply_overrides
-from mtlrun.validation import validate_eval
-from mtlrun.data.base import SPLITS
 from mtlrun.data.corruption import PROBABILITY_NOISES, corrupt, noises_for
 from mtlrun import distributed
-from mtlrun.engine import checkpoint
 from mtlrun.engine.device import resolve_device
 from mtlrun.engine.evaluate import evaluate_split
 from mtlrun.engine.plots import plot_robustness
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
-from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
-from mtlrun.inference import load_weights
-from mtlrun.trust import check_source, without_trackers
+from mtlrun.inference import COMMON_OPTIONS, RUNTIME_KEYS, Accepts, load_weights, open_checkpoint
 
 log = logging.getLogger("mtlrun")
-ALLOWED = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
-           "trainer.device", "trainer.precision", "trainer.limit_eval_batches", "trainer.threads")
+# eval measures a training checkpoint (an export holds no epoch and step to report), on every rank of a launcher
+ACCEPTS = Accepts("eval", options=(*COMMON_OPTIONS, "split", "robustness"),
+                  editable=(*RUNTIME_KEYS, "trainer.limit_eval_batches"), exports=False, one_process=False)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
-        raise UsageError("mtlrun eval needs checkpoint=PATH (e.g. outputs/train/<date>/<time>/checkpoints/best.pt)")
-    options = [f"split={cfg.split}: valid: {', '.join(SPLITS)}"] if cfg.split not in SPLITS else []
     dist = distributed.dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    path = Path(cfg.checkpoint).expanduser().resolve()
-    state = checkpoint.load(path)
-    check_source(state, list(cfg.get("trusted_targets") or []), f"checkpoint={path}")
-    run_cfg = apply_overrides(without_trackers(state["config"]), cfg, list(HydraConfig.get().overrides.task),
-                              ALLOWED, "eval", skip=("split", "robustness", "trusted_targets"))
-    validate_eval(run_cfg, ALLOWED, options)  # after the trust check: it imports the config's targets
-    apply_threads(run_cfg.trainer.threads)
-    if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
-        run_cfg.data.eval_batch_size = cfg.data.batch_size  # for eval, "batch size" is the eval batch size
-    parts = build_components(run_cfg, data_state=state.get("data"))
+    opened = open_checkpoint(cfg, ACCEPTS, list(HydraConfig.get().overrides.task))
+    path, state, run_cfg = opened.path, opened.source, opened.config
+    parts = build_components(run_cfg, data_state=state["data"])
     sweep = robustness_sweep(cfg.robustness, parts.data.spec)
     load_weights(parts.model, state["model"], f"checkpoint={path}")
     if dist.is_main:  # once the checkpoint has proved to build its model: a refused one leaves no files

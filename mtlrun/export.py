@@ -15,12 +15,14 @@ import json
 import logging
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
 from mtlrun.checks import is_number
-from mtlrun.inference import CONFIG, DATA_STATE, META, WEIGHTS
-from mtlrun.predict import open_checkpoint, output_folder
+from mtlrun.inference import (COMMON_OPTIONS, CONFIG, DATA_STATE, META, NEW_DATA, RUNTIME_KEYS, WEIGHTS, Accepts,
+                              open_predictor)
+from mtlrun.predict import output_folder
 from mtlrun.engine import portable
 from mtlrun.engine.records import atomic_write_text, discard, file_in_the_way, writable_folder
 from mtlrun.errors import UsageError, WriteError
@@ -28,10 +30,13 @@ from mtlrun.errors import UsageError, WriteError
 log = logging.getLogger("mtlrun")
 FILES = {"weights": WEIGHTS, "torchscript": "model.ts", "onnx": "model.onnx"}
 EXPORTED = (CONFIG, DATA_STATE, META, *FILES.values(), "model.onnx.data")  # what an export folder holds
+ACCEPTS = Accepts("export", options=(*COMMON_OPTIONS, "format", "output", "split", "tolerance"),
+                  editable=RUNTIME_KEYS, new_data=NEW_DATA)  # data.path: check the export on that manifest
 
 
 def export(cfg: DictConfig) -> dict:
-    predictor, path, read, run_cfg = open_checkpoint(cfg, "export", option_problems(cfg))
+    predictor, opened = open_predictor(cfg, ACCEPTS, list(HydraConfig.get().overrides.task), option_problems(cfg))
+    path, read = opened.path, opened.reads
     out = writable_folder(output_folder(cfg)[1])  # before tracing: a read-only or full folder says so now
     model = predictor.model.float().cpu().eval()  # exported in float32 on the CPU, whatever trained it
     wrapper = portable.PositionalModel(model, predictor.modalities, list(predictor.tasks)).eval()
@@ -51,7 +56,7 @@ def export(cfg: DictConfig) -> dict:
         for written in (target, target.with_name(f"{target.name}.data")):  # onnx's external weights
             discard(written)  # the folder held no export before (option_problems): nothing earlier goes
         raise
-    atomic_write_text(out / CONFIG, OmegaConf.to_yaml(OmegaConf.to_container(run_cfg, resolve=True)))
+    atomic_write_text(out / CONFIG, OmegaConf.to_yaml(OmegaConf.to_container(opened.config, resolve=True)))
     atomic_write_text(out / DATA_STATE, json.dumps(predictor.data_state, indent=1))
     meta = {"format": cfg.format, "file": target.name, "checkpoint": str(path), "mtlrun_version": __version__,
             "epoch": predictor.epoch, "inputs": _describe(wrapper.input_names(), args),

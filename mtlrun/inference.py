@@ -1,8 +1,9 @@
 """A trained model, ready to predict: from a checkpoint (`.pt`) or an exported weights folder (`mtlrun export
 format=weights`) to the model in eval mode, its tasks and the data module with the fitted preprocessing.
 
-`mtlrun predict`, `mtlrun export` and the Python API (`mtlrun.load`) all come through here, so they read a
-checkpoint the way `mtlrun eval` does: the stored config is trust-checked before anything is built from it.
+The one checkpoint opener: `mtlrun eval`, `mtlrun predict`, `mtlrun export` (open_checkpoint, each command
+declaring what it accepts in an `Accepts`) and the Python API (`mtlrun.load`) all read a checkpoint through
+open_source, so the stored config is trust-checked before anything is built from it, the same way for all.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtlrun import distributed
 from mtlrun.build import Components, build_components
-from mtlrun.instantiate import instantiate_node
+from mtlrun.instantiate import TargetNotFound, instantiate_node, locate
 from mtlrun.checks import is_int
-from mtlrun.trust import check_source
+from mtlrun.overrides import apply_overrides
+from mtlrun.trust import check_source, without_trackers
 from mtlrun.validation import validate_eval
+from mtlrun.data.base import SPLITS
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.device import autocast, resolve_device
 from mtlrun.engine.predictions import Predictions
+from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
 from mtlrun.untrusted_files import UntrustedFileError, read_json, read_yaml
 
@@ -30,11 +35,12 @@ from mtlrun.untrusted_files import UntrustedFileError, read_json, read_yaml
 WEIGHTS, CONFIG, DATA_STATE, META = "model.safetensors", "config.yaml", "data_state.json", "export.json"
 
 
-def read_source(path: str | Path, key: str = "checkpoint") -> dict:
+def read_source(path: str | Path, key: str = "checkpoint", exports: bool = True) -> dict:
     """{"config", "model", "data", "epoch", "global_step", "label"} from a checkpoint file or an exported weights
-    folder (with "files": the file of each part), not checked yet (check_source)."""
+    folder (with "files": the file of each part), not checked yet (check_source). `exports` False: a folder is
+    refused as checkpoint.load refuses it."""
     path = Path(path).expanduser()
-    if not path.is_dir():
+    if not path.is_dir() or not exports:
         state = checkpoint.load(path, key)
         return {"config": state["config"], "model": state["model"], "data": state.get("data") or {},
                 "epoch": state.get("epoch"), "global_step": state.get("global_step"), "label": f"{key}={path}"}
@@ -85,7 +91,11 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     preprocessing: every row is the test split, target and split columns are not needed. Relative file paths
     in its cells start at `root` (null: its own folder, whatever root training had); `encoding` and `na_values`
     null: the training manifest's."""
-    if not hasattr(_data_class(cfg), "read_unlabelled"):
+    try:
+        data_class = locate(str(cfg.data._target_))
+    except TargetNotFound as exc:
+        raise UsageError(f"data._target_={cfg.data._target_}: cannot import it ({exc})") from None
+    if not hasattr(data_class, "read_unlabelled"):
         raise UsageError(f"data.path={path}: new rows are read by data=table; this model was trained on "
                          f"{cfg.data._target_}; predict one of its splits with split=train|val|test instead")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
@@ -99,12 +109,6 @@ def prediction_data(cfg: DictConfig, data_state: dict, path: str | Path, root: s
     data.load_state_dict(data_state)
     data.read_unlabelled()
     return data
-
-
-def _data_class(cfg: DictConfig):
-    from hydra.utils import get_class
-
-    return get_class(str(cfg.data._target_))
 
 
 @dataclass
@@ -191,9 +195,96 @@ def load(checkpoint: str | Path, trusted_targets: Sequence[str] = (), *, device:
     `trusted_targets=[...]` on the command line); a checkpoint cannot trust itself. `data_path`: read this
     manifest instead of the training one (data=table), e.g. when the training files are not on this machine.
     """
-    source = read_source(checkpoint)
-    check_source(source, list(trusted_targets), source["label"])
+    source = open_source(checkpoint, trusted_targets)
     cfg = OmegaConf.create(source["config"])
-    validate_eval(cfg, ())  # as predict does: fills in the trainer keys an older checkpoint lacks
+    validate_eval(cfg, ())  # as the commands do: fills in the trainer keys an older checkpoint lacks
     data = prediction_data(cfg, source["data"], data_path) if data_path is not None else None
     return build_predictor(cfg, source, data=data, device=device)
+
+
+# ------------------------------------------------------------------------ opening a checkpoint for a command
+COMMON_OPTIONS = ("checkpoint", "trusted_targets")
+# The keys of a checkpoint's config that say how its model runs here, not what it is: predict and export may
+# change these (eval as well, and trainer.limit_eval_batches).
+RUNTIME_KEYS = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
+                "trainer.device", "trainer.precision", "trainer.threads")
+# data=table: reading another manifest (predict, export); the others only together with data.path
+NEW_DATA = ("data.path", "data.root", "data.encoding", "data.na_values")
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a command that opens a checkpoint accepts: its own `options` (top-level keys), the `editable` keys
+    of the checkpoint's config, and the `new_data` keys that read another manifest. Its configs/<command>.yaml
+    holds exactly these keys (tests/cli/test_checkpoint_opener.py). `exports`: it reads an exported weights
+    folder as well as a .pt; `one_process`: it refuses a launcher (every rank would write the same files)."""
+
+    command: str
+    options: tuple[str, ...]
+    editable: tuple[str, ...]
+    new_data: tuple[str, ...] = ()
+    exports: bool = True
+    one_process: bool = True
+
+
+@dataclass
+class Opened:
+    """A checkpoint opened for a command: `source` as open_source gives it, `config` its config with the user's
+    overrides, validated; `reads`: the data the command reads (`split=test`, or the new manifest's path)."""
+
+    path: Path
+    source: dict
+    config: DictConfig
+    reads: str
+
+
+def open_source(path: str | Path, trusted: Sequence[str], exports: bool = True) -> dict:
+    """read_source, then check_source, then the config without its trackers (`logger`): eval, predict, export
+    and mtlrun.load never build them, and the trust check does not look at them, so nothing after it (the
+    validation imports every `_target_`) may see them, and no config.yaml they write carries them on."""
+    source = read_source(path, exports=exports)
+    check_source(source, [str(p) for p in trusted], source["label"])
+    return {**source, "config": without_trackers(source["config"])}
+
+
+def open_checkpoint(cfg: DictConfig, accepts: Accepts, typed: Sequence[str], options: Sequence[str] = ()) -> Opened:
+    """`cfg.checkpoint` opened for the command `accepts` declares: read and trust-checked (open_source), the
+    overrides the user `typed` applied where `accepts` allows them, every problem listed at once with the
+    command's own (`options`), then its threads; `data.batch_size` alone sets the eval batch size."""
+    what = accepts.command
+    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
+        folder = ", or the folder of `mtlrun export format=weights`" if accepts.exports else ""
+        raise UsageError(f"mtlrun {what} needs checkpoint=PATH (e.g. outputs/train/<date>/<time>/checkpoints/best.pt"
+                         f"{folder})")
+    options = [*([f"split={cfg.split}: valid: {', '.join(SPLITS)}"] if cfg.split not in SPLITS else []), *options]
+    if accepts.one_process and distributed.dist_info().enabled:
+        raise UsageError(f"mtlrun {what} runs in one process; start it without torchrun / srun")
+    path = Path(cfg.checkpoint).expanduser().resolve()
+    source = open_source(path, cfg.get("trusted_targets") or [], accepts.exports)
+    new_data = cfg.data.get("path") is not None
+    data_keys = [o for o in typed if o.split("=", 1)[0].lstrip("+~") in accepts.new_data]
+    if data_keys and not new_data:
+        raise UsageError("data.root / data.encoding / data.na_values: only with data.path=NEW_MANIFEST (the rows to "
+                         "read)")
+    run_cfg = apply_overrides(source["config"], cfg, [o for o in typed if o not in data_keys], accepts.editable,
+                              what, skip=accepts.options)
+    validate_eval(run_cfg, accepts.editable, options)  # after the trust check: it imports the config's targets
+    apply_threads(run_cfg.trainer.threads)
+    if cfg.data.batch_size is not None and cfg.data.eval_batch_size is None:
+        run_cfg.data.eval_batch_size = cfg.data.batch_size  # for these commands "batch size" is the eval batch size
+    reads = str(Path(cfg.data.path).expanduser().resolve()) if new_data else f"split={cfg.split}"
+    return Opened(path, source, run_cfg, reads)
+
+
+def open_predictor(cfg: DictConfig, accepts: Accepts, typed: Sequence[str],
+                   options: Sequence[str] = ()) -> tuple[Predictor, Opened]:
+    """open_checkpoint, then the model with its weights (predict, export): on the data of `data.path` (a new
+    manifest, read with the checkpoint's fitted preprocessing) or of the checkpoint's own config."""
+    opened = open_checkpoint(cfg, accepts, typed, options)
+    run_cfg, data = opened.config, None
+    if cfg.data.get("path") is not None:
+        data = prediction_data(run_cfg, opened.source["data"], Path(cfg.data.path).expanduser(), cfg.data.root,
+                               cfg.data.encoding, cfg.data.get("na_values"))
+    predictor = build_predictor(run_cfg, opened.source, data=data, device=str(run_cfg.trainer.device),
+                                precision=str(run_cfg.trainer.precision))
+    return predictor, opened

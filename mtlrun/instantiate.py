@@ -7,6 +7,7 @@ config problem naming the keys, not as a traceback."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 
@@ -17,6 +18,44 @@ from omegaconf import DictConfig
 from mtlrun.errors import ConfigError, MtlrunError, UsageError
 
 log = logging.getLogger("mtlrun")
+
+
+class TargetNotFound(ImportError):
+    """A `_target_` that names no object (`broken` False: `'torch.optim' has no 'Nope'`), or whose module is
+    there but fails to import (`broken` True: a package it needs is missing, a bug in it). The message is one
+    line, naming the part of the dotted name that fails."""
+
+    def __init__(self, target: str, reason: str, broken: bool = False):
+        super().__init__(reason)
+        self.target, self.broken = target, broken
+
+
+def locate(target: str):
+    """The object a dotted `_target_` names: its modules imported from the top down as far as they exist, then
+    attributes; only a module's own import runs (nothing is called). The one way mtlrun looks a `_target_` up
+    (validation, the trust check, the builder, inference), so a name fails the same way everywhere."""
+    parts = str(target).split(".")
+    obj, i = None, 0
+    while i < len(parts):
+        module = ".".join(parts[: i + 1])
+        try:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a package the module needs
+                raise TargetNotFound(target, f"{module} fails to import ({type(exc).__name__}: {exc})",
+                                     broken=True) from exc
+            break  # no such module: the rest are attributes
+        except Exception as exc:  # noqa: BLE001 - whatever the module's own code raises
+            raise TargetNotFound(target, f"{module} fails to import ({type(exc).__name__}: {exc})",
+                                 broken=True) from exc
+        i += 1
+    if obj is None:
+        raise TargetNotFound(target, f"no module named '{parts[0]}'")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            raise TargetNotFound(target, f"'{'.'.join(parts[:j])}' has no '{parts[j]}'")
+        obj = getattr(obj, parts[j])
+    return obj
 
 
 def instantiate_node(node: DictConfig, key: str, **kwargs):

@@ -18,11 +18,11 @@ as `oc.env` would read the user's environment into the run.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterator, Sequence
 
 from mtlrun.errors import Problems, UsageError
+from mtlrun.instantiate import TargetNotFound, locate
 
 # module prefixes whose classes may be built from a checkpoint, when they subclass one of the bases below
 SHIPPED_PREFIXES = ("mtlrun.models", "mtlrun.data", "mtlrun.tasks", "mtlrun.weighting", "torch.optim")
@@ -72,23 +72,6 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _locate(target: str):
-    """The object a dotted name refers to, like Hydra's locate but silent: the longest importable module
-    prefix, then attributes. Only called for names under mtlrun's and torch's own modules."""
-    parts = target.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-            break
-        except ImportError:
-            continue
-    else:
-        raise ImportError(target)
-    for attr in parts[i:]:
-        obj = getattr(obj, attr)
-    return obj
-
-
 def _why_not_shipped(target: str) -> str | None:
     """None when `target` is a class (or schedule) mtlrun ships for building; otherwise the reason."""
     module = target.rpartition(".")[0]
@@ -97,8 +80,8 @@ def _why_not_shipped(target: str) -> str | None:
     if not (_under(module, SHIPPED_PREFIXES) or module == SCHEDULES_MODULE):
         return NEVER_BUILT
     try:
-        obj = _locate(target)
-    except Exception:
+        obj = locate(target)
+    except TargetNotFound:
         return "no such class in this mtlrun / torch"
     home = getattr(obj, "__module__", "") or ""
     if module == SCHEDULES_MODULE:
@@ -116,9 +99,9 @@ def _why_not_trusted(target: str, trusted: Sequence[str]) -> str | None:
     imports: `mypkg.os.makedirs` is os.makedirs. Imports the trusted module, which runs only code the user
     trusts; calls nothing from the checkpoint."""
     try:
-        obj = _locate(target)
-    except Exception as exc:  # a trusted module that fails to import, a name it does not have
-        return f"cannot be imported ({type(exc).__name__}: {exc})"
+        obj = locate(target)
+    except TargetNotFound as exc:  # a trusted module that fails to import, a name it does not have
+        return f"cannot be imported ({exc})"
     home, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if isinstance(home, str) and _under(home, trusted):
         return None
@@ -261,8 +244,8 @@ def _check_data_state(config: dict, state, where: str) -> None:
         raise UsageError(f"{where}: holds {type(state).__name__}, not a mapping")
     target = config["data"].get("_target_")
     try:
-        data_class = _locate(str(target))
-    except Exception:
+        data_class = locate(str(target))
+    except TargetNotFound:
         return  # building the data says what is wrong with its `_target_`
     problems = data_class.state_problems(state, config["data"]) if hasattr(data_class, "state_problems") else []
     if problems:

@@ -8,7 +8,6 @@ naming the key and what is valid; together they end the run as one ConfigError.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
@@ -19,21 +18,19 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import distributed, schema
+from mtlrun.build import SUPPLIED
 from mtlrun.checks import is_int, is_number
 from mtlrun.engine.ddp import sync_batchnorm_problem
 from mtlrun.engine.device import resolve_device
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.errors import ConfigError, Problems, UsageError
-from mtlrun.instantiate import CONSTRUCTOR_ERRORS, constructor_problem
+from mtlrun.instantiate import CONSTRUCTOR_ERRORS, TargetNotFound, constructor_problem, locate
 from mtlrun.schema import RESERVED_TASK_KEYS
 from mtlrun.task_selection import task_configs
 from mtlrun.weighting.base import accumulates_exactly
 
 log = logging.getLogger("mtlrun")
 
-# What the code that builds a section passes itself: its target's signature lists these, a config does not.
-SUPPLIED = {"optim": ("params",), "scheduler": ("optimizer", "total_steps"),
-            "arch": ("make_encoder", "tasks", "modality"), "fusion": ("dims", "token_dims", "models", "tasks")}
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -74,8 +71,8 @@ def training_problems(cfg: DictConfig) -> list[str]:
     accumulate = trainer.get("accumulate", 1)
     if is_int(accumulate) and accumulate > 1 and isinstance(weighting, DictConfig) and "_target_" in weighting:
         try:
-            method = _locate(str(weighting._target_))
-        except (ImportError, _CannotInspect):
+            method = locate(str(weighting._target_))
+        except TargetNotFound:
             method = None  # check_targets says so
         reason = method.accumulation_problem(weighting.get("grad_on")) if hasattr(method, "accumulation_problem") \
             else None
@@ -174,17 +171,6 @@ def _check_tasks(cfg: DictConfig, p: Problems) -> None:
             p.add(f"tasks.{name}.weight={task.weight}: must be a number >= 0")
 
 
-def validate_monitor(monitor: str, tasks: dict) -> None:
-    """trainer.monitor against the built tasks' metrics (the tasks are known only once the data is)."""
-    if monitor in ("auto", "mean"):
-        return
-    key = monitor.removeprefix("val/")
-    task, _, metric = key.partition("/")
-    valid = ["auto", "mean"] + [f"val/{t}/{m}" for t, task_ in tasks.items() for m in ("loss", *task_.metric_names)]
-    if task not in tasks or (metric != "loss" and metric not in tasks[task].metric_names):
-        raise UsageError(f"trainer.monitor={monitor}: not a validation metric; valid: {', '.join(valid)}")
-
-
 # ------------------------------------------------------------------------ `_target_` nodes vs signatures
 def check_targets(cfg: DictConfig) -> list[str]:
     """Every `_target_` node's keys against its target's signature, and the optim and scheduler values,
@@ -255,10 +241,10 @@ def _parameters(key: str, node: DictConfig, problems: Problems) -> dict | None:
     inspected); a key of `node` it does not take is added to `problems`."""
     target = str(node._target_)
     try:
-        obj = _locate(target)
-    except _CannotInspect:
-        return None  # e.g. it needs a package that is not installed: build says so, if it builds it at all
-    except ImportError as exc:
+        obj = locate(target)
+    except TargetNotFound as exc:
+        if exc.broken:
+            return None  # e.g. it needs a package that is not installed: build says so, if it builds it at all
         problems.add(f"{key}._target_={target}: cannot import it ({exc}); give the dotted path of a class "
                      f"or function, e.g. a `_target_` from mtlrun's configs")
         return None
@@ -274,33 +260,6 @@ def _parameters(key: str, node: DictConfig, problems: Problems) -> dict | None:
             hint = f"; {close}" if close.startswith("did you") else ""
             problems.add(f"{key}.{name}: {target} takes no argument '{name}'; valid: {', '.join(valid)}{hint}")
     return params
-
-
-class _CannotInspect(Exception):
-    """The target's module exists but fails to import (a package it needs is missing, a bug in it)."""
-
-
-def _locate(target: str):
-    """The object a dotted name refers to: the longest importable module prefix, then attributes. ImportError
-    when there is no such object; _CannotInspect when its module is there but fails to import."""
-    parts = target.split(".")
-    for i in range(len(parts), 0, -1):
-        module = ".".join(parts[:i])
-        try:
-            obj = importlib.import_module(module)
-            break
-        except ModuleNotFoundError as exc:
-            if exc.name and not (module == exc.name or module.startswith(exc.name + ".")):
-                raise _CannotInspect(target) from exc
-        except Exception as exc:
-            raise _CannotInspect(target) from exc
-    else:
-        raise ImportError(f"no module named '{parts[0]}'")
-    for j in range(i, len(parts)):
-        if not hasattr(obj, parts[j]):
-            raise ImportError(f"'{'.'.join(parts[:j])}' has no '{parts[j]}'")
-        obj = getattr(obj, parts[j])
-    return obj
 
 
 def _keyword_parameters(obj) -> dict | None:

@@ -281,6 +281,61 @@ def test_keys_a_target_does_not_take_are_reported_for_every_node():
     ]
 
 
+def test_the_keys_validation_leaves_out_are_what_the_builder_passes(tmp_path, monkeypatch):
+    """build.SUPPLIED, the keys check_targets does not call valid, is what a build hands each target itself:
+    recorded on a single-modality run (arch, optim, and the scheduler the Trainer calls) and on an early and a
+    late fusion (fusion's two sets of arguments), by name as the target's signature binds them."""
+    import functools
+    import inspect
+
+    from mtlrun import build
+    from mtlrun.instantiate import locate
+
+    passed: dict[str, set] = {}
+    real = build.instantiate_node
+
+    def recording(node, key, **kwargs):
+        built = real(node, key, **kwargs)
+        if key not in build.SUPPLIED:
+            return built
+        passed.setdefault(key, set()).update(kwargs)
+        if not isinstance(built, functools.partial):
+            return built
+        signature = inspect.signature(locate(str(node._target_)))
+
+        def call(*args, **more):
+            passed[key].update(signature.bind_partial(*args, **more).arguments)
+            return built(*args, **more)
+
+        return call
+
+    monkeypatch.setattr(build, "instantiate_node", recording)
+    build.build_trainer(compose_config([*TINY, "logger=[]"]), tmp_path)
+    multimodal = ["data=digits_av", "tasks=digits_av", "data.n_train=16", "data.n_val=8", "data.n_test=8",
+                  "data.modalities=[image,tabular]", "backbone.image.channels=[4]", "backbone.image.out_dim=8",
+                  "backbone.tabular.hidden=[8]", "backbone.tabular.out_dim=8"]
+    build.build_components(compose_config([*multimodal, "fusion=concat", "fusion.dim=8", "fusion.trunk=[8]"]))
+    build.build_components(compose_config([*multimodal, "fusion=late"]))
+    assert passed == {key: set(names) for key, names in build.SUPPLIED.items()}
+
+
+def test_a_target_is_located_one_way(tmp_path, monkeypatch):
+    """instantiate.locate, which validation, the trust check, the builder and inference share: a name that is
+    not there, and a module that is there but fails to import, are each one TargetNotFound with a one-line
+    reason (`broken` tells them apart: validation leaves a broken module to the build)."""
+    from mtlrun.instantiate import TargetNotFound, locate
+
+    (tmp_path / "fails_on_import.py").write_text("raise RuntimeError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert locate("torch.optim.SGD") is torch.optim.SGD
+    with pytest.raises(TargetNotFound) as missing:
+        locate("torch.optim.Nope")
+    assert (str(missing.value), missing.value.broken) == ("'torch.optim' has no 'Nope'", False)
+    with pytest.raises(TargetNotFound) as broken:
+        locate("fails_on_import.Thing")
+    assert (str(broken.value), broken.value.broken) == ("fails_on_import fails to import (RuntimeError: broken)", True)
+
+
 def test_targets_of_user_code(tmp_path, monkeypatch):
     cfg = compose_config()
     cfg.weighting = {"_target_": "logging.basicConfig", "anything": 1}  # takes **kwargs: any key

@@ -143,11 +143,13 @@ def test_predict_and_export_refuse_to_run_under_a_launcher(monkeypatch, command)
     """Under torchrun every rank would write the same prediction / export files over each other."""
     from omegaconf import OmegaConf
 
+    import importlib
+
     from mtlrun import distributed
     from mtlrun.errors import UsageError
-    from mtlrun.predict import open_checkpoint
+    from mtlrun.inference import open_checkpoint
 
     monkeypatch.setattr(distributed, "dist_info", lambda: distributed.DistInfo(rank=1, world_size=2))
     cfg = OmegaConf.create({"checkpoint": "best.pt", "split": "test"})
     with pytest.raises(UsageError, match=f"mtlrun {command} runs in one process; start it without torchrun"):
-        open_checkpoint(cfg, command)
+        open_checkpoint(cfg, importlib.import_module(f"mtlrun.{command}").ACCEPTS, [])
