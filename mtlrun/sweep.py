@@ -9,7 +9,7 @@ and returns normally, and `finish` prints a summary after the sweep and picks th
 (TrainingInterrupted: SIGINT / SIGTERM) is not a job failure: it still ends the whole sweep.
 
 The sweeper may be another one than Hydra's basic sweeper: with hydra-optuna-sweeper (`hparams_search=...`)
-a job's return value is the number Optuna optimises (mtlrun/objective.py). A failed job returns FailedJob,
+a job's return value is the number Optuna optimises (mtlrun/objective.py). A failed job returns NoResult,
 which is no number, so Optuna marks the trial failed and asks for the next (a NaN would end the sweep:
 hydra-optuna-sweeper 1.3 then tells optuna 2.10 a failed trial with a value, which raises). When no trial
 completes, the plugin raises while asking Optuna for the best one; tolerate_no_completed_trial turns that
@@ -54,7 +54,7 @@ _outcomes: list[JobOutcome] = []  # this process's multirun jobs, in the order t
 
 
 @dataclass(frozen=True)
-class FailedJob:
+class NoResult:
     """A failed job's return value: not float-castable, so a sweeper that optimises the return value marks
     the trial failed; its text is what the sweeper's warning shows."""
 
@@ -167,7 +167,7 @@ def _yaml_list(path: Path) -> list:
 
 
 def run_job(fn, cfg):
-    """Run one multirun job: its result, or a FailedJob after recording its failure (an interrupt passes)."""
+    """Run one multirun job: its result, or a NoResult after recording its failure (an interrupt passes)."""
     from hydra.core.hydra_config import HydraConfig
 
     from mtlrun import distributed
@@ -199,7 +199,7 @@ def run_job(fn, cfg):
         _report_failure(outcome, None if refused else error_path, trace)
     elif main_rank:
         error_path.unlink(missing_ok=True)  # left by an earlier sweep into the same dir
-    return FailedJob(str(error_path)) if outcome.failed else result
+    return NoResult(str(error_path)) if outcome.failed else result
 
 
 def tolerate_no_completed_trial() -> None:
