@@ -138,14 +138,6 @@ def _last_value(overrides: list[str], key: str) -> str | None:
     return given[-1] if given else None
 
 
-def _log_to_files(level: int, message: str) -> None:
-    """Record a message in the run's log file without repeating it on the console."""
-    record = logging.LogRecord("mtlrun", level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def _warn_unused_sweep() -> None:
     """A config's own sweep (`hydra.sweeper.params`, e.g. experiment=stl_baselines) only applies with -m."""
     from hydra.core.hydra_config import HydraConfig
@@ -186,12 +178,13 @@ def _locked(fn, command: str):
 def _run_guarded(fn, cfg):
     from mtlrun.engine.signals import TrainingInterrupted
     from mtlrun.errors import MtlrunError, exit_on
+    from mtlrun.sweep import log_error_to_files
 
     log = logging.getLogger("mtlrun")
     try:
         return fn(cfg)
     except MtlrunError as exc:
-        exit_on(exc, also=lambda message: _log_to_files(logging.ERROR, message))
+        exit_on(exc, also=log_error_to_files)
     except TrainingInterrupted as exc:
         name = signal.Signals(exc.signum).name
         if exc.path is not None:

@@ -246,7 +246,7 @@ def _report_failure(outcome: JobOutcome, error_path: Path | None, trace: str | N
     if trace:
         sys.stderr.write(trace)
     print(message, file=sys.stderr)
-    _log_to_files(f"{trace or ''}{message}")
+    log_error_to_files(f"{trace or ''}{message}")
     if error_path is None:
         return
     try:
@@ -257,8 +257,9 @@ def _report_failure(outcome: JobOutcome, error_path: Path | None, trace: str | N
         print(f"warning: could not write {error_path}: {exc}", file=sys.stderr)
 
 
-def _log_to_files(message: str) -> None:
-    """The job's log file gets the error too, without repeating it on the console."""
+def log_error_to_files(message: str) -> None:
+    """Record an error in the run's (or the job's) log file, without repeating it on the console: the caller
+    has printed it on stderr already. Used here for a failed job and by mtlrun.cli for a failed run."""
     record = logging.LogRecord("mtlrun", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
