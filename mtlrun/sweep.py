@@ -126,13 +126,55 @@ def launcher_installed(overrides: list[str]) -> bool:
     which extra (False)."""
     import importlib.util
 
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
-    if chosen and chosen[-1] in SUBMITIT_LAUNCHERS and not importlib.util.find_spec("hydra_plugins.hydra_submitit_"
-                                                                                      "launcher"):
-        print(f'error: hydra/launcher={chosen[-1]} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
+    chosen = last_value(overrides, "hydra/launcher")
+    if chosen in SUBMITIT_LAUNCHERS and not importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
+        print(f'error: hydra/launcher={chosen} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
               file=sys.stderr)
         return False
     return True
+
+
+def asks_multirun(overrides: list[str]) -> bool:
+    return any(o in ("-m", "--multirun") for o in overrides)
+
+
+def last_value(overrides: list[str], key: str) -> str | None:
+    """The value the command line's last `key=...` gives (the one Hydra uses), or None."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return given[-1] if given else None
+
+
+def optuna_search(overrides: list[str]) -> str | None:
+    """The override that asks for an Optuna search (hparams_search presets run hydra-optuna-sweeper)."""
+    asked = [o for o in overrides if (o.lstrip("+").partition("=")[0] == "hparams_search"
+                                      and o.partition("=")[2] not in ("", "null"))
+             or o.lstrip("+") == "hydra/sweeper=optuna"]
+    return asked[-1] if asked else None
+
+
+def sweeper_installed(overrides: list[str]) -> bool:
+    """An Optuna search needs hydra-optuna-sweeper (the optional extra): without it, say so (False)."""
+    from importlib.util import find_spec
+
+    search = optuna_search(overrides)
+    if search and not all(find_spec(name) is not None for name in ("hydra_plugins.hydra_optuna_sweeper", "optuna")):
+        print(f"error: {search}: an Optuna search needs hydra-optuna-sweeper, which is not installed; "
+              f'pip install "mtlrun[optuna]"', file=sys.stderr)
+        return False
+    return True
+
+
+def warn_unused_sweep() -> None:
+    """A config's own sweep (`hydra.sweeper.params`, e.g. experiment=stl_baselines) only applies with -m."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
+    if hydra_cfg.mode == RunMode.RUN and params:
+        sweep = " ".join(f"{k}={v}" for k, v in params.items())
+        logging.getLogger("mtlrun").warning(f"the config sweeps {sweep}, which applies only to a multirun: "
+                                            f"this single run ignores it (add -m to run the sweep)")
 
 
 def outcomes_on_disk(command: str, overrides: list[str], since: float) -> list[JobOutcome]:
@@ -164,6 +206,11 @@ def _yaml_list(path: Path) -> list:
         return list(OmegaConf.load(path))
     except Exception:  # noqa: BLE001 - unreadable: the job is still counted
         return []
+
+
+def recorded(fn):
+    """`fn` as a job whose error, in a multirun, is recorded in its dir while the sweep goes on (run_job)."""
+    return (lambda cfg: run_job(fn, cfg)) if is_multirun() else fn
 
 
 def run_job(fn, cfg):
@@ -308,7 +355,7 @@ def finish(code, command: str | None = None, overrides: list[str] = (), since: f
 
     outcomes = list(_outcomes)
     _outcomes.clear()
-    if not outcomes and command and any(o in ("-m", "--multirun") for o in overrides):
+    if not outcomes and command and asks_multirun(overrides):
         outcomes = outcomes_on_disk(command, overrides, since)
     if not any(o.failed for o in outcomes):
         return code
