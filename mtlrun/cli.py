@@ -80,43 +80,50 @@ def usage() -> str:
 
 
 def _start_time() -> datetime:
-    """One timestamp for the run dir, shared by all DDP ranks so they write to the same directory."""
+    """One timestamp for the run dir (the `mtlrun_now` resolver), shared by all DDP ranks so they write to the
+    same directory: joins the process group under torchrun/srun."""
+    from omegaconf import OmegaConf
+
     from mtlrun import distributed
 
     distributed.init_if_launched()
-    return distributed.broadcast_object(datetime.now())
+    started = distributed.broadcast_object(datetime.now())
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
+    return started
 
 
 def _resume_in_place(overrides: list[str]) -> list[str]:
     """`resume=RUN/checkpoints/last.pt` continues in RUN unless the user chose another hydra.run.dir."""
     from pathlib import Path
 
-    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
-    if not resume or resume[-1] in ("", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
+    from mtlrun.sweep import last_value
+
+    resume = last_value(overrides, "resume")
+    if resume in (None, "", "null") or last_value(overrides, "hydra.run.dir") is not None:
         return overrides
-    path = Path(resume[-1]).expanduser().resolve()
+    path = Path(resume).expanduser().resolve()
     if path.parent.name == "checkpoints" and path.parent.parent.is_dir():
         return [*overrides, f"hydra.run.dir={path.parent.parent}"]
     return overrides
 
 
-def _take_explicit_dirs(command: str, overrides: list[str]) -> int:
+def _take_explicit_dirs(command: str, overrides: list[str]) -> None:
     """Take a run dir given as `hydra.run.dir=...` (its lock and records check, rundir.acquire) before Hydra
     writes its .hydra/ files and the log there, so a run refused there changes nothing in it; for a sweep into
-    `hydra.sweep.dir=...`, check its job dirs the same way. 0, or the exit code after saying why. A run dir
+    `hydra.sweep.dir=...`, check its job dirs the same way. A refusal says why and ends the command. A run dir
     made from the date is taken when the job starts (_locked), as is each job dir of a sweep."""
     from pathlib import Path
 
-    from mtlrun import distributed
     from mtlrun.engine import rundir
     from mtlrun.errors import MtlrunError, RunDirRefused
+    from mtlrun.sweep import asks_multirun, last_value
 
     flags = {o.split("=")[0] for o in overrides}
     not_a_run = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve"}
-    sweep = bool(flags & {"-m", "--multirun"})
-    given = _last_value(overrides, "hydra.sweep.dir" if sweep else "hydra.run.dir")
+    sweep = asks_multirun(overrides)
+    given = last_value(overrides, "hydra.sweep.dir" if sweep else "hydra.run.dir")
     if given is None or "${" in given or flags & not_a_run:
-        return 0
+        return
     folder = Path(given).expanduser()
     try:
         if sweep:
@@ -124,46 +131,10 @@ def _take_explicit_dirs(command: str, overrides: list[str]) -> int:
             if why:
                 raise RunDirRefused(why)
         else:  # held until the process exits
-            rundir.acquire(folder, command, resumes=rundir.resumes_in(folder, _last_value(overrides, "resume")))
+            rundir.acquire(folder, command, resumes=rundir.resumes_in(folder, last_value(overrides, "resume")))
     except MtlrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if distributed.dist_info().enabled:
-            _exit_distributed(exc.exit_code)
-        return exc.exit_code
-    return 0
-
-
-def _last_value(overrides: list[str], key: str) -> str | None:
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
-    return given[-1] if given else None
-
-
-def _log_to_files(level: int, message: str) -> None:
-    """Record a message in the run's log file without repeating it on the console."""
-    record = logging.LogRecord("mtlrun", level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-def _warn_unused_sweep() -> None:
-    """A config's own sweep (`hydra.sweeper.params`, e.g. experiment=stl_baselines) only applies with -m."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
-    if hydra_cfg.mode == RunMode.RUN and params:
-        sweep = " ".join(f"{k}={v}" for k, v in params.items())
-        logging.getLogger("mtlrun").warning(f"the config sweeps {sweep}, which applies only to a multirun: "
-                                            f"this single run ignores it (add -m to run the sweep)")
-
-
-def _sweep_job(fn):
-    """In a multirun a job's error is recorded in its dir and the sweep goes on (mtlrun/sweep.py)."""
-    from mtlrun import sweep
-
-    return (lambda cfg: sweep.run_job(fn, cfg)) if sweep.is_multirun() else fn
+        _exit(exc.exit_code)
 
 
 def _locked(fn, command: str):
@@ -186,12 +157,13 @@ def _locked(fn, command: str):
 def _run_guarded(fn, cfg):
     from mtlrun.engine.signals import TrainingInterrupted
     from mtlrun.errors import MtlrunError, exit_on
+    from mtlrun.sweep import log_error_to_files
 
     log = logging.getLogger("mtlrun")
     try:
         return fn(cfg)
     except MtlrunError as exc:
-        exit_on(exc, also=lambda message: _log_to_files(logging.ERROR, message))
+        exit_on(exc, also=log_error_to_files)
     except TrainingInterrupted as exc:
         name = signal.Signals(exc.signum).name
         if exc.path is not None:
@@ -216,20 +188,6 @@ def _cwd_on_path() -> None:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
-
-
-def _optuna_search(overrides: list[str]) -> str | None:
-    """The override that asks for an Optuna search (hparams_search presets run hydra-optuna-sweeper)."""
-    asked = [o for o in overrides if (o.lstrip("+").partition("=")[0] == "hparams_search"
-                                      and o.partition("=")[2] not in ("", "null"))
-             or o.lstrip("+") == "hydra/sweeper=optuna"]
-    return asked[-1] if asked else None
-
-
-def _optuna_installed() -> bool:
-    from importlib.util import find_spec
-
-    return all(find_spec(name) is not None for name in ("hydra_plugins.hydra_optuna_sweeper", "optuna"))
 
 
 def _completion(argv: list[str]) -> None:
@@ -269,66 +227,104 @@ def _hydra_completion(command: str, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`mtlrun COMMAND [overrides]`, step by step; a step that must end the command exits itself."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _answered_without_a_command(argv):  # --help, -sc (shell completion), --version
+        return
+    command, overrides = _known_command(argv)
+    if command in NOT_HYDRA:  # report: plain flags, no config
+        _command_function(command)(overrides)
+        return
+    _check_sweeper(overrides)
+    if any(o in COMPLETION_FLAGS for o in overrides):
+        _hydra_completion(command, overrides)
+        return
+    _cwd_on_path()
+    if command == "train":
+        overrides = _resume_in_place(overrides)
+    started = _start_time()
+    ddp_sweep = _ddp_sweep(overrides)
+    overrides = _rank_overrides(overrides)
+    _check_launcher(command, overrides, ddp_sweep)
+    _take_explicit_dirs(command, overrides)
+    code, exited = _run_hydra(command, overrides, ddp_sweep)
+    _finish(command, overrides, started, code, exited)
+
+
+def _answered_without_a_command(argv: list[str]) -> bool:
+    """--help (usage; no argument at all: usage, exit 2), shell completion, --version: True once answered."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         raise SystemExit(0 if argv else USAGE_EXIT)
     if argv[0] in COMPLETION_FLAGS:
         _completion(argv)
-        return
+        return True
     if argv[0] == "--version":
         from mtlrun import __version__
 
         print(f"mtlrun {__version__}")
-        return
+        return True
+    return False
+
+
+def _known_command(argv: list[str]) -> tuple[str, list[str]]:
+    """The subcommand and its arguments; exit 2 for an unknown one."""
     command, overrides = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
         print(f"error: unknown command {command!r}; valid: {', '.join(SUBCOMMANDS)} (see mtlrun --help)",
               file=sys.stderr)
         raise SystemExit(USAGE_EXIT)
-    if command in NOT_HYDRA:
-        module_name, fn_name = SUBCOMMANDS[command][0].split(":")
-        getattr(importlib.import_module(module_name), fn_name)(overrides)
-        return
+    return command, overrides
 
-    search = _optuna_search(overrides)
-    if search and not _optuna_installed():  # the optional extra
-        print(f"error: {search}: an Optuna search needs hydra-optuna-sweeper, which is not installed; "
-              f'pip install "mtlrun[optuna]"', file=sys.stderr)
-        raise SystemExit(USAGE_EXIT)
-    if any(o in COMPLETION_FLAGS for o in overrides):
-        _hydra_completion(command, overrides)
-        return
 
-    import hydra
-    from omegaconf import OmegaConf
+def _command_function(command: str):
+    module_name, fn_name = SUBCOMMANDS[command][0].split(":")
+    return getattr(importlib.import_module(module_name), fn_name)
 
+
+def _check_sweeper(overrides: list[str]) -> None:
+    """An Optuna search (hparams_search=...) needs the optional extra: exit 2, saying so, without it."""
     from mtlrun import sweep
-    from mtlrun.config import config_dir
+
+    if not sweep.sweeper_installed(overrides):
+        raise SystemExit(USAGE_EXIT)
+
+
+def _ddp_sweep(overrides: list[str]) -> bool:
+    """`-m` under torchrun/srun: every rank runs the same sweep, each job one DDP job (mtlrun/sweep.py)."""
+    from mtlrun import distributed, sweep
+
+    return distributed.dist_info().enabled and sweep.asks_multirun(overrides)
+
+
+def _rank_overrides(overrides: list[str]) -> list[str]:
+    """Only rank 0 writes into the run dir: the other ranks run without Hydra's output files and logs."""
     from mtlrun import distributed
 
-    _cwd_on_path()
-    if search and any(o in ("-m", "--multirun") for o in overrides):
-        sweep.tolerate_no_completed_trial()
-    if command == "train":
-        overrides = _resume_in_place(overrides)
-    started = _start_time()
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: started.strftime(fmt), replace=True)
-    # `-m` under torchrun/srun: every rank runs the same sweep, job by job, each job one DDP job (mtlrun/sweep.py)
-    ddp_sweep = distributed.dist_info().enabled and any(o in ("-m", "--multirun") for o in overrides)
-    if distributed.dist_info().rank > 0:  # only rank 0 writes into the run dir
-        overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    if distributed.dist_info().rank > 0:
+        return [*overrides, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return overrides
 
-    if not sweep.launcher_installed(overrides) or (ddp_sweep and
-                                                   not sweep.launcher_keeps_ranks_in_step(command, overrides)):
-        if distributed.dist_info().enabled:
-            _exit_distributed(USAGE_EXIT)
-        raise SystemExit(USAGE_EXIT)
-    refused = _take_explicit_dirs(command, overrides)
-    if refused:
-        raise SystemExit(refused)
-    module_name, fn_name = SUBCOMMANDS[command][0].split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
+
+def _check_launcher(command: str, overrides: list[str], ddp_sweep: bool) -> None:
+    """Exit 2, saying why, when the launcher is not installed or, in a sweep under torchrun/srun, would not keep
+    the ranks in step."""
+    from mtlrun import sweep
+
+    if not sweep.launcher_installed(overrides) or (ddp_sweep and not sweep.launcher_keeps_ranks_in_step(command, overrides)):
+        _exit(USAGE_EXIT)
+
+
+def _run_hydra(command: str, overrides: list[str], ddp_sweep: bool) -> tuple[object, bool]:
+    """Hydra runs the job (each of a -m sweep), guarded, in its locked run dir: its exit code, and if it exited."""
+    import hydra
+
+    from mtlrun import distributed, sweep
+    from mtlrun.config import config_dir
+
+    if sweep.optuna_search(overrides) and sweep.asks_multirun(overrides):
+        sweep.tolerate_no_completed_trial()
+    fn = _command_function(command)
     reached = False
 
     def task(cfg):
@@ -336,31 +332,35 @@ def main(argv: list[str] | None = None) -> None:
         reached = True
         if not ddp_sweep and not distributed.dist_info().enabled:
             # a launcher's job process (hydra/launcher=slurm: one of srun's tasks) joins its job's group
-            return _in_launched_group(lambda: _run_guarded(_sweep_job(_locked(fn, command)), cfg))
-        _warn_unused_sweep()
-        return _run_guarded(_sweep_job(_locked(fn, command)), cfg)
+            return _in_launched_group(lambda: _run_guarded(sweep.recorded(_locked(fn, command)), cfg))
+        sweep.warn_unused_sweep()
+        return _run_guarded(sweep.recorded(_locked(fn, command)), cfg)
 
     sys.argv = [f"mtlrun {command}", *overrides]
-    code, exited = 0, False
     try:
         hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task)()
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or an unknown group option, before our task runs: a usage error.
-        code, exited = (USAGE_EXIT if not reached and exc.code == 1 else exc.code), True
-    code = sweep.finish(code, command, overrides, started.timestamp())  # failed jobs: a summary, exit != 0
-    if distributed.dist_info().enabled:
-        _exit_distributed(code)
-    if exited or code:
-        raise SystemExit(code) from None
+        return (USAGE_EXIT if not reached and exc.code == 1 else exc.code), True
+    return 0, False
+
+
+def _finish(command: str, overrides: list[str], started: datetime, code, exited: bool) -> None:
+    """The sweep's summary when a job failed (its exit code then), and the command's end."""
+    from mtlrun import distributed, sweep
+
+    code = sweep.finish(code, command, overrides, started.timestamp())
+    if exited or code or distributed.dist_info().enabled:
+        _exit(code)
 
 
 def _in_launched_group(job):
     """Run `job` in the process group SLURM's variables describe, if any (mtlrun.distributed.adopt_slurm): rank 0
     logs, the others only warn; the group is left at the end, since the launcher, not mtlrun, ends the process."""
-    from mtlrun import distributed
+    from mtlrun import distributed, sweep
 
     if not distributed.init_if_launched().enabled:
-        _warn_unused_sweep()
+        sweep.warn_unused_sweep()
         return job()
     if not distributed.dist_info().is_main:
         logging.getLogger("mtlrun").setLevel(logging.WARNING)
@@ -371,11 +371,14 @@ def _in_launched_group(job):
         distributed.destroy()
 
 
-def _exit_distributed(code) -> None:
-    """Leave the process group together and exit without interpreter teardown: gloo's threads can abort
-    the process at exit ("terminate called without an active exception") after all work is done."""
+def _exit(code) -> None:
+    """End the command with `code`. Under torchrun/srun the ranks leave the process group together and exit
+    without interpreter teardown: gloo's threads can abort the process at exit ("terminate called without an
+    active exception") after all work is done."""
     from mtlrun import distributed
 
+    if not distributed.dist_info().enabled:
+        raise SystemExit(code) from None
     try:
         distributed.barrier()
     finally:

@@ -9,7 +9,7 @@ and returns normally, and `finish` prints a summary after the sweep and picks th
 (TrainingInterrupted: SIGINT / SIGTERM) is not a job failure: it still ends the whole sweep.
 
 The sweeper may be another one than Hydra's basic sweeper: with hydra-optuna-sweeper (`hparams_search=...`)
-a job's return value is the number Optuna optimises (mtlrun/objective.py). A failed job returns FailedJob,
+a job's return value is the number Optuna optimises (mtlrun/objective.py). A failed job returns NoResult,
 which is no number, so Optuna marks the trial failed and asks for the next (a NaN would end the sweep:
 hydra-optuna-sweeper 1.3 then tells optuna 2.10 a failed trial with a value, which raises). When no trial
 completes, the plugin raises while asking Optuna for the best one; tolerate_no_completed_trial turns that
@@ -54,7 +54,7 @@ _outcomes: list[JobOutcome] = []  # this process's multirun jobs, in the order t
 
 
 @dataclass(frozen=True)
-class FailedJob:
+class NoResult:
     """A failed job's return value: not float-castable, so a sweeper that optimises the return value marks
     the trial failed; its text is what the sweeper's warning shows."""
 
@@ -126,13 +126,55 @@ def launcher_installed(overrides: list[str]) -> bool:
     which extra (False)."""
     import importlib.util
 
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
-    if chosen and chosen[-1] in SUBMITIT_LAUNCHERS and not importlib.util.find_spec("hydra_plugins.hydra_submitit_"
-                                                                                      "launcher"):
-        print(f'error: hydra/launcher={chosen[-1]} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
+    chosen = last_value(overrides, "hydra/launcher")
+    if chosen in SUBMITIT_LAUNCHERS and not importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
+        print(f'error: hydra/launcher={chosen} needs hydra-submitit-launcher: pip install "mtlrun[slurm]"',
               file=sys.stderr)
         return False
     return True
+
+
+def asks_multirun(overrides: list[str]) -> bool:
+    return any(o in ("-m", "--multirun") for o in overrides)
+
+
+def last_value(overrides: list[str], key: str) -> str | None:
+    """The value the command line's last `key=...` gives (the one Hydra uses), or None."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return given[-1] if given else None
+
+
+def optuna_search(overrides: list[str]) -> str | None:
+    """The override that asks for an Optuna search (hparams_search presets run hydra-optuna-sweeper)."""
+    asked = [o for o in overrides if (o.lstrip("+").partition("=")[0] == "hparams_search"
+                                      and o.partition("=")[2] not in ("", "null"))
+             or o.lstrip("+") == "hydra/sweeper=optuna"]
+    return asked[-1] if asked else None
+
+
+def sweeper_installed(overrides: list[str]) -> bool:
+    """An Optuna search needs hydra-optuna-sweeper (the optional extra): without it, say so (False)."""
+    from importlib.util import find_spec
+
+    search = optuna_search(overrides)
+    if search and not all(find_spec(name) is not None for name in ("hydra_plugins.hydra_optuna_sweeper", "optuna")):
+        print(f"error: {search}: an Optuna search needs hydra-optuna-sweeper, which is not installed; "
+              f'pip install "mtlrun[optuna]"', file=sys.stderr)
+        return False
+    return True
+
+
+def warn_unused_sweep() -> None:
+    """A config's own sweep (`hydra.sweeper.params`, e.g. experiment=stl_baselines) only applies with -m."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
+    if hydra_cfg.mode == RunMode.RUN and params:
+        sweep = " ".join(f"{k}={v}" for k, v in params.items())
+        logging.getLogger("mtlrun").warning(f"the config sweeps {sweep}, which applies only to a multirun: "
+                                            f"this single run ignores it (add -m to run the sweep)")
 
 
 def outcomes_on_disk(command: str, overrides: list[str], since: float) -> list[JobOutcome]:
@@ -166,8 +208,13 @@ def _yaml_list(path: Path) -> list:
         return []
 
 
+def recorded(fn):
+    """`fn` as a job whose error, in a multirun, is recorded in its dir while the sweep goes on (run_job)."""
+    return (lambda cfg: run_job(fn, cfg)) if is_multirun() else fn
+
+
 def run_job(fn, cfg):
-    """Run one multirun job: its result, or a FailedJob after recording its failure (an interrupt passes)."""
+    """Run one multirun job: its result, or a NoResult after recording its failure (an interrupt passes)."""
     from hydra.core.hydra_config import HydraConfig
 
     from mtlrun import distributed
@@ -199,7 +246,7 @@ def run_job(fn, cfg):
         _report_failure(outcome, None if refused else error_path, trace)
     elif main_rank:
         error_path.unlink(missing_ok=True)  # left by an earlier sweep into the same dir
-    return FailedJob(str(error_path)) if outcome.failed else result
+    return NoResult(str(error_path)) if outcome.failed else result
 
 
 def tolerate_no_completed_trial() -> None:
@@ -246,7 +293,7 @@ def _report_failure(outcome: JobOutcome, error_path: Path | None, trace: str | N
     if trace:
         sys.stderr.write(trace)
     print(message, file=sys.stderr)
-    _log_to_files(f"{trace or ''}{message}")
+    log_error_to_files(f"{trace or ''}{message}")
     if error_path is None:
         return
     try:
@@ -257,8 +304,9 @@ def _report_failure(outcome: JobOutcome, error_path: Path | None, trace: str | N
         print(f"warning: could not write {error_path}: {exc}", file=sys.stderr)
 
 
-def _log_to_files(message: str) -> None:
-    """The job's log file gets the error too, without repeating it on the console."""
+def log_error_to_files(message: str) -> None:
+    """Record an error in the run's (or the job's) log file, without repeating it on the console: the caller
+    has printed it on stderr already. Used here for a failed job and by mtlrun.cli for a failed run."""
     record = logging.LogRecord("mtlrun", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
@@ -307,7 +355,7 @@ def finish(code, command: str | None = None, overrides: list[str] = (), since: f
 
     outcomes = list(_outcomes)
     _outcomes.clear()
-    if not outcomes and command and any(o in ("-m", "--multirun") for o in overrides):
+    if not outcomes and command and asks_multirun(overrides):
         outcomes = outcomes_on_disk(command, overrides, since)
     if not any(o.failed for o in outcomes):
         return code

@@ -48,7 +48,6 @@ LEFT_X = (0, 2)  # inclusive ranges of the left digit's top-left corner
 LEFT_Y = (2, 6)
 SHIFT_X = (3, 5)  # right digit = left corner + (dx, dy)
 SHIFT_Y = (-2, 2)
-MIN_OVERLAP = DIGIT * DIGIT // 4
 TARGETS = {"left": TargetInfo("classification", num_classes=10),
            "right": TargetInfo("classification", num_classes=10),
            "sum": TargetInfo("regression", dim=1),

@@ -36,7 +36,10 @@ class Run:
 
 
 @dataclass
-class FailedJob:
+class FailedRun:
+    """A failed multirun job's dir as the report lists it, read back from its error.json (the sweep that ran
+    it held the same failure as a sweep.JobOutcome)."""
+
     path: Path
     overrides: list[str]
     error: str  # its first line (and first listed problem)
@@ -168,11 +171,11 @@ def load_run(path: Path, split: str) -> tuple[Run | None, str]:
     return Run(path, config, metrics, choices, tasks, results.get("robustness"), missing), ""
 
 
-def load_failure(path: Path) -> FailedJob:
+def load_failure(path: Path) -> FailedRun:
     """A failed job's record; its error.json wins over a results.json left by an earlier run in the dir."""
     record = read_error(path) or {}
     overrides = record.get("overrides")
-    return FailedJob(path, [str(o) for o in overrides] if isinstance(overrides, list) else [],
+    return FailedRun(path, [str(o) for o in overrides] if isinstance(overrides, list) else [],
                      headline(record.get("error") or f"{ERROR_FILE} unreadable"))
 
 
@@ -182,7 +185,7 @@ class SkippedRun:
     reason: str  # `unreadable (<file> line N: why)` or `no <split> metrics (...)`
 
 
-def collect_runs(dirs: list[str], split: str, what: str) -> tuple[list[Run], list[FailedJob], list[SkippedRun]]:
+def collect_runs(dirs: list[str], split: str, what: str) -> tuple[list[Run], list[FailedRun], list[SkippedRun]]:
     """The finished runs under `dirs`, the failed jobs among them, and the run dirs left out (one warning
     line each on stderr). Exit 2 when no run is left."""
     paths: list[Path] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mtlrun.errors import UsageError
 from mtlrun.report.groups import Group
-from mtlrun.report.load import FailedJob, SkippedRun
+from mtlrun.report.load import FailedRun, SkippedRun
 from mtlrun.report.stats import mean_std
 
 
@@ -82,7 +82,7 @@ def render_markdown(split: str, mtl: list[Group], baselines: list[Group], column
     return "\n".join(lines) + "\n"
 
 
-def render_failures(failed: list[FailedJob]) -> str:
+def render_failures(failed: list[FailedRun]) -> str:
     """The failed jobs, each with its overrides and the first line of its error (the rest: its error.json)."""
     if not failed:
         return ""
@@ -104,7 +104,7 @@ def render_skipped(skipped: list[SkippedRun]) -> str:
 
 
 def render_csv(mtl: list[Group], baselines: list[Group], columns: list[str],
-               failed: list[FailedJob] = ()) -> str:
+               failed: list[FailedRun] = ()) -> str:
     """One row per group, then one per failed job (kind `failed`, its overrides as method, `error`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

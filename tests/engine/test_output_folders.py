@@ -190,7 +190,7 @@ def test_a_refused_sweep_job_leaves_no_error_record_in_the_other_runs_dir(tmp_pa
 
     result = sweep.run_job(refused, None)
     sweep._outcomes.clear()
-    assert isinstance(result, sweep.FailedJob) and snapshot(job_dir) == before
+    assert isinstance(result, sweep.NoResult) and snapshot(job_dir) == before
     assert "error: job 0 failed: job dir" in capsys.readouterr().err
 
 
