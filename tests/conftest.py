@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "exhaustive: part of a full combination grid; skipped unless pytest "
                                        "--exhaustive")
-    config.addinivalue_line("markers", "e2e: starts a process (the mtlrun CLI, torchrun, a benchmark script, a "
-                                       "wheel build); `pytest -m \"not e2e\"` is the fast inner loop")
+    config.addinivalue_line("markers", "e2e: runs the mtlrun CLI (in this process or its own) or starts a "
+                                       "process (torchrun, a benchmark script, a wheel build); `pytest -m \"not e2e\"` "
+                                       "is the fast inner loop")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -50,21 +52,40 @@ def trained_run(tmp_path_factory) -> Path:
     epochs of TINY at a constant learning rate, so that it is also the first half of the exact-resume test
     (tests/engine/test_resume.py). It writes where a run goes by default, outputs/train/<date>/<time> under the
     working directory, which tests/cli/test_cli.py checks."""
-    cwd = tmp_path_factory.mktemp("trained")
-    proc = run_cli("train", *TRAINED_RUN, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = [p for p in (cwd / "outputs" / "train").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1 and (runs[0] / "results.json").is_file(), runs
-    return runs[0]
+    def train(cwd: Path) -> Path:
+        proc = run_cli("train", *TRAINED_RUN, cwd=cwd)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        runs = [p for p in (cwd / "outputs" / "train").glob("*/*") if p.is_dir()]
+        assert len(runs) == 1 and (runs[0] / "results.json").is_file(), runs
+        return runs[0]
+
+    return once_per_session(tmp_path_factory, "trained", train)
 
 
 @pytest.fixture(scope="session")
 def seed_sweep(tmp_path_factory) -> Path:
     """`mtlrun train -m TINY seed=0,1`: two tiny multi-task runs in one sweep dir (jobs 0 and 1)."""
-    root = tmp_path_factory.mktemp("seeds")
-    proc = run_cli("train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "sweep"
+    def sweep(root: Path) -> Path:
+        proc = run_cli("train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return root / "sweep"
+
+    return once_per_session(tmp_path_factory, "seeds", sweep)
+
+
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+    """`make(folder)`'s result (in a new temporary folder), made once for the whole test session: under xdist
+    the first worker that needs it makes it while the others wait, then they all read it."""
+    from filelock import FileLock  # torch's own dependency
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder of this session's workers' folders
+    made = root / f"{name}.made"  # names what was made
+    with FileLock(str(root / f"{name}.lock")):
+        if not made.is_file():
+            made.write_text(str(make(tmp_path_factory.mktemp(name))))
+    return Path(made.read_text())
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtlrun.build import build_components, build_trainer, seed_everything
 from mtlrun.config import config_dir
 
+import cli_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A few seconds per run: tiny multidigits, one epoch, no progress bar.
@@ -43,7 +45,7 @@ SGD_64 = ["experiment=smoke", "data.n_train=64", "data.n_val=8", "data.n_test=8"
 
 # --------------------------------------------------------------------------------------- the real CLI
 # Whether the test being run is marked `e2e` (conftest sets it before the test's fixtures): run_cli and
-# start_cli refuse otherwise, so that `pytest -m "not e2e"` never waits on a CLI start-up. True outside pytest.
+# start_cli refuse otherwise, so that `pytest -m "not e2e"` never waits on a CLI run. True outside pytest.
 running_e2e_test = True
 
 
@@ -52,7 +54,7 @@ def cli_env(env: dict | None = None) -> dict:
     and one intra-op thread (OMP_NUM_THREADS=1, which mtlrun's auto thread policy follows) unless the test
     sets another: the tests' processes run side by side on a small CPU."""
     if not running_e2e_test:
-        raise AssertionError("this starts a process: mark the test (or its module) @pytest.mark.e2e")
+        raise AssertionError("this runs the CLI: mark the test (or its module) @pytest.mark.e2e")
     # not the SLURM task variables of a job running the suite: mtlrun would take every CLI process for a rank
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     full_env = {**base, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -62,10 +64,16 @@ def cli_env(env: dict | None = None) -> dict:
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
-            launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m mtlrun ARGS` (or `launcher ARGS`); stdout and stderr are captured separately."""
+            launcher: list[str] | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m mtlrun ARGS` (or `launcher ARGS`); stdout and stderr are captured separately. In this
+    process (tests/cli_in_process.py: as a fresh process would, without its seconds of imports) unless a
+    launcher is given, the test needs a real process (`process=True`: what it checks is the process's own), or
+    MTLRUN_TEST_SUBPROCESS=1; `timeout` bounds a real process only."""
+    full_env = cli_env(env)
+    if launcher is None and not process and cli_in_process.wanted(full_env):
+        return cli_in_process.run_in_process(list(args), cwd, full_env)
     cmd = [*(launcher or [sys.executable, "-m", "mtlrun"]), *args]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
