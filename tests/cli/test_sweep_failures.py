@@ -101,7 +101,7 @@ def test_submitit_local_launcher_runs_the_jobs_and_keeps_the_bookkeeping(tmp_pat
     sweep = tmp_path / "sweep"
     proc = run_cli("train", "-m", *TINY, "data.n_train=64", "data.n_val=32", "data.n_test=32",
                    "tasks.only=[left],[right],[nope]", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path, timeout=600)
+                   cwd=tmp_path, timeout=600, process=True)  # the sweep process too: in-process it ran 5x slower
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]  # the one failure is a usage error
     assert "Submitit 'local' sweep" in proc.stdout
     assert set(read_results(sweep / "0")) >= {"test/left/accuracy"} and "test/right/accuracy" not in read_results(sweep / "0")

@@ -118,7 +118,7 @@ def test_second_run_into_a_live_run_dir_is_refused(tmp_path):
     first = start_cli("train", *args, cwd=tmp_path, stderr=subprocess.STDOUT)
     try:
         for line in first.stdout:
-            if line.startswith("epoch 1/"):
+            if line.startswith("epoch 2/"):  # epoch 1's last.pt is written: the resume after the kill needs it
                 break
         config = (run / "config.yaml").read_text()
         hydra_files = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
