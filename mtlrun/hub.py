@@ -51,11 +51,10 @@ def from_cache(auto_class, name: str):
 
 
 @contextmanager
-def offline() -> Iterator[None]:
-    """The Hugging Face libraries' offline switches set for the duration (belt and braces: every call below
-    also passes local_files_only / a local file, so nothing would be fetched anyway)."""
-    saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
-    os.environ.update(OFFLINE_ENV)
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set for the duration; each key gets back its earlier value (or none) after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -64,3 +63,9 @@ def offline() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def offline():
+    """The Hugging Face libraries' offline switches set for the duration (belt and braces: every call below
+    also passes local_files_only / a local file, so nothing would be fetched anyway)."""
+    return environment(OFFLINE_ENV)

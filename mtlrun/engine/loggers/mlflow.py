@@ -22,6 +22,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from mtlrun.engine.loggers.base import Logger, flatten, reason, require
+from mtlrun.hub import environment
 from mtlrun.errors import TrackerError, UsageError
 
 try:
@@ -51,7 +52,7 @@ class MLflowLogger(Logger):
 
         store = run_dir / "mlflow"
         self.uri = self.tracking_uri or f"sqlite:///{(store / 'mlflow.db').resolve()}"
-        with self._failures("use"), _environ(PROBE_HTTP), _store_lock(self.uri):
+        with self._failures("use"), environment(PROBE_HTTP), _store_lock(self.uri):
             _probe_sqlite(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
             artifacts = None if self.tracking_uri else (store / "artifacts").resolve().as_uri()
@@ -186,17 +187,3 @@ def _store_lock(uri: str):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-@contextmanager
-def _environ(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
