@@ -20,7 +20,7 @@ import torch
 
 from overhead import make_trainer  # benchmarks/overhead.py: the Trainer exactly as `mtlrun train` builds it
 from mtlrun.data.loading import to_device
-from mtlrun.engine.conflict import ConflictMeter
+from mtlrun.diagnostics.conflict import ConflictMeter
 
 TARGET = 1.05
 

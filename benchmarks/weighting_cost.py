@@ -36,8 +36,8 @@ from mtlrun.data.loading import to_device
 from mtlrun.data.multidigits import MultiDigits
 from mtlrun.distributed import DistInfo
 from mtlrun.engine.trainer import Trainer
-from mtlrun.models.encoders.image import SmallCNN
-from mtlrun.models.sharing.hps import HardParameterSharing
+from mtlrun.models.backbone.image import SmallCNN
+from mtlrun.models.arch.hps import HardParameterSharing
 from mtlrun.tasks import Classification
 
 CONFIGS = Path(config_dir())

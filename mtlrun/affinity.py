@@ -3,7 +3,7 @@
 Trains the configured multi-task model for `affinity.steps` optimizer steps exactly as `mtlrun train` would
 (same configs, same build path, the same `Trainer.step`; the LR schedule spans `affinity.steps`, as a train
 run's spans its epochs) and, every `affinity.every` steps, measures the lookahead inter-task
-affinity of TAG (mtlrun/engine/affinity.py) on the step's batch. Writes affinity.json (the matrix, the pair
+affinity of TAG (mtlrun/diagnostics/affinity.py) on the step's batch. Writes affinity.json (the matrix, the pair
 that conflicts most, the best groupings for 1..K groups), affinity.png (heatmap) and config.yaml into the run
 dir, and prints the matrix and the groupings. Nothing is checkpointed: this is a short diagnostic run.
 """
@@ -22,7 +22,7 @@ from mtlrun import distributed
 from mtlrun.build import build_trainer
 from mtlrun.checks import check_range, is_int, is_number
 from mtlrun.data.loading import to_device
-from mtlrun.engine.affinity import (MAX_EXHAUSTIVE_TASKS, AffinityMeter, best_groupings, format_matrix,
+from mtlrun.diagnostics.affinity import (MAX_EXHAUSTIVE_TASKS, AffinityMeter, best_groupings, format_matrix,
                                     lowest_pair, plot_affinity)
 from mtlrun.engine.records import atomic_write_text
 from mtlrun.engine.threads import apply_threads

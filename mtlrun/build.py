@@ -21,7 +21,7 @@ from mtlrun.instantiate import TargetNotFound, call_node, instantiate_node, loca
 from mtlrun.task_selection import all_task_configs, task_configs
 from mtlrun import distributed
 from mtlrun.data.base import DataSpec, ModalityInfo
-from mtlrun.engine.loggers.base import Logger, check_on_error, check_trackers
+from mtlrun.engine.logger.base import Logger, check_on_error, check_trackers
 from mtlrun.engine.trainer import Trainer
 from mtlrun.errors import Problems, UsageError
 from mtlrun.models.base import MultiTaskModel
@@ -99,7 +99,7 @@ def build_encoder(cfg: DictConfig, modality: str, info: ModalityInfo):
     for attr in ("out_dim", "token_dim"):
         if not isinstance(getattr(encoder, attr, None), int):
             raise UsageError(f"{key}: {type(encoder).__name__} (for the {modality} input) has no integer "
-                             f"`{attr}`; encoders follow mtlrun.models.encoders.base.Encoder")
+                             f"`{attr}`; encoders follow mtlrun.models.backbone.base.Encoder")
     return encoder
 
 

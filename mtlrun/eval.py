@@ -20,7 +20,7 @@ from mtlrun.engine.evaluate import evaluate_split
 from mtlrun.engine.plots import plot_robustness
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.errors import UsageError
-from mtlrun.inference import COMMON_OPTIONS, RUNTIME_KEYS, Accepts, load_weights, open_checkpoint
+from mtlrun.inference.opener import COMMON_OPTIONS, RUNTIME_KEYS, Accepts, load_weights, open_checkpoint
 
 log = logging.getLogger("mtlrun")
 # eval measures a training checkpoint (an export holds no epoch and step to report), on every rank of a launcher

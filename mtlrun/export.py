@@ -5,7 +5,7 @@ Every format writes, in the run dir (outputs/export/<date>/<time>) or `output`:
 - data_state.json: the data's fitted preprocessing (class lists, vocabularies, statistics), as JSON
 - export.json: the format, the positional input and output order of TorchScript / ONNX, the check's figures
 and then model.safetensors (weights: `mtlrun.load(folder)` and `mtlrun predict checkpoint=folder` read it
-back), model.ts (TorchScript) or model.onnx. The check (mtlrun/engine/portable.py) runs the written model
+back), model.ts (TorchScript) or model.onnx. The check (mtlrun/inference/portable.py) runs the written model
 next to the PyTorch one on a batch of the data and prints the max abs difference per task.
 """
 
@@ -20,10 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import __version__
 from mtlrun.checks import is_number
-from mtlrun.inference import (COMMON_OPTIONS, CONFIG, DATA_STATE, META, NEW_DATA, RUNTIME_KEYS, WEIGHTS, Accepts,
+from mtlrun.inference.opener import (COMMON_OPTIONS, CONFIG, DATA_STATE, META, NEW_DATA, RUNTIME_KEYS, WEIGHTS, Accepts,
                               open_predictor)
 from mtlrun.predict import output_folder
-from mtlrun.engine import portable
+from mtlrun.inference import portable
 from mtlrun.engine.records import atomic_write_text, discard, file_in_the_way, writable_folder
 from mtlrun.errors import UsageError, WriteError
 

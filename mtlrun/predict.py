@@ -1,5 +1,5 @@
 """`mtlrun predict checkpoint=PATH [data.path=new.csv | split=test]`: the model's predictions per sample,
-decoded per task (mtlrun/engine/predictions.py), written as predictions.csv, predictions.jsonl and, for dense
+decoded per task (mtlrun/inference/predictions.py), written as predictions.csv, predictions.jsonl and, for dense
 tasks, one PNG per sample and task under masks/.
 
 The checkpoint is opened as `mtlrun eval` opens it (inference.open_checkpoint: trust check, then the overrides
@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mtlrun.inference import COMMON_OPTIONS, NEW_DATA, RUNTIME_KEYS, Accepts, open_predictor
+from mtlrun.inference.opener import COMMON_OPTIONS, NEW_DATA, RUNTIME_KEYS, Accepts, open_predictor
 from mtlrun.engine import rundir
 from mtlrun.engine.records import atomic_write_text, file_in_the_way, writable_folder
 

@@ -19,12 +19,13 @@ MAX_LINES = 400
 # entry names a module, or a package and everything under it; `mtlrun` is the package's own __init__ only.
 LAYERS = [
     ("foundation", ("mtlrun", "mtlrun.errors", "mtlrun.checks", "mtlrun.distributed", "mtlrun.schema", "mtlrun.hub",
-                    "mtlrun.untrusted_files")),
+                    "mtlrun.untrusted_files",
+                    "mtlrun.moved_modules")),
     ("data", ("mtlrun.data",)),
     ("tasks", ("mtlrun.metrics", "mtlrun.tasks", "mtlrun.task_selection")),
     ("models", ("mtlrun.models",)),
     ("weighting", ("mtlrun.weighting",)),
-    ("engine", ("mtlrun.engine",)),
+    ("engine", ("mtlrun.engine", "mtlrun.diagnostics")),
     ("assembly", ("mtlrun.config", "mtlrun.instantiate", "mtlrun.validation", "mtlrun.overrides", "mtlrun.trust",
                   "mtlrun.build", "mtlrun.objective", "mtlrun.inference")),
     ("commands", ("mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.export", "mtlrun.sweep", "mtlrun.report",

@@ -119,7 +119,7 @@ def test_yaml_reads_as_omegaconf_reads_the_config_it_wrote(tmp_path):
 
 
 def test_an_exports_config_yaml_is_read_through_the_bounded_reader(tmp_path):
-    from mtlrun.inference import CONFIG, DATA_STATE, WEIGHTS, read_source
+    from mtlrun.inference.opener import CONFIG, DATA_STATE, WEIGHTS, read_source
 
     for name in (WEIGHTS, DATA_STATE):
         (tmp_path / name).write_text("{}")

@@ -15,6 +15,7 @@ import torch
 
 from mtlrun.engine.records import discard
 from mtlrun.errors import UsageError, WriteError, os_error_behind
+from mtlrun.moved_modules import moved_name
 
 FORMAT = 1
 REQUIRED = ("mtlrun_version", "format", "config", "model")
@@ -112,6 +113,8 @@ def rename_targets(node):
         target = out.get("_target_")
         if isinstance(target, str) and target in RENAMED_TARGETS:
             out["_target_"] = RENAMED_TARGETS[target]
+        elif isinstance(target, str) and moved_name(target):  # a module that moved (moved_modules)
+            out["_target_"] = moved_name(target)
         return out
     if isinstance(node, list):
         return [rename_targets(v) for v in node]

@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from mtlrun import distributed
 from mtlrun.data.loading import to_device
-from mtlrun.engine.conflict import ConflictMeter
+from mtlrun.diagnostics.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
 from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import BufferGuard, all_finite, check_outputs_finite, first_nonfinite_step, grads_finite
-from mtlrun.engine.loggers.base import Trackers, grad_norm
+from mtlrun.engine.logger.base import Trackers
+from mtlrun.diagnostics.gradients import grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted

@@ -1,7 +1,7 @@
 """Task heads: map the shared representation to one task's prediction.
 
 `make_heads` is the one place that picks a head per task, from whether the encoder outputs a feature map
-(`encoder.dense`, the encoder-decoders of mtlrun.models.encoders.dense) and whether the task predicts one
+(`encoder.dense`, the encoder-decoders of mtlrun.models.backbone.dense) and whether the task predicts one
 (`task.dense`: segmentation, depth, normals):
 
     vector encoder, vector task  ->  make_head: [B, D] -> [B, output_dim]

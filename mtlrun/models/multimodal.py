@@ -3,7 +3,7 @@
 `FusedEncoder` is what a sharing architecture gets from `make_encoder()` when the data has several
 modalities: it reads a `MultiModalInput` (the inputs and the modality mask), encodes each modality with
 its own encoder (`backbone.<kind>`), fuses them (`fusion=`), and runs the fused vector through a small MLP
-trunk (`fusion.trunk`). It offers the stage API of mtlrun.models.encoders.base.StagedEncoder, so every
+trunk (`fusion.trunk`). It offers the stage API of mtlrun.models.backbone.base.StagedEncoder, so every
 `arch` applies unchanged: stage 0 is encode + fuse, stage i > 0 is trunk layer i. Stage outputs are
 carried as [B, C, 1, 1] feature maps, the layout the stage-wise architectures work on (a 1 x 1
 convolution on them is a linear layer on the fused vector).
@@ -19,7 +19,7 @@ from torch import nn
 
 from mtlrun.data.modality import full_mask
 from mtlrun.models.base import MultiModalInput
-from mtlrun.models.encoders.base import StagedEncoder
+from mtlrun.models.backbone.base import StagedEncoder
 
 
 class EncodeAndFuse(nn.Module):

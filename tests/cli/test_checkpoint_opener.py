@@ -1,4 +1,4 @@
-"""The one checkpoint opener (mtlrun/inference.py) that eval, predict, export and mtlrun.load share: each command's
+"""The one checkpoint opener (mtlrun/inference/opener.py) that eval, predict, export and mtlrun.load share: each command's
 declaration of the keys it accepts is the keys its YAML holds, and no command carries a checkpoint's trackers
 (`logger`) past the trust check. In-process: no CLI run."""
 
@@ -16,7 +16,7 @@ from mtlrun.build import build_components
 from mtlrun.config import config_dir
 from mtlrun.engine import checkpoint
 from mtlrun.errors import UsageError
-from mtlrun.inference import open_checkpoint
+from mtlrun.inference.opener import open_checkpoint
 
 COMMANDS = ["eval", "predict", "export"]
 NOT_KEYS = ("defaults", "hydra")  # Hydra's own nodes of a command's YAML

@@ -40,7 +40,7 @@ def test_console_script_and_hydra_cfg_flag(tmp_path):
     proc = run_cli("train", "--cfg", "job", "backbone/image=resnet18", "trainer.max_epochs=3", cwd=tmp_path,
                    launcher=[exe])
     assert proc.returncode == 0, proc.stderr
-    assert "_target_: mtlrun.models.encoders.image.ResNet" in proc.stdout
+    assert "_target_: mtlrun.models.backbone.image.ResNet" in proc.stdout
     assert "max_epochs: 3" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
 
@@ -114,7 +114,7 @@ def test_multirun_sweep(seed_sweep):
 def test_user_config_dir_adds_groups(tmp_path):
     groups = tmp_path / "myconf" / "backbone" / "image"
     groups.mkdir(parents=True)
-    (groups / "tiny.yaml").write_text("_target_: mtlrun.models.encoders.image.SmallCNN\n"
+    (groups / "tiny.yaml").write_text("_target_: mtlrun.models.backbone.image.SmallCNN\n"
                                       "channels: [8, 16]\nout_dim: 32\ndropout: 0.0\n")
     run = tmp_path / "run"
     proc = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "backbone/image=tiny", *TINY,

@@ -25,7 +25,8 @@ import mtlrun
 from mtlrun.build import build_components
 from mtlrun.data.table import Table
 from mtlrun.data.table.state import state_problems
-from mtlrun.engine import checkpoint, portable
+from mtlrun.engine import checkpoint
+from mtlrun.inference import portable
 from mtlrun.errors import UsageError
 from mtlrun.trust import check_checkpoint_config
 
@@ -165,8 +166,8 @@ def trusted_package(tmp_path, monkeypatch) -> str:
     (tmp_path / name).mkdir()
     (tmp_path / name / "__init__.py").write_text(
         "import os\nfrom mtlrun.engine.records import atomic_write_text\n"
-        "from mtlrun.models.sharing.hps import HardParameterSharing as MyArch\n"
-        "from mtlrun.models.sharing.hps import HardParameterSharing\n\n\n"
+        "from mtlrun.models.arch.hps import HardParameterSharing as MyArch\n"
+        "from mtlrun.models.arch.hps import HardParameterSharing\n\n\n"
         "class Own(HardParameterSharing):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name

@@ -92,7 +92,7 @@ def test_a_fusion_and_a_weighting_from_outside_mtlrun_train_and_evaluate(tmp_pat
 # README.md, "Configuration": my_net.py in the working directory, its YAML under --config-dir
 MY_NET = '''
 from torch import nn
-from mtlrun.models.encoders.base import Encoder
+from mtlrun.models.backbone.base import Encoder
 
 
 class MyNet(Encoder):

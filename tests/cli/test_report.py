@@ -57,7 +57,7 @@ def fake_run(path, *, seed, metrics, weighting="static", only=None, tasks=None, 
     tasks = tasks or {"left": CLS, "right": CLS, "sum": SUM}
     config = {"seed": seed, "resume": None,
               "data": {"_target_": "mtlrun.data.multidigits.MultiDigits", "n_train": 10000, "num_workers": 0},
-              "arch": {"_target_": "mtlrun.models.sharing.hps.HardParameterSharing", "head_hidden": 0},
+              "arch": {"_target_": "mtlrun.models.arch.hps.HardParameterSharing", "head_hidden": 0},
               "tasks": {"only": only, **tasks},
               "weighting": {"_target_": WEIGHTINGS[weighting]},
               "optim": {"_target_": "torch.optim.AdamW", "lr": lr},

@@ -195,7 +195,7 @@ def test_a_non_finite_number_anywhere_in_the_config_is_a_problem():
                             "optim.lr=nan", "+arch.extra=[nan]"])
     why = "must be a finite number (NaN and infinity are not valid values of any option)"
     assert sorted(problems) == sorted([
-        f"arch.extra: mtlrun.models.sharing.hps.HardParameterSharing takes no argument 'extra'; valid: "
+        f"arch.extra: mtlrun.models.arch.hps.HardParameterSharing takes no argument 'extra'; valid: "
         f"head_hidden, head_dropout",  # its value is not listed a second time
         "optim.lr=nan: must be a finite number > 0",  # the section's own line, not a second one
         f"arch.head_dropout=-inf: {why}", f"backbone.image.out_dim=inf: {why}", f"tasks.left.weight=nan: {why}"])
@@ -265,11 +265,11 @@ def test_keys_a_target_does_not_take_are_reported_for_every_node():
         "batch_size, eval_batch_size, "
         "num_workers, pin_memory, drop_last, modalities, modality_dropout, transforms, persistent_workers; did you "
         "mean n_train?",
-        "backbone.image.chanels: mtlrun.models.encoders.image.SmallCNN takes no argument 'chanels'; valid: "
+        "backbone.image.chanels: mtlrun.models.backbone.image.SmallCNN takes no argument 'chanels'; valid: "
         "in_channels, input_size, channels, out_dim, dropout; did you mean channels?",
         "fusion.dimm: mtlrun.models.fusion.concat.Concat takes no argument 'dimm'; valid: dim, trunk; did you mean "
         "dim?",
-        "arch.head_hiden: mtlrun.models.sharing.hps.HardParameterSharing takes no argument 'head_hiden'; valid: "
+        "arch.head_hiden: mtlrun.models.arch.hps.HardParameterSharing takes no argument 'head_hiden'; valid: "
         "head_hidden, head_dropout; did you mean head_hidden?",
         "tasks.left.wieght: mtlrun.tasks.Classification takes no argument 'wieght'; valid: num_classes, "
         "label_smoothing, weight, auxiliary; did you mean weight?",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from contracts import TINY, run_cli
-from mtlrun.engine.affinity import (AffinityMeter, best_groupings, build_affinity_figure, grouping_score, lowest_pair,
+from mtlrun.diagnostics.affinity import (AffinityMeter, best_groupings, build_affinity_figure, grouping_score, lowest_pair,
                                     partitions)
 from mtlrun.models.base import MultiTaskModel
 from mtlrun.tasks import Regression

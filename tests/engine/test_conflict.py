@@ -10,7 +10,7 @@ import torch
 from contracts import SGD_64, TINY, compose_config, read_csv, run_cli
 from mtlrun.build import build_trainer
 from mtlrun.distributed import DistInfo
-from mtlrun.engine.conflict import ConflictMeter
+from mtlrun.diagnostics.conflict import ConflictMeter
 from mtlrun.engine.records import write_metrics_csv
 
 

@@ -97,7 +97,7 @@ def test_each_hostile_entry_is_refused_alone(trained_run, name):
 
 
 def test_user_class_in_a_checkpoint_needs_trusted_targets(trained_run, tmp_path):
-    (tmp_path / "mypkg.py").write_text("from mtlrun.models.sharing.hps import HardParameterSharing as MyArch\n")
+    (tmp_path / "mypkg.py").write_text("from mtlrun.models.arch.hps import HardParameterSharing as MyArch\n")
     path = _craft(trained_run, tmp_path, "mine", lambda c: c["arch"].update(_target_="mypkg.MyArch"))
     env = {"PYTHONPATH": str(tmp_path)}
     proc = run_cli("eval", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path, env=env)

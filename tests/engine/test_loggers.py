@@ -1,4 +1,4 @@
-"""Experiment trackers (`logger=[...]`, mtlrun/engine/loggers/): what a run writes to TensorBoard, MLflow,
+"""Experiment trackers (`logger=[...]`, mtlrun/engine/logger/): what a run writes to TensorBoard, MLflow,
 wandb and steps.csv, read back and compared with metrics.csv; the Trainer's calls into the tracker API; the
 rank-0 guard; a missing package as a usage error; a checkpoint never choosing the trackers."""
 
@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from contracts import TINY, compose_config, run_cli
 from mtlrun.build import build_loggers, build_trainer
 from mtlrun.distributed import DistInfo
-from mtlrun.engine.loggers.base import Logger, Trackers, flatten, grad_norm
-from mtlrun.engine.loggers.csv import CSVLogger
+from mtlrun.engine.logger.base import Logger, Trackers, flatten
+from mtlrun.diagnostics.gradients import grad_norm
+from mtlrun.engine.logger.csv import CSVLogger
 from mtlrun.engine.records import read_metrics_csv
 from mtlrun.engine.signals import TrainingInterrupted
 from mtlrun.errors import UsageError
@@ -267,7 +268,7 @@ def test_flatten_gives_dotted_keys():
 @pytest.mark.e2e  # wandb starts its service process
 def test_wandb_offline_leaves_its_run_files(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from mtlrun.engine.loggers.wandb import WandbLogger
+    from mtlrun.engine.logger.wandb import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # belt and braces: the logger's own default is offline
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -16,7 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtlrun.engine import checkpoint, portable, records, rundir
+from mtlrun.engine import checkpoint, records, rundir
+from mtlrun.inference import portable
 from mtlrun.errors import RunDirRefused, UsageError, WriteError
 
 EROFS = OSError(errno.EROFS, os.strerror(errno.EROFS))

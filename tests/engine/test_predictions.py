@@ -1,5 +1,5 @@
-"""How `mtlrun predict` decodes outputs per task kind (mtlrun/engine/predictions.py), and the export formats'
-wrapper and errors (mtlrun/engine/portable.py), in-process on hand-made outputs and tiny modules."""
+"""How `mtlrun predict` decodes outputs per task kind (mtlrun/inference/predictions.py), and the export formats'
+wrapper and errors (mtlrun/inference/portable.py), in-process on hand-made outputs and tiny modules."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtlrun.engine import portable
-from mtlrun.engine.predictions import Predictions
+from mtlrun.inference import portable
+from mtlrun.inference.predictions import Predictions
 from mtlrun.tasks import Binary, Classification, Multilabel, Regression
 
 
@@ -147,7 +147,7 @@ def test_predict_and_export_refuse_to_run_under_a_launcher(monkeypatch, command)
 
     from mtlrun import distributed
     from mtlrun.errors import UsageError
-    from mtlrun.inference import open_checkpoint
+    from mtlrun.inference.opener import open_checkpoint
 
     monkeypatch.setattr(distributed, "dist_info", lambda: distributed.DistInfo(rank=1, world_size=2))
     cfg = OmegaConf.create({"checkpoint": "best.pt", "split": "test"})

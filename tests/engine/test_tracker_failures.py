@@ -1,4 +1,4 @@
-"""Experiment trackers that fail (mtlrun/engine/loggers/): an unreachable or unusable store stops the run in
+"""Experiment trackers that fail (mtlrun/engine/logger/): an unreachable or unusable store stops the run in
 one bounded attempt with one line (exit 1), or with `on_error=continue` the run trains on without it; a
 tracker failing mid-run never stops training; a resumed run continues its tracker runs (their ids are in the
 checkpoint); parallel jobs sharing one MLflow SQLite store do not race creating it or its experiment."""
@@ -18,7 +18,7 @@ import torch
 from contracts import TINY, compose_config, free_port, run_cli
 from mtlrun.build import build_loggers, build_trainer
 from mtlrun.distributed import DistInfo
-from mtlrun.engine.loggers.base import Logger, Trackers, check_trackers, reason
+from mtlrun.engine.logger.base import Logger, Trackers, check_trackers, reason
 from mtlrun.engine.trainer_state import restore_trainer, trainer_state
 from mtlrun.errors import TrackerError, UsageError
 
@@ -115,7 +115,7 @@ def test_a_tracker_failing_mid_run_is_turned_off_and_training_goes_on(tmp_path, 
 # ------------------------------------------------------------------------------------------- MLflow
 def mlflow_logger(uri=None, **kwargs):
     pytest.importorskip("mlflow")
-    from mtlrun.engine.loggers.mlflow import MLflowLogger
+    from mtlrun.engine.logger.mlflow import MLflowLogger
 
     return MLflowLogger(tracking_uri=uri, **kwargs)
 
@@ -221,7 +221,7 @@ def test_the_checkpoint_carries_the_tracker_run_ids_as_plain_strings(tmp_path):
 def test_a_lost_experiment_race_takes_the_experiment_the_other_job_created(sqlite_store):
     from mlflow.tracking import MlflowClient
 
-    from mtlrun.engine.loggers.mlflow import _experiment_id
+    from mtlrun.engine.logger.mlflow import _experiment_id
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sqlite_store}")
     theirs = client.create_experiment("raced")  # another job created it just after our look-up found nothing
@@ -246,7 +246,7 @@ def test_jobs_sharing_a_sqlite_store_take_turns_opening_it(tmp_path, sqlite_stor
 
 
 def _open_shared_store(db: str, barrier) -> None:
-    from mtlrun.engine.loggers.mlflow import MLflowLogger
+    from mtlrun.engine.logger.mlflow import MLflowLogger
 
     logger = MLflowLogger(tracking_uri=f"sqlite:///{db}")
     barrier.wait()
@@ -278,7 +278,7 @@ def test_parallel_jobs_create_one_sqlite_store_and_experiment(tmp_path):
 @pytest.mark.e2e  # wandb starts its service process
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from mtlrun.engine.loggers.wandb import WandbLogger
+    from mtlrun.engine.logger.wandb import WandbLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     first = WandbLogger()

@@ -27,10 +27,10 @@ from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
 from mtlrun.data.loading import train_loader
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.dense import ResNetDense, SegNetLite, decoder_sizes
-from mtlrun.models.encoders.image import ResNet
+from mtlrun.models.backbone.dense import ResNetDense, SegNetLite, decoder_sizes
+from mtlrun.models.backbone.image import ResNet
 from mtlrun.models.heads import make_heads
-from mtlrun.models.sharing.mtan import _resize
+from mtlrun.models.arch.mtan import _resize
 from mtlrun.tasks import Classification
 
 CONFIGS = Path(config_dir())

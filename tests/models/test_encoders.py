@@ -18,15 +18,15 @@ from mtlrun.config import config_dir
 from mtlrun.instantiate import instantiate_node
 from mtlrun.data.text import Tokenizer
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.audio import (
+from mtlrun.models.backbone.audio import (
     LogSpectrogram,
     SpectrogramCNN,
     WaveformCNN,
     mel_filterbank,
 )
-from mtlrun.models.encoders.base import Encoder, StagedEncoder
-from mtlrun.models.encoders.tabular import TabularMLP
-from mtlrun.models.encoders.text import RNNText, TransformerText
+from mtlrun.models.backbone.base import Encoder, StagedEncoder
+from mtlrun.models.backbone.tabular import TabularMLP
+from mtlrun.models.backbone.text import RNNText, TransformerText
 
 BACKBONES = Path(config_dir()) / "backbone"
 SR = 8000
@@ -42,7 +42,7 @@ DEFAULTS = {"text/hf": {"pretrained": False, "config": {"model_type": "bert", "h
                                                          "num_hidden_layers": 2, "num_attention_heads": 2,
                                                          "intermediate_size": 64}}}
 if importlib.util.find_spec("transformers"):
-    from mtlrun.models.encoders.hf_text import HFText
+    from mtlrun.models.backbone.hf_text import HFText
 
     CLASSES["text/hf"] = HFText
 OPTIONS = list(CLASSES)
@@ -300,9 +300,9 @@ def test_audio_encoders_expose_the_stage_api(option):
 
 
 def test_audio_encoders_work_with_the_stage_wise_architectures():
-    from mtlrun.models.sharing.cross_stitch import CrossStitch
-    from mtlrun.models.sharing.mmoe import MMoE
-    from mtlrun.models.sharing.mtan import MTAN
+    from mtlrun.models.arch.cross_stitch import CrossStitch
+    from mtlrun.models.arch.mmoe import MMoE
+    from mtlrun.models.arch.mtan import MTAN
     from mtlrun.tasks import Classification
 
     tasks = {"a": Classification(num_classes=3), "b": Classification(num_classes=2)}
@@ -448,7 +448,7 @@ def test_unpacked_rnn_equals_the_packed_one_at_the_real_positions(cell, layers, 
     gradients at each text's real positions; an all-padding row (length 0) stays finite."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    from mtlrun.models.encoders.text import _unpacked_rnn
+    from mtlrun.models.backbone.text import _unpacked_rnn
 
     torch.manual_seed(0)
     rnn = cell(5, 7, num_layers=layers, batch_first=True, bidirectional=bidirectional)

@@ -23,7 +23,7 @@ from mtlrun.engine.checkpoint import RENAMED_TARGETS, rename_targets
 from mtlrun.errors import UsageError
 from mtlrun.models import fusion as fusion_module
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.encoders.base import Encoded
+from mtlrun.models.backbone.base import Encoded
 
 FUSION_DIR = Path(config_dir()) / "fusion"
 FUSIONS = sorted(p.stem for p in FUSION_DIR.glob("*.yaml") if p.stem != "late")

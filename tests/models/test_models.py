@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import StagedEncoder
-from mtlrun.models.encoders.image import ResNet, SmallCNN
-from mtlrun.models.sharing.hps import HardParameterSharing
+from mtlrun.models.backbone.base import StagedEncoder
+from mtlrun.models.backbone.image import ResNet, SmallCNN
+from mtlrun.models.arch.hps import HardParameterSharing
 from mtlrun.tasks import Binary, Classification, Regression
 
 

@@ -28,7 +28,7 @@ from mtlrun.data.digits_av import DigitsAV, image_statistics
 from mtlrun.data.modality import drop_modalities
 from mtlrun.data.multidigits import _source_pools
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.image import SmallCNN
+from mtlrun.models.backbone.image import SmallCNN
 from mtlrun.models.fusion.late import LateFusion
 from mtlrun.models.multimodal import FusedEncoder
 
@@ -292,7 +292,7 @@ STAGE_ARCHS = ["mtan", "cross_stitch", "mmoe", "ple", "soft"]
 def test_stagewise_archs_on_fused_input(parts, arch, fusion):
     model = make_model(parts, MODALITIES, fusion, (f"arch={arch}",))
     assert model.modality is None
-    assert type(model).__module__ == f"mtlrun.models.sharing.{arch}"
+    assert type(model).__module__ == f"mtlrun.models.arch.{arch}"
     assert_trains(model, parts.tasks, batch_of(parts, MODALITIES), MODALITIES)
 
 

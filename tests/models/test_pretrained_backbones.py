@@ -34,7 +34,7 @@ def empty_hf_home(tmp_path, monkeypatch):
 
 def test_timm_stages_are_the_feature_maps_of_timm_features_only():
     timm = pytest.importorskip("timm")
-    from mtlrun.models.encoders.timm_image import TimmImage
+    from mtlrun.models.backbone.timm_image import TimmImage
 
     torch.manual_seed(0)
     enc = TimmImage(in_channels=1, input_size=(32, 32), name="resnet18", out_dim=16).eval()
@@ -53,7 +53,7 @@ def test_timm_stages_are_the_feature_maps_of_timm_features_only():
 
 def test_timm_model_without_sequential_features_is_one_stage():
     pytest.importorskip("timm")
-    from mtlrun.models.encoders.timm_image import TimmImage
+    from mtlrun.models.backbone.timm_image import TimmImage
 
     enc = TimmImage(in_channels=3, input_size=(32, 32), name="efficientnet_b0")
     assert len(enc.stages) == 1 and enc.stage_channels == (320,)
@@ -62,7 +62,7 @@ def test_timm_model_without_sequential_features_is_one_stage():
 
 def test_timm_unknown_name_suggests_close_ones():
     pytest.importorskip("timm")
-    from mtlrun.models.encoders.timm_image import TimmImage
+    from mtlrun.models.backbone.timm_image import TimmImage
 
     with pytest.raises(UsageError, match=r"backbone\.image\.name=resnet81: timm has no such model; close: .*resnet18"):
         TimmImage(in_channels=3, input_size=(32, 32), name="resnet81")
@@ -70,7 +70,7 @@ def test_timm_unknown_name_suggests_close_ones():
 
 def test_timm_pretrained_without_cached_weights_fails_fast_saying_where_to_put_them(empty_hf_home):
     pytest.importorskip("timm")
-    from mtlrun.models.encoders.timm_image import TimmImage
+    from mtlrun.models.backbone.timm_image import TimmImage
 
     with pytest.raises(UsageError) as info:
         TimmImage(in_channels=3, input_size=(32, 32), name="resnet18", pretrained=True)
@@ -85,7 +85,7 @@ def test_timm_pretrained_loads_a_checkpoint_file_and_the_hub_cache(empty_hf_home
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
-    from mtlrun.models.encoders.timm_image import TimmImage
+    from mtlrun.models.backbone.timm_image import TimmImage
 
     torch.manual_seed(1)
     source = timm.create_model("resnet18").state_dict()  # random: stands in for trained weights
@@ -118,7 +118,7 @@ def test_timm_pretrained_loads_a_checkpoint_file_and_the_hub_cache(empty_hf_home
 
 def test_hf_pretrained_without_cache_fails_fast_naming_model_and_cache_dir(empty_hf_home):
     pytest.importorskip("transformers")
-    from mtlrun.models.encoders.hf_text import HFText
+    from mtlrun.models.backbone.hf_text import HFText
 
     with pytest.raises(UsageError) as info:
         HFText(vocab_size=30, max_len=16, name="bert-base-uncased", pretrained=True)
@@ -129,7 +129,7 @@ def test_hf_pretrained_without_cache_fails_fast_naming_model_and_cache_dir(empty
 
 def test_hf_pretrained_keeps_the_layers_and_learns_embeddings_for_the_data_vocabulary(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from mtlrun.models.encoders.hf_text import HFText
+    from mtlrun.models.backbone.hf_text import HFText
 
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**TINY_BERT, vocab_size=100)
@@ -171,7 +171,7 @@ def test_shipped_configs_point_at_the_classes():
 def test_a_table_text_column_tokenized_by_the_models_own_tokenizer_keeps_its_embeddings(tmp_path):
     transformers = pytest.importorskip("transformers")
     from mtlrun.data.table import Table
-    from mtlrun.models.encoders.hf_text import HFText
+    from mtlrun.models.backbone.hf_text import HFText
 
     # a tiny BERT whose tokenizer pads with id 3 (not 0): mtlrun stores padding as 0 and the encoder swaps back
     vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "the", "cat", "sat", "dog", "ran"]

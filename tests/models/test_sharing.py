@@ -24,8 +24,8 @@ from mtlrun.build import build_components
 from mtlrun.config import config_dir
 from mtlrun.data.loading import train_loader
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.image import SmallCNN
-from mtlrun.models.sharing import MMoE, MTAN, PLE, CrossStitch, SoftParameterSharing
+from mtlrun.models.backbone.image import SmallCNN
+from mtlrun.models.arch import MMoE, MTAN, PLE, CrossStitch, SoftParameterSharing
 from mtlrun.tasks import Classification
 
 TINY = ["data.n_train=8", "data.n_val=4", "data.n_test=4", "data.batch_size=4", "data.eval_batch_size=4"]

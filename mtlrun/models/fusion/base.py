@@ -29,7 +29,7 @@ from torch import nn
 
 from mtlrun.checks import check_dropout, check_range, is_int
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import Encoded
+from mtlrun.models.backbone.base import Encoded
 
 
 class Fusion(nn.Module):

@@ -24,9 +24,9 @@ from torch import nn
 from mtlrun.checks import check_range, import_extra
 from mtlrun.data.hf_tokenizer import swap_pad
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import Encoded, Encoder
+from mtlrun.models.backbone.base import Encoded, Encoder
 from mtlrun.hub import from_cache, repo_cache_dir
-from mtlrun.models.encoders.text import _check_data, _masked_mean
+from mtlrun.models.backbone.text import _check_data, _masked_mean
 
 _KEY = "backbone.text"
 POOLINGS = ("mean", "cls")

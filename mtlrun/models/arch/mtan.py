@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import check_range, make_heads, staged, tap
+from mtlrun.models.arch._common import check_range, make_heads, staged, tap
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:

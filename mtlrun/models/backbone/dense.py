@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from mtlrun.errors import UsageError
 from mtlrun.checks import check_range, check_widths
-from mtlrun.models.encoders.base import Encoded, StagedEncoder
-from mtlrun.models.encoders.image import ResNet
+from mtlrun.models.backbone.base import Encoded, StagedEncoder
+from mtlrun.models.backbone.image import ResNet
 
 UPSAMPLE_MODES = ("bilinear", "nearest")
 
@@ -153,7 +153,7 @@ class SegNetLite(DenseEncoder):
 
 
 class ResNetDense(DenseEncoder):
-    """torchvision ResNet-18/34/50 stages (stem, layer1 .. layer4, built by mtlrun.models.encoders.image.ResNet:
+    """torchvision ResNet-18/34/50 stages (stem, layer1 .. layer4, built by mtlrun.models.backbone.image.ResNet:
     same `depth`, `pretrained` and `small_input` options and state-dict names) + a light decoder.
 
     The decoder has one stage per entry of `decoder_channels`, each resizing up (`upsample`) then `convs` x

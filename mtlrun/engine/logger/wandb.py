@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtlrun.engine.loggers.base import Logger, require
+from mtlrun.engine.logger.base import Logger, require
 
 EXIT_CODE = {"finished": 0, "failed": 1, "killed": 1}
 

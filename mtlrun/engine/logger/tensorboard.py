@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mtlrun.engine.loggers.base import Logger, flatten, require
+from mtlrun.engine.logger.base import Logger, flatten, require
 
 
 class TensorBoardLogger(Logger):

@@ -25,7 +25,7 @@ from torch import nn
 
 from mtlrun.errors import UsageError
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
+from mtlrun.models.arch._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
                                              mix, pool, staged, tap)
 
 

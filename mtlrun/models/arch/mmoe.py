@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
+from mtlrun.models.arch._common import (Gate, check_gate_input, check_range, check_raw_gate_input, make_heads,
                                              mix, pool, staged)
 
 

@@ -26,8 +26,8 @@ from torch import nn
 
 from mtlrun.checks import check_range, check_widths, import_extra
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import StagedEncoder
-from mtlrun.models.encoders.dense import DenseEncoder
+from mtlrun.models.backbone.base import StagedEncoder
+from mtlrun.models.backbone.dense import DenseEncoder
 from mtlrun.hub import cached_file, offline, repo_cache_dir
 
 _KEY = "backbone.image"
@@ -177,7 +177,7 @@ def _runs(stages: list[nn.Module], in_channels: int, input_size, channels: tuple
 
 
 class TimmDense(DenseEncoder):
-    """A timm model's stages (as `TimmImage`) + the light decoder of mtlrun.models.encoders.dense, for dense
+    """A timm model's stages (as `TimmImage`) + the light decoder of mtlrun.models.backbone.dense, for dense
     tasks: one decoder stage per `decoder_channels` entry, the last at the input size (`ResNetDense` explains
     the sizes). Needs a model with sequential stages (most CNNs)."""
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from mtlrun.checks import check_range, check_widths
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import StagedEncoder
+from mtlrun.models.backbone.base import StagedEncoder
 
 
 class SmallCNN(StagedEncoder):

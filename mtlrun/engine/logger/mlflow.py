@@ -21,7 +21,7 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from mtlrun.engine.loggers.base import Logger, flatten, reason, require
+from mtlrun.engine.logger.base import Logger, flatten, reason, require
 from mtlrun.hub import environment
 from mtlrun.errors import TrackerError, UsageError
 

@@ -26,7 +26,7 @@ from mtlrun.data.base import SPLITS
 from mtlrun.data.loading import to_device
 from mtlrun.engine import checkpoint
 from mtlrun.engine.device import autocast, resolve_device
-from mtlrun.engine.predictions import Predictions
+from mtlrun.inference.predictions import Predictions
 from mtlrun.engine.threads import apply_threads
 from mtlrun.errors import UsageError
 from mtlrun.untrusted_files import UntrustedFileError, read_json, read_yaml

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mtlrun.errors import UsageError
 from mtlrun.checks import check_dropout, check_range
-from mtlrun.models.encoders.base import Encoded, Encoder
+from mtlrun.models.backbone.base import Encoded, Encoder
 
 _KEY = "backbone.text"
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import make_heads
+from mtlrun.models.arch._common import make_heads
 
 
 class SoftParameterSharing(MultiTaskModel):

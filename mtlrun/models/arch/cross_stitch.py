@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mtlrun.models.base import MultiTaskModel
-from mtlrun.models.sharing._common import make_heads, staged
+from mtlrun.models.arch._common import make_heads, staged
 
 
 class CrossStitchUnit(nn.Module):

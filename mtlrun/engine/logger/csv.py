@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mtlrun.engine.loggers.base import Logger
+from mtlrun.engine.logger.base import Logger
 from mtlrun.engine.records import read_metrics_csv
 
 PREFIX = "train_step/"

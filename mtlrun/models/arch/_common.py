@@ -13,12 +13,12 @@ _STAGE_API = ("stages", "stage_channels", "in_channels", "project", "out_dim")
 
 
 def staged(encoder: nn.Module, arch: str, min_stages: int = 1) -> nn.Module:
-    """`encoder`, checked to offer the stage API (mtlrun.models.encoders.base.StagedEncoder)."""
+    """`encoder`, checked to offer the stage API (mtlrun.models.backbone.base.StagedEncoder)."""
     missing = [a for a in _STAGE_API if not hasattr(encoder, a)]
     if missing:
         raise UsageError(f"arch={arch} works stage by stage, but the backbone {type(encoder).__name__} has no "
                          f"{', '.join(missing)}; give it the stage API of "
-                         f"mtlrun.models.encoders.base.StagedEncoder, or use arch=hps / arch=soft")
+                         f"mtlrun.models.backbone.base.StagedEncoder, or use arch=hps / arch=soft")
     if len(encoder.stages) < min_stages:
         raise UsageError(f"arch={arch} needs a backbone with at least {min_stages} stages; "
                          f"{type(encoder).__name__} has {len(encoder.stages)} (backbone.image.channels for the cnn)")

@@ -17,7 +17,7 @@ from torch import nn
 
 from mtlrun.checks import check_range, is_int
 from mtlrun.errors import UsageError
-from mtlrun.models.encoders.base import Encoded, Encoder
+from mtlrun.models.backbone.base import Encoded, Encoder
 
 _KEY = "backbone.tabular"
 

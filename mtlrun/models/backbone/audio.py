@@ -20,7 +20,7 @@ from torch import nn
 
 from mtlrun.errors import UsageError
 from mtlrun.checks import check_dropout, check_range, check_widths
-from mtlrun.models.encoders.base import StagedEncoder
+from mtlrun.models.backbone.base import StagedEncoder
 
 _KEY = "backbone.audio"
 
