@@ -64,6 +64,27 @@ def test_globs_found_the_shipped_configs():
         assert option in GROUP_OPTIONS
 
 
+def test_no_shipped_config_sets_hydra_mode():
+    """tests/hydra_memo.py answers Hydra's get_mode without composing ("not set"): right only while no config
+    sets hydra.mode, which the real get_mode (kept as ORIGINAL_GET_MODE) confirms for each command's config."""
+    import yaml
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_memo import ORIGINAL_GET_MODE
+
+    hydra = Hydra.create_main_hydra2("mtlrun", create_config_search_path(str(CONFIGS)))
+    try:
+        for name in ("train", "eval", "predict", "export", "affinity"):
+            assert ORIGINAL_GET_MODE(hydra, name, ["experiment=smoke"] if name == "train" else []) is None, name
+    finally:
+        GlobalHydra.instance().clear()
+    for path in CONFIGS.rglob("*.yaml"):
+        text = yaml.safe_load(path.read_text()) or {}
+        assert "mode" not in (text.get("hydra") or {}), path  # an experiment (@package _global_) could set it
+
+
 def _leaves(node, prefix=""):
     if isinstance(node, dict):
         for k, v in node.items():
