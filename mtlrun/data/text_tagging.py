@@ -147,7 +147,8 @@ def sentence(rng: np.random.Generator, topic: str, mix: float, invented: float) 
     for _ in range(rng.integers(0, 3)):
         if rng.random() < 0.6:
             s.add([_pick(rng, LOC_PREPS)], ["PREP"], "PP")
-            s.add([_name(rng, PLACES + CITIES, invented)], ["PROPN"], "NP", "LOC")
+            place = [_name(rng, PLACES + CITIES, invented)] + (["city"] if rng.random() < 0.25 else [])
+            s.add(place, ["PROPN"] * len(place), "NP", "LOC")  # "city" here is a name's part, elsewhere a noun
         else:
             s.add([_pick(rng, OTHER_PREPS)], ["PREP"], "PP")
             _argument(s, rng, topic, mix, invented)
