@@ -60,6 +60,20 @@ def detect_scheme(tags: list[str]) -> str | None:
     return None
 
 
+def entity_spans(tags: list[str]) -> list[dict]:
+    """The entities of one sentence's tags as seqeval's get_entities reads them: [{type, start, end}] (word
+    indices, end inclusive); what `mtlrun predict` writes for a BIO / BIOES task."""
+    out, prev, prev_type, begin = [], "O", "", 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, type_ = split_tag(tag)
+        if end_of_chunk(prev, prefix, prev_type, type_):
+            out.append({"type": prev_type, "start": begin, "end": i - 1})
+        if start_of_chunk(prev, prefix, prev_type, type_):
+            begin = i
+        prev, prev_type = prefix, type_
+    return out
+
+
 def entity_types(tags: list[str]) -> list[str]:
     return sorted({split_tag(t)[1] for t in tags if t != "O"})
 
