@@ -235,6 +235,12 @@ class DataModule:
         class indices are the names."""
         return None
 
+    def tagged_words(self, split: str) -> tuple[list[list[str]], list[list[int]]] | None:
+        """(the words of each sample of `split`, the token position of each word's first token) for data whose
+        tagging targets are tags per word (mtlrun.data.word_tags), so `mtlrun predict` writes a tag per word;
+        None: the data has no words."""
+        return None
+
     def target_scale(self, task: str) -> tuple[list[float], list[float]] | None:
         """(mean, std) per output when a regression target was standardised: a prediction x is x * std + mean
         in the data's units; None: the target was not rescaled."""

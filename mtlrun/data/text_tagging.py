@@ -245,6 +245,6 @@ class TextTagging(DataModule):
                                               targets=targets, label_mask=masks or None)
         return splits
 
-    def words(self, split: str) -> list[list[str]]:
-        """The words of each sentence of `split` (for predictions and examples)."""
-        return self._generate()[split][0]
+    def tagged_words(self, split: str) -> tuple[list[list[str]], list[list[int]]]:
+        words = self._generate()[split][0]  # one token per word: the words that fit are positions 0, 1, ...
+        return words, [list(range(min(len(w), self.tokenizer.max_len))) for w in words]
