@@ -74,3 +74,9 @@ def test_sub_words_of_a_transformers_tokenizer(tmp_path):
     assert target.tolist() == [-1, 2, 6, 6, 0, -1, -1, -1]
     predicted = torch.arange(8).unsqueeze(0)
     assert words_of_predictions(predicted, [[1, 2, 3, 4]]) == [[1, 2, 3, 4]]
+
+
+def test_the_words_predictions_are_written_for(tmp_path):
+    data = table(write(tmp_path))
+    words, starts = data.tagged_words("train")
+    assert words[1] == ["the", "U.S.", "team", "wins"] and starts[1] == [0, 1, 5]  # "wins" has no token left

@@ -23,14 +23,17 @@ class TagsField(Field):
     defaults = {"column": REQUIRED, "text": None}
 
     def text_input(self, reading: Reading) -> Field | None:
-        texts = [f for f in reading.inputs if f.type == "text"]
+        return self._text_input(reading.inputs, reading.problems)
+
+    def _text_input(self, inputs: list[Field], problems) -> Field | None:
+        texts = [f for f in inputs if f.type == "text"]
         name = self.options["text"]
         chosen = [f for f in texts if name is None or f.name == name]
         if len(chosen) != 1 or (chosen[0].options["tokenizer"] is None and chosen[0].options["level"] != "word"):
             names = ", ".join(f.name for f in texts) or "none"
             why = (f"{len(chosen)} text inputs match" if len(chosen) != 1 else
                    f"data.inputs.{chosen[0].name} has level={chosen[0].options['level']}")
-            reading.problems.add(f"{self.key}.text={name}: the tags need one word-level text input to align with "
+            problems.add(f"{self.key}.text={name}: the tags need one word-level text input to align with "
                                  f"({why}; text inputs: {names}); declare it with level: word (or a tokenizer) and "
                                  f"name it here")
             return None
@@ -66,6 +69,14 @@ class TagsField(Field):
         state = reading.state["tokenizers"][text.name]
         starts = word_starts(self._tokenizer(state, text.key), texts, state["max_len"])
         return tag_tensor(ids, starts, state["max_len"]), present
+
+    def words(self, inputs: list[Field], state: dict, cells: dict, rows) -> tuple[list[list[str]], list[list[int]]]:
+        """(words, each word's first token) of the manifest `rows`: what predictions are written per word."""
+        text = self._text_input(inputs, None)
+        texts = ["" if (c := cells[text.column][int(r)]) is None else str(c) for r in rows]
+        tokenizer_state = state["tokenizers"][text.name]
+        starts = word_starts(self._tokenizer(tokenizer_state, text.key), texts, tokenizer_state["max_len"])
+        return [split_words(t) for t in texts], starts
 
     @staticmethod
     def _tokenizer(state: dict, key: str):
