@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtlrun.data import hf_tokenizer
-from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
+from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
 from mtlrun.data.text import Tokenizer
 from mtlrun.data.word_tags import complete_scheme, tag_tensor, word_starts
 from mtlrun.errors import ConfigError, Problems, UsageError

@@ -5,7 +5,6 @@ tokenized with a transformers tokenizer), given to a Tagging task aligned with t
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mtlrun.data import hf_tokenizer
 from mtlrun.data.base import TargetInfo
