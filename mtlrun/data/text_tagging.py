@@ -186,7 +186,7 @@ def tag_ids(sentences: list[list[str]], names: tuple[str, ...], max_len: int) ->
 class TextTagging(DataModule):
     name = "text_tagging"
 
-    def __init__(self, n_train: int = 4000, n_val: int = 500, n_test: int = 1000, seed: int = 0,
+    def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 1000, seed: int = 0,
                  topic_mix: float = 0.25, invented_names: float = 0.5, max_len: int = 24,
                  label_fraction: Mapping[str, float] | None = None,
                  **loader):
