@@ -1,13 +1,16 @@
 """data=conll: a CoNLL-2003-format file the test writes reads back word for word and tag for tag (round trip), a
 malformed line stops the run with exit 2 naming the file and line, and train -> predict works on it (predict
 reads the checkpoint's data state: vocabulary and tag lists),
-predictions.jsonl holding the file's words, a tag per word and the entity spans."""
+predictions.jsonl holding the file's words, a tag per word and the entity spans; any file (Hypothesis) reads or
+gives the data error."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from contracts import read_results, run_cli
 from mtlrun.data.conll import CoNLL
@@ -99,3 +102,23 @@ def test_train_and_predict_on_conll_files(tmp_path):
                    f"hydra.run.dir={tmp_path / 'broken'}", cwd=tmp_path)
     assert proc.returncode == 2 and "bad.txt, line 7: 3 columns, expected 4" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ Hypothesis: any file
+LINES = st.one_of(st.text(max_size=30), st.sampled_from(["", "-DOCSTART- -X- -X- O", "a b c d", "a b c", "\t\t",
+                                                         "x NN B-NP B-PER", "x NN I-NP I-PER", "\x00 a b c"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINES, max_size=12), raw=st.binary(max_size=60))
+def test_any_file_reads_or_gives_the_data_error(tmp_path, lines, raw):
+    paths = files(tmp_path)
+    (tmp_path / "any.txt").write_text("\n".join(lines))
+    (tmp_path / "raw.txt").write_bytes(raw)
+    for path in (tmp_path / "any.txt", tmp_path / "raw.txt"):
+        try:
+            data = CoNLL(**{**paths, "val": str(path)})
+            data.build()
+            data.tagged_words("val")
+        except UsageError:
+            pass

@@ -1,15 +1,20 @@
 """Tags per word from user files: data=table's `type: tags` target aligned with a word-level text input (mtlrun's
 tokenizer, which splits punctuation off, and a transformers fast tokenizer's sub-words: the first token of a
-word carries its tag), and the count mismatch and unknown tag errors."""
+word carries its tag), the count mismatch and unknown tag errors, and any cells (Hypothesis) read or give the
+data error."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mtlrun.data.table import Table
 from mtlrun.data.word_tags import word_starts, words_of_predictions
-from mtlrun.errors import UsageError
+from mtlrun.errors import ConfigError, UsageError
 
 ROWS = [("sentence", "ner", "split"),
         ("John lives in Paris", "B-PER O O B-LOC", "train"),
@@ -80,3 +85,22 @@ def test_the_words_predictions_are_written_for(tmp_path):
     data = table(write(tmp_path))
     words, starts = data.tagged_words("train")
     assert words[1] == ["the", "U.S.", "team", "wins"] and starts[1] == [0, 1, 5]  # "wins" has no token left
+
+
+# ------------------------------------------------------------------------------------ Hypothesis: any cells
+TEXTS = st.one_of(st.text(max_size=40), st.sampled_from(["", " ", "\x00", "a  b", "U.S. 's", "=1+1", "\r\n", "NA"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(TEXTS, TEXTS), min_size=1, max_size=8))
+def test_any_text_and_tag_cells_read_or_give_the_data_error(tmp_path, rows):
+    path = tmp_path / "h.jsonl"
+    splits = ["train", "val", "test"]
+    path.write_text("".join(json.dumps({"sentence": s, "ner": t, "split": splits[i % 3]}) + "\n"
+                            for i, (s, t) in enumerate(rows)))
+    try:
+        data = table(path)
+        data.build()
+        data.tagged_words("test")
+    except ConfigError:
+        pass

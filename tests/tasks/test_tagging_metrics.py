@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from mtlrun.sequence_metrics import TaggingMetrics, detect_scheme
+from mtlrun.sequence_metrics import TaggingMetrics, detect_scheme, entity_spans
 
 seqeval = pytest.importorskip("seqeval.metrics")
 
@@ -116,3 +116,13 @@ def test_unlabelled_sentences_and_empty_splits():
     metrics.update(wrong, target, torch.tensor([False, True]))  # the first sentence has no tags for this task
     values = metrics.compute()
     assert values["f1"] == 1.0 and values["accuracy"] == 1.0
+
+
+def test_entity_spans_are_seqevals_entities():
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rng = random.Random(1)
+    sequences = [g for pairs in (HAND_WRITTEN, HAND_WRITTEN_BIOES) for pair in pairs for g in pair]
+    sequences += [[rng.choice(BIOES) for _ in range(rng.randint(1, 8))] for _ in range(200)]
+    for tags in sequences:
+        assert [(e["type"], e["start"], e["end"]) for e in entity_spans(tags)] == get_entities(tags)
