@@ -119,8 +119,9 @@ def chunk_ends(tags: torch.Tensor, tables: ChunkTables) -> tuple[torch.Tensor, t
 class TaggingMetrics(Metrics):
     """Token accuracy plus entity P/R/F1 (a BIO / BIOES tag set) or macro-F1 over the tags (any other)."""
 
-    def __init__(self, tags: list[str], ignore_index: int = -1, scheme: str | None = None):
+    def __init__(self, tags: list[str], ignore_index: int = -1, scheme: str | None = None, decode=None):
         self.tags, self.ignore_index, self.scheme = list(tags), ignore_index, scheme
+        self.decode = decode or (lambda pred: pred.argmax(-1))  # predictions [B, L, ...] -> tag ids [B, L]
         self.num_tags = len(self.tags)
         if scheme is None:
             self.names = ("accuracy", "macro_f1")
@@ -144,7 +145,7 @@ class TaggingMetrics(Metrics):
         c = self.num_tags
         target = target.long()
         valid = self.valid(target, mask)
-        guess = pred.argmax(-1) if pred.dim() == 3 else pred.long()  # logits [B, L, C] or decoded tag ids
+        guess = self.decode(pred)
         cell = torch.where(valid, target * c + guess, c * c)  # overflow bin for ignored tokens, dropped
         self.confusion += torch.bincount(cell.flatten(), minlength=c * c + 1)[: c * c].view(c, c)
         if self.scheme is not None:

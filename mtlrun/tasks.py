@@ -19,6 +19,7 @@ from mtlrun.metrics import (
     RegressionMetrics,
     SegmentationMetrics,
 )
+from mtlrun.crf import negative_log_likelihood, viterbi
 from mtlrun.sequence_metrics import SCHEMES, TaggingMetrics, detect_scheme
 
 
@@ -272,7 +273,9 @@ class Tagging(Task):
     (-1) where a token has no tag (padding, a word's later sub-words); a sentence without tags for this
     task is `label_mask` False. Prediction: logits [B, L, num_tags] from a head on each token of the
     text encoder. Loss: cross-entropy over the tagged tokens of the labelled sentences, pooled over the
-    batch (a sentence weighs by its number of tags); 0 when nothing is tagged. Metrics
+    batch (a sentence weighs by its number of tags); 0 when nothing is tagged. `crf: true`: a linear-chain CRF
+    on top (mtlrun.crf): the prediction is the chain's potentials [B, L, num_tags, num_tags], the loss its
+    negative log-likelihood per tagged token, decoding Viterbi's best path (at evaluation only). Metrics
     (mtlrun.sequence_metrics): token accuracy, and entity precision / recall / F1 as seqeval's default mode
     for a BIO or BIOES tag set, macro-F1 over the tags otherwise. The tag names come from the data.
     """
@@ -281,8 +284,13 @@ class Tagging(Task):
     token_level = True
     SCHEMES = ("auto", "bio", "bioes", "none")
 
-    def __init__(self, num_tags: int, scheme: str = "auto", ignore_index: int = -1, **kw):
+    def __init__(self, num_tags: int, scheme: str = "auto", ignore_index: int = -1, crf: bool = False, **kw):
         super().__init__(**kw)
+        if not isinstance(crf, bool):
+            from mtlrun.errors import UsageError
+
+            raise UsageError(f"crf={crf!r}: must be true or false")
+        self.crf = crf
         if scheme not in self.SCHEMES:
             from mtlrun.errors import UsageError
 
@@ -300,12 +308,19 @@ class Tagging(Task):
 
     def loss(self, pred, target, mask):
         valid = _valid_pixels(target != self.ignore_index, mask)
+        if self.crf:  # the sentences' NLL, pooled per tagged token as the cross-entropy is
+            nll = negative_log_likelihood(pred, torch.where(valid, target, self.ignore_index), self.ignore_index)
+            return nll.sum() / valid.sum().clamp_min(1)
         target = torch.where(valid, target, 0).long()  # any tag id: those tokens are dropped below
         per_token = F.cross_entropy(pred.float().transpose(1, 2), target, reduction="none")
         return _pixel_mean(per_token, valid)
 
+    def decode(self, pred: torch.Tensor) -> torch.Tensor:
+        """long [B, L]: the predicted tag of each token (Viterbi's best path with a CRF, else the argmax)."""
+        return viterbi(pred) if self.crf else pred.argmax(dim=-1)
+
     def metrics(self):
-        return TaggingMetrics(self.tags, self.ignore_index, self.scheme)
+        return TaggingMetrics(self.tags, self.ignore_index, self.scheme, decode=self.decode)
 
     def check(self, info):
         problems = super().check(info)

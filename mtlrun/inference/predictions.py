@@ -181,7 +181,7 @@ def _labelled(result: dict, name: str, labels: list, probs: torch.Tensor, names:
 
 def _tags(result: dict, task, out: torch.Tensor, words) -> None:
     sentences, starts = words
-    ids = words_of_predictions(out.argmax(dim=-1), starts)
+    ids = words_of_predictions(task.decode(out), starts)
     tags = [[task.tags[i] for i in row] for row in ids]
     result["columns"][task.name] = [" ".join(row) for row in tags]
     result["records"] = [{"words": w[: len(t)], "tags": t} for w, t in zip(sentences, tags)]

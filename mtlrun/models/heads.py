@@ -11,8 +11,8 @@
 
 Token-level tasks (`task.token_level`: mtlrun.tasks.Tagging) read a text encoder's token sequence
 (`encoder.tokens(ids) -> (tokens [B, L, D], mask [B, L])`) instead: `make_token_heads` gives every task a
-head called as `head(tokens, mask)`; a token-level task gets `make_head` on each token, a sentence-level
-one the masked mean of the tokens, then `make_head`. Only arch=hps builds them (its shared representation
+head called as `head(tokens, mask)`; a token-level task gets `make_head` on each token (with `crf: true`, the
+CRF's potentials from it: CRFHead), a sentence-level one the masked mean of the tokens, then `make_head`. Only arch=hps builds them (its shared representation
 is then the token sequence); `make_heads` refuses token-level tasks for the other architectures.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtlrun.crf import chain_potentials
 from mtlrun.errors import UsageError
 from mtlrun.models.backbone.text import _masked_mean
 
@@ -84,6 +85,20 @@ class TokenHead(nn.Module):
         return self.head(tokens)  # padding positions get a prediction too; their targets are ignored
 
 
+class CRFHead(TokenHead):
+    """A token-level task with a linear-chain CRF (`Tagging(crf=true)`): emissions from `make_head`, plus the
+    transition, start and end scores; predicts the chain's potentials [B, L, C, C] (mtlrun.crf)."""
+
+    def __init__(self, head: nn.Module, num_tags: int):
+        super().__init__(head)
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start = nn.Parameter(torch.zeros(num_tags))
+        self.end = nn.Parameter(torch.zeros(num_tags))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return chain_potentials(self.head(tokens), self.transitions, self.start, self.end, mask)
+
+
 class PooledTokenHead(TokenHead):
     """A sentence-level task on a token sequence: the mean over the real tokens, then `make_head`."""
 
@@ -102,6 +117,11 @@ def make_token_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: 
     if dense:
         raise UsageError(f"tasks.{dense[0]}: a dense (per-pixel) task cannot share a text encoder with token-level "
                          f"tasks")
-    heads = {name: (TokenHead if getattr(task, "token_level", False) else PooledTokenHead)(
-        make_head(encoder.token_dim, task.output_dim, hidden, dropout)) for name, task in tasks.items()}
+    heads = {}
+    for name, task in tasks.items():
+        head = make_head(encoder.token_dim, task.output_dim, hidden, dropout)
+        if not getattr(task, "token_level", False):
+            heads[name] = PooledTokenHead(head)
+        else:
+            heads[name] = CRFHead(head, task.output_dim) if getattr(task, "crf", False) else TokenHead(head)
     return nn.ModuleDict(heads)
