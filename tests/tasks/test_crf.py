@@ -1,16 +1,17 @@
 """The linear-chain CRF of `Tagging(crf=true)` (mtlrun/crf.py) against a brute-force enumeration of every tag
 path on tiny inputs: the log-partition, the NLL with untagged (latent) tokens and padding, Viterbi's path; and
-the CRF task trained and measured end to end."""
+the CRF task trained, measured, predicted and exported end to end."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
 import torch
 
-from contracts import check_gradient_factorizes, compose_config, step_without_batchnorm
+from contracts import check_gradient_factorizes, compose_config, run_cli, step_without_batchnorm
 from mtlrun.crf import chain_potentials, negative_log_likelihood, viterbi
 from mtlrun.engine.evaluate import evaluate_split
 from mtlrun.models.arch.hps import HardParameterSharing
@@ -103,3 +104,24 @@ def test_one_training_step_with_a_crf(tmp_path, extra):
     update, _, trainer = step_without_batchnorm(compose_config(overrides), tmp_path)
     assert torch.isfinite(update).all() and update.abs().max() > 0
     assert trainer.model.heads["ner"].transitions.shape == (7, 7)
+
+
+@pytest.mark.e2e
+def test_a_crf_model_trains_predicts_and_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    proc = run_cli("train", "experiment=text_tagging", "data.n_train=32", "data.n_val=8", "data.n_test=8",
+                   "data.batch_size=16", "backbone.text.embed_dim=8", "backbone.text.hidden=8", "tasks.ner.crf=true",
+                   "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false", f"hydra.run.dir={run}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best = str(run / "checkpoints" / "best.pt")
+    proc = run_cli("predict", f"checkpoint={best}", f"output={tmp_path / 'pred'}", f"hydra.run.dir={tmp_path / 'l1'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(record["ner"]["tags"]) == len(record["ner"]["words"]) and "entities" in record["ner"]
+    for fmt in ("torchscript", "onnx"):
+        proc = run_cli("export", f"checkpoint={best}", f"format={fmt}", f"output={tmp_path / fmt}",
+                       f"hydra.run.dir={tmp_path / ('log_' + fmt)}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
