@@ -286,14 +286,12 @@ class Tagging(Task):
 
     def __init__(self, num_tags: int, scheme: str = "auto", ignore_index: int = -1, crf: bool = False, **kw):
         super().__init__(**kw)
-        if not isinstance(crf, bool):
-            from mtlrun.errors import UsageError
+        from mtlrun.errors import UsageError
 
+        if not isinstance(crf, bool):
             raise UsageError(f"crf={crf!r}: must be true or false")
         self.crf = crf
         if scheme not in self.SCHEMES:
-            from mtlrun.errors import UsageError
-
             raise UsageError(f"scheme={scheme!r}: valid: {', '.join(self.SCHEMES)} (auto: bio or bioes when every "
                              f"tag is O or <prefix>-<TYPE> of that scheme, none otherwise: macro-F1 over the tags)")
         self.num_tags = self.num_classes = self.output_dim = int(num_tags)
