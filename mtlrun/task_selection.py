@@ -11,7 +11,8 @@ from mtlrun.schema import RESERVED_TASK_KEYS
 
 # tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
 DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
-                 "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals"}
+                 "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals",
+                 "tagging": "Tagging"}
 
 
 def task_configs(cfg: DictConfig, targets: dict | None) -> dict[str, DictConfig]:
@@ -65,5 +66,7 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
         node["num_labels"] = info.dim
     elif info.kind == "regression":
         node["dim"] = info.dim
+    elif info.kind == "tagging":
+        node["num_tags"] = info.num_classes
     node.update(weight=1.0, auxiliary=False)
     return OmegaConf.merge(node, override) if override is not None else OmegaConf.create(node)

@@ -41,6 +41,7 @@ MULTIMODAL = ["data=digits_av", "tasks=digits_av"]
 NEEDS = {"data=digits_av": ["tasks=digits_av"], "tasks=digits_av": ["data=digits_av"]}
 NEEDS.update({o: MULTIMODAL for o in GROUP_OPTIONS
               if o.startswith(("fusion=", "backbone/text=", "backbone/audio=", "backbone/tabular="))})
+NEEDS.update({"data=text_tagging": ["tasks=text_tagging"], "tasks=text_tagging": ["data=text_tagging"]})
 NEEDS.update({"data=scenes": ["tasks=scenes", "backbone/image=segnet"],
               "tasks=scenes": ["data=scenes", "backbone/image=segnet"]})
 # the optional pretrained backbones: random weights (nothing is cached here), and skipped without their extra
@@ -48,7 +49,7 @@ NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
                              "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
                              "num_attention_heads:2,intermediate_size:64}"]
 EXTRA_MODULE = {"backbone/image=timm": "timm", "backbone/image=timm_dense": "timm", "backbone/text=hf": "transformers"}
-ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table",
+ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=conll",
            "tasks=cifar10", "tasks=celeba", "tasks=nyuv2")
 CASES = [[]] + [[f"experiment={e}"] for e in EXPERIMENTS] + \
     [[o, *NEEDS.get(o, [])] for o in GROUP_OPTIONS if not o.startswith(ON_DISK)]
@@ -150,9 +151,11 @@ def test_config_composes_builds_and_runs_one_step(overrides):
         info = spec.targets[name]
         if task.dense:  # a map at the image's resolution
             assert preds[name].shape == (4, task.output_dim, *spec.modalities["image"].shape[-2:])
+        elif task.token_level:  # one prediction per token of the text
+            assert preds[name].shape == (4, *spec.modalities["text"].shape, task.output_dim)
         else:
             assert preds[name].shape == (4, task.output_dim)
-        expected_dim = info.num_classes if info.kind in ("classification", "segmentation") else info.dim
+        expected_dim = info.num_classes if info.kind in ("classification", "segmentation", "tagging") else info.dim
         assert task.output_dim == expected_dim
 
     # one optimizer step through the configured weighting, optimizer and scheduler
