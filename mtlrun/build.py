@@ -155,6 +155,8 @@ def build_components(cfg: DictConfig, data_state: dict | None = None, data=None)
     model = build_model(cfg, tasks, spec)
     weighting = instantiate_node(cfg.weighting, "weighting")
     weighting.setup(tasks, model)  # before the optimizer is built: learned weights are parameters too
+    if hasattr(data, "check_weighting"):  # data=mixture: a weighting may need what its batches do not give
+        data.check_weighting(weighting, bool(cfg.get("trainer", {}).get("conflict", False)))
     return Components(data, tasks, model, weighting)
 
 

@@ -31,6 +31,7 @@ from mtlrun.diagnostics.gradients import grad_norm
 from mtlrun.engine.monitor import Monitor
 from mtlrun.engine.records import MISSING
 from mtlrun.engine.signals import StopSignals, TrainingInterrupted
+from mtlrun.engine.sources import source_losses
 from mtlrun.engine.train_sums import TrainSums, labelled_tasks, shown_losses
 from mtlrun.engine.trainer_config import TrainerConfig
 from mtlrun.engine.trainer_state import last_good, restore_trainer, save_checkpoints, trainer_state
@@ -83,10 +84,13 @@ class Trainer:
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
         self._zero, self._ones = torch.zeros(1, device=self.device), torch.ones(len(tasks), device=self.device)
         self.optimizer = optimizer
+        # several backward passes per step (per-task gradients) or several forwards (data=mixture, sampling=all):
+        # no DDP reducer, which allows one of each; the gradients are averaged by hand
+        self.own_reduction = getattr(weighting, "multi_backward", False) or getattr(data, "multi_forward", False)
         self.train_model = wrap_for_training(self.model, data=data, device=self.device,
                                              distributed=self.dist.enabled, sync_batchnorm=cfg.sync_batchnorm,
                                              compile=cfg.compile,  # what the training step calls
-                                             reducer=not getattr(weighting, "multi_backward", False))
+                                             reducer=not self.own_reduction)
 
         self.precision = str(cfg.precision)
         self.amp_dtype = AMP_DTYPES[self.precision]
@@ -155,6 +159,8 @@ class Trainer:
     def compute_losses(self, batch: dict, need_shared: bool = False
                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Per-task losses, and the shared representation when the weighting works on it (or `need_shared`)."""
+        if "sources" in batch:  # data=mixture, sampling=all: a forward per source, each task's loss on its own data
+            return source_losses(self.compute_losses, batch, self.task_names, need_shared)
         if self.train_transform is not None:
             batch = self.train_transform(batch)
         if self.memory_format is not None:
@@ -182,9 +188,7 @@ class Trainer:
         were checked for NaN/inf and the trackers got the means since the last one."""
         last = len(micro_batches) - 1
         measure = self.conflict is not None and self.is_log_step(self.global_step + 1)
-        # A weighting that differentiates several times per step (per-task gradients) always runs outside DDP's
-        # reducer, which allows one backward per forward (its model is not DDP-wrapped): averaged below.
-        manual = self.dist.enabled and getattr(self.weighting, "multi_backward", False)
+        manual = self.dist.enabled and self.own_reduction
         trained = 0  # micro-batches not skipped for a non-finite loss
         for i, batch in enumerate(micro_batches):
             self.weighting.start_micro_batch(first=i == 0, last=i == last)
@@ -345,7 +349,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
-        if self.dist.enabled and getattr(self.weighting, "multi_backward", False):
+        if self.dist.enabled and self.own_reduction:
             average_buffers(self.model)  # trained without DDP's buffer broadcast
         loader = self.data.eval_loader(split, device=self.device, rank=self.dist.rank,
                                        world_size=self.dist.world_size)
