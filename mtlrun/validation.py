@@ -109,6 +109,10 @@ def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]
         log.warning(f"the checkpoint's config: {line} (from another mtlrun version? ignored)")
     if isinstance(cfg.get("data"), DictConfig):
         p.extend(schema.check(cfg.data, schema.Data, "data", closed=False))
+        sources = cfg.data.get("sources")  # data=mixture: each source is a data config of its own
+        for name, node in sources.items() if isinstance(sources, DictConfig) else ():
+            if isinstance(node, DictConfig):
+                p.extend(schema.check(node, schema.Data, f"data.sources.{name}", closed=False))
     if not is_int(cfg.get("seed")) or cfg.seed < 0:
         p.add(f"seed={cfg.get('seed')}: must be an integer >= 0")
     _check_tasks(cfg, p)

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig
 
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, collate
 from mtlrun.data.mixture_sampling import (SAMPLINGS, MixtureEpoch, RoundRobin, draw_counts, draw_sources,
                                           source_probabilities)
-from mtlrun.errors import Problems, UsageError
+from mtlrun.errors import MtlrunError, Problems, UsageError
 
 log = logging.getLogger("mtlrun")
 DENSE = ("segmentation", "depth", "normals")  # per-pixel targets: [..., H, W] of the batch's image
@@ -76,9 +78,7 @@ class Mixture(DataModule):
 
     # ----------------------------------------------------------------------------------- building
     def _build_sources(self, nodes, targets, prefix: bool, span: list[str], p: Problems) -> dict[str, Source]:
-        from mtlrun.instantiate import instantiate_node
-
-        if not isinstance(nodes, DictConfig) or not nodes:
+        if not isinstance(nodes, (DictConfig, dict)) or not nodes:
             p.add("data.sources: give one data config per source, e.g. data.sources={big: {_target_: ...}}")
             return {}
         targets = targets if targets is not None else {}
@@ -94,10 +94,10 @@ class Mixture(DataModule):
             if not _NAME.fullmatch(name):
                 p.add(f"data.sources.{name}: a source name is letters, digits, _ and - (it prefixes task names)")
                 continue
-            if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(".Mixture"):
+            if isinstance(node, Mixture) or isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(".Mixture"):
                 p.add(f"data.sources.{name}: a mixture cannot be a source; list its sources here instead")
                 continue
-            module = instantiate_node(node, f"data.sources.{name}", _recursive_=False)
+            module = _build_source(node, name)
             available = list(module.spec.targets)
             chosen = targets.get(name) if name in targets else available
             chosen = _names(chosen, f"data.targets.{name}", p)
@@ -316,7 +316,9 @@ class Mixture(DataModule):
         return {name: src.module.state_dict() for name, src in self.sources.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        problems = self.state_problems(state)
+        unknown = [name for name in state if name not in self.sources]
+        problems = [f"holds a state for source {name!r}, which the config does not have" for name in unknown]
+        problems += self.state_problems(state)
         if problems:
             raise UsageError(f"data: the checkpoint's data state: {'; '.join(problems)}")
         for name, sub in state.items():
@@ -325,8 +327,6 @@ class Mixture(DataModule):
     @classmethod
     def state_problems(cls, state: dict, config: dict | None = None) -> list[str]:
         """Each source's state against its own data module; a state of a source the config lacks is damage."""
-        from mtlrun.instantiate import TargetNotFound, locate
-
         nodes = (config or {}).get("sources") if isinstance(config, (dict, DictConfig)) else None
         problems = []
         for name, sub in state.items():
@@ -339,10 +339,10 @@ class Mixture(DataModule):
             if not isinstance(node, (dict, DictConfig)):
                 problems.append(f"holds a state for source {name!r}, which the config does not have")
                 continue
-            try:
-                module = locate(str(node.get("_target_")))
-            except TargetNotFound:
-                continue  # building the source says what is wrong with its `_target_`
+            try:  # the trust check let every `_target_` of the config through already
+                module = get_class(str(node.get("_target_")))
+            except Exception:  # noqa: BLE001 - building the source says what is wrong with its `_target_`
+                continue
             if hasattr(module, "state_problems"):
                 problems += [f"source {name}: {line}" for line in module.state_problems(sub, node)]
         return problems
@@ -361,6 +361,26 @@ def _placeholder(template: torch.Tensor, kind: str, inputs: dict, size: int) -> 
         if text is not None:
             shape[-1] = text.shape[-1]
     return torch.zeros(size, *shape, dtype=template.dtype)
+
+
+def _build_source(node, name: str) -> DataModule:
+    """A source's data module: built here (a mixture's `data` node is built without recursion, as every data
+    node is), or already built by a recursive instantiate."""
+    if isinstance(node, DataModule):
+        return node
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise UsageError(f"data.sources.{name}: needs a data config with a `_target_` (e.g. the contents of "
+                         f"configs/data/multidigits.yaml), got {node!r}")
+    log.info(f"data.sources.{name}: {node._target_}")
+    try:
+        module = instantiate(node, _recursive_=False)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, MtlrunError):
+            raise exc.__cause__ from None
+        raise UsageError(f"data.sources.{name}: cannot build {node._target_}: {exc.__cause__ or exc}") from exc
+    if not isinstance(module, DataModule):
+        raise UsageError(f"data.sources.{name}: {node._target_} is not a data module (mtlrun.data.base.DataModule)")
+    return module
 
 
 def _settings(info) -> dict:

@@ -1,0 +1,158 @@
+"""data=mixture: how sources become tasks, what a batch holds, how steps draw sources, evaluation per source."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from contracts import compose_config
+from mtlrun.build import build_components
+from mtlrun.data.mixture_sampling import draw_counts, draw_sources, source_probabilities
+from mtlrun.errors import UsageError
+from mtlrun.instantiate import instantiate_node
+
+# two multidigits sources of unequal size (big: left/right, small: parity), a few batches each
+MIX = ["data=mixture", "tasks=from_data", "trainer.device=cpu",
+       "data.sources.big.n_train=96", "data.sources.big.n_val=24", "data.sources.big.n_test=24",
+       "data.sources.big.batch_size=16", "data.sources.big.eval_batch_size=10",
+       "data.sources.small.n_train=32", "data.sources.small.n_val=12", "data.sources.small.n_test=12",
+       "data.sources.small.batch_size=16", "data.sources.small.eval_batch_size=10"]
+
+
+def mixture(*overrides):
+    return instantiate_node(compose_config([*MIX, *overrides]).data, "data", _recursive_=False)
+
+
+CPU = torch.device("cpu")
+
+
+def test_probabilities_follow_the_formulas():
+    sizes = [900, 100]
+    assert source_probabilities(sizes, "proportional") == pytest.approx([0.9, 0.1])
+    assert source_probabilities(sizes, "uniform") == pytest.approx([0.5, 0.5])
+    assert source_probabilities(sizes, "temperature", 2.0) == pytest.approx([30 / 40, 10 / 40])  # sqrt: 30, 10
+    assert source_probabilities(sizes, "temperature", 1.0) == pytest.approx([0.9, 0.1])
+
+
+def test_draws_are_a_pure_function_of_seed_and_epoch_and_match_the_probabilities():
+    p = [0.7, 0.2, 0.1]
+    a = draw_sources(p, seed=3, epoch=5, steps=20000)
+    assert a == draw_sources(p, seed=3, epoch=5, steps=20000)
+    assert a[:100] == draw_sources(p, seed=3, epoch=5, steps=100)  # a step's source does not depend on the length
+    assert a != draw_sources(p, seed=3, epoch=6, steps=20000) and a != draw_sources(p, seed=4, epoch=5, steps=20000)
+    counts = draw_counts(a, ["x", "y", "z"])
+    for name, q in zip("xyz", p):  # 4.5 standard deviations
+        assert abs(counts[name] / 20000 - q) < 4.5 * math.sqrt(q * (1 - q) / 20000)
+
+
+def test_sources_bring_their_targets_as_tasks_and_batches_mask_the_others():
+    data = mixture()
+    assert list(data.spec.targets) == ["left", "right", "parity"]
+    assert list(data.spec.modalities) == ["image"]
+    batch = next(iter(mixture().eval_loader("val", device=CPU)))  # round robin: big first
+    assert batch["source"] == "big" and set(batch["targets"]) == {"left", "right", "parity"}
+    assert not batch["label_mask"]["parity"].any() and batch["targets"]["parity"].shape == (10,)
+    assert "left" not in batch["label_mask"]  # the source's own tasks: labelled as the source says
+
+
+def test_prefix_and_span_name_the_tasks():
+    both = ["data.targets.big=[left,parity]", "data.targets.small=[parity]"]
+    assert list(mixture(*both, "data.prefix=true").spec.targets) == ["big_left", "big_parity", "small_parity"]
+    spanned = mixture(*both, "data.span=[parity]")
+    assert list(spanned.spec.targets) == ["left", "parity"]
+    batches = list(spanned.eval_loader("test", device=CPU))
+    assert {b["source"] for b in batches} == {"big", "small"}
+    assert all("parity" not in b["label_mask"] for b in batches)  # labelled in both sources
+
+
+def test_evaluation_measures_each_task_on_its_own_source_only():
+    parts = build_components(compose_config(MIX))
+    labelled = {t: 0 for t in parts.tasks}
+    for batch in parts.data.eval_loader("val", device=CPU):
+        for t in parts.tasks:
+            mask = batch["label_mask"].get(t)
+            labelled[t] += len(batch["targets"][t]) if mask is None else int(mask.sum())
+    assert labelled == {"left": 24, "right": 24, "parity": 12}
+    sources = [b["source"] for b in parts.data.eval_loader("val", device=CPU)]
+    assert sources == ["big", "small", "big", "small", "big"]  # round robin: a limit cuts every source
+
+
+def _sources(data, **kw):
+    return [b["source"] for b in data.train_loader(device=CPU, **kw)]
+
+
+def test_one_source_per_step_is_the_same_on_every_rank_and_after_a_resume():
+    data = mixture("data.sampling=uniform", "data.steps_per_epoch=12")
+    whole = list(data.train_loader(epoch=1, seed=0, device=CPU))
+    assert len(whole) == 12 and {b["source"] for b in whole} == {"big", "small"}
+    tail = list(data.train_loader(epoch=1, seed=0, device=CPU, skip_batches=7))
+    for a, b in zip(whole[7:], tail, strict=True):  # a resumed epoch reads what the whole one read
+        assert a["source"] == b["source"] and torch.equal(a["inputs"]["image"], b["inputs"]["image"])
+    ranks = [_sources(data, epoch=1, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    assert ranks[0] == ranks[1] == [b["source"] for b in whole]
+    assert _sources(data, epoch=2, seed=0) != ranks[0]
+
+
+def test_sampling_all_reads_every_source_each_step_and_cycles_the_small_one():
+    data = mixture("data.sampling=all")
+    assert data.multi_forward and data.train_batches() == 6  # the big source's 96 / 16 batches
+    steps = list(data.train_loader(epoch=0, seed=0, device=CPU))
+    assert len(steps) == 6 and all(set(s["sources"]) == {"big", "small"} for s in steps)
+    small = [s["sources"]["small"]["inputs"]["image"] for s in steps]
+    assert not torch.equal(small[0], small[2])  # its 2 batches, reshuffled on the second pass
+    assert steps[0]["label_mask"]["parity"].all() and len(steps[0]["label_mask"]["left"]) == 16
+    resumed = list(data.train_loader(epoch=0, seed=0, device=CPU, skip_batches=3))
+    assert torch.equal(resumed[0]["sources"]["small"]["inputs"]["image"], small[3])
+
+
+def test_state_holds_each_source_and_refuses_a_damaged_one():
+    data = mixture()
+    assert data.state_dict() == {"big": {}, "small": {}}
+    data.load_state_dict({"big": {}, "small": {}})
+    cfg = compose_config(MIX).data
+    assert data.state_problems({"nope": {}}, cfg) == ["holds a state for source 'nope', which the config does not have"]
+    assert data.state_problems({"big": [1]}, cfg) == ["source 'big': holds list, not a mapping"]
+    assert data.state_problems({"big": {"vocab": 1}}, cfg) == ["source big: holds ['vocab']; MultiDigits keeps no state"]
+    with pytest.raises(UsageError, match="nope"):
+        data.load_state_dict({"nope": {}})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.sampling=often"], "data.sampling=often: unknown; valid: all, proportional, uniform, temperature"),
+    (["data.sampling=temperature", "data.temperature=0"], "data.temperature=0: must be a number > 0"),
+    (["data.targets.small=[]"], "data.sources.small: brings no target"),
+    (["data.targets.small=[left]"], "task 'left' comes from sources big, small; set data.prefix=true"),
+    (["data.targets.small=[nope]"], "data.targets.small: the source has no target nope; available: left"),
+    (["data.span=[zero]"], "data.span: 'zero' is a target of 0 source(s)"),
+    (["data.steps_per_epoch=0"], "data.steps_per_epoch=0: must be an integer >= 1"),
+    (["data.source=tiny"], "data.source=tiny: not a source; valid: big, small"),
+])
+def test_bad_mixtures_are_usage_errors_naming_the_key(overrides, message):
+    with pytest.raises(UsageError) as err:
+        mixture(*overrides)
+    assert message in str(err.value)
+
+
+def test_an_empty_source_split_is_a_usage_error():
+    data = mixture()
+    small = data.sources["small"].module
+    split_of = small.dataset
+    small.dataset = lambda split: split_of(split) if split != "val" else []  # e.g. a table without val rows
+    with pytest.raises(UsageError, match="data.sources.small: its val split is empty"):
+        data.train_batches()
+
+
+def test_representation_level_methods_are_refused_across_sources():
+    with pytest.raises(UsageError, match="weighting.grad_on=representation .* data.sampling=all"):
+        build_components(compose_config([*MIX, "data.sampling=all", "weighting=mgda",
+                                         "weighting.grad_on=representation"]))
+    build_components(compose_config([*MIX, "data.sampling=all", "weighting=mgda"]))  # parameter level: fine
+    build_components(compose_config([*MIX, "weighting=mgda", "weighting.grad_on=representation"]))  # one source
+
+
+def test_a_source_is_any_data_config_and_one_input_name_needs_one_kind_of_input():
+    with pytest.raises(UsageError, match="data.sources.shapes: its input 'image'"):  # 3 channels next to 1
+        mixture("+data@data.sources.shapes=scenes", "data.sources.shapes.n_train=8", "data.sources.shapes.n_val=4",
+                "data.sources.shapes.n_test=4", "data.sources.shapes.image_size=16")
