@@ -207,7 +207,7 @@ COMMON_OPTIONS = ("checkpoint", "trusted_targets")
 # The keys of a checkpoint's config that say how its model runs here, not what it is: predict and export may
 # change these (eval as well, and trainer.limit_eval_batches).
 RUNTIME_KEYS = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.allow_outside_root",
-                "trainer.device", "trainer.precision", "trainer.threads")
+                "data.source", "trainer.device", "trainer.precision", "trainer.threads")
 # data=table: reading another manifest (predict, export); the others only together with data.path
 NEW_DATA = ("data.path", "data.root", "data.encoding", "data.na_values")
 
