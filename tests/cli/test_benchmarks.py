@@ -37,6 +37,16 @@ def test_logger_overhead_script_runs_and_prints_a_ratio():
     assert match and float(match.group(1)) > 0, proc.stdout
 
 
+def test_mixture_script_runs_and_prints_both_ratios():
+    args = ["--rounds", "1", "--steps", "2", "--batch", "4"]
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "mixture.py"), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for side in ("all", "mixture_one"):
+        match = re.search(rf"ratio {side}/one \(median of 1 rounds\): ([0-9.]+)", proc.stdout)
+        assert match and float(match.group(1)) > 0, proc.stdout
+
+
 def test_constant_baseline_scores_the_train_statistics_on_test():
     """benchmarks/constant_baseline.py: the global depth predictor is the train median, scored as L1 on test."""
     overrides = ["experiment=scenes_hps", "data.n_train=24", "data.n_val=4", "data.n_test=12", "data.image_size=16",

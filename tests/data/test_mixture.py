@@ -156,3 +156,62 @@ def test_a_source_is_any_data_config_and_one_input_name_needs_one_kind_of_input(
     with pytest.raises(UsageError, match="data.sources.shapes: its input 'image'"):  # 3 channels next to 1
         mixture("+data@data.sources.shapes=scenes", "data.sources.shapes.n_train=8", "data.sources.shapes.n_val=4",
                 "data.sources.shapes.n_test=4", "data.sources.shapes.image_size=16")
+
+
+@pytest.mark.parametrize("overrides", [["data=mixture"], ["experiment=mixture_digits"]])
+def test_shipped_mixture_configs_validate_build_and_train_one_step(overrides):
+    """What tests/cli/test_configs.py checks of every other shipped config, on tiny sources."""
+    from mtlrun.validation import validate_train
+
+    tiny = [f"data.sources.{s}.{k}={n}" for s in ("big", "small") for k, n in
+            (("n_train", 32), ("n_val", 8), ("n_test", 8), ("batch_size", 8), ("eval_batch_size", 8))]
+    cfg = compose_config([*overrides, "tasks=from_data", *tiny])
+    validate_train(cfg)
+    parts = build_components(cfg)
+    assert list(parts.tasks) == ["left", "right", "parity"]
+    batch = next(iter(parts.data.train_loader(epoch=0, seed=0, device=CPU)))
+    preds = parts.model(batch["inputs"])
+    losses = {t: parts.tasks[t].loss(preds[t], batch["targets"][t], batch["label_mask"].get(t)) for t in parts.tasks}
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    parts.weighting.backward(losses, scale=lambda loss: loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.model.parameters())
+
+
+
+@pytest.fixture(scope="module")
+def mixture_checkpoint(tmp_path_factory):
+    """An untrained mixture model saved as a checkpoint (in-process, as tests/cli/test_crafted_checkpoints.py)."""
+    import mtlrun
+    from omegaconf import OmegaConf
+
+    from mtlrun.engine import checkpoint
+
+    cfg = compose_config(MIX)
+    parts = build_components(cfg)
+    state = {"mtlrun_version": mtlrun.__version__, "format": checkpoint.FORMAT,
+             "config": OmegaConf.to_container(cfg, resolve=True), "model": parts.model.state_dict(),
+             "data": parts.data.state_dict(), "epoch": 0, "global_step": 0}
+    path = tmp_path_factory.mktemp("mixture") / "best.pt"
+    checkpoint.save(path, state)
+    return path, state
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"big": {}, "small": {}, "nope": {}}, "holds a state for source 'nope', which the config does not have"),
+    ({"big": [1], "small": {}}, "source 'big': holds list, not a mapping"),
+    ({"big": {"vocab": {"a": 1}}, "small": {}}, "source big: holds ['vocab']; MultiDigits keeps no state"),
+])
+def test_a_crafted_mixture_data_state_is_refused_before_anything_is_built(mixture_checkpoint, tmp_path, data,
+                                                                         expected):
+    import mtlrun
+
+    path, state = mixture_checkpoint
+    assert mtlrun.load(path).data.state_dict() == {"big": {}, "small": {}}
+    torch.save({**state, "data": data}, tmp_path / "crafted.pt")
+    with pytest.raises(UsageError) as info:
+        mtlrun.load(tmp_path / "crafted.pt")
+    assert str(info.value).startswith(f"checkpoint={tmp_path / 'crafted.pt'}: ") and expected in str(info.value)
+    crafted = {**state, "config": {**state["config"], "data": {**state["config"]["data"], "sources": [1]}}}
+    torch.save(crafted, tmp_path / "sources_a_list.pt")
+    with pytest.raises(UsageError):
+        mtlrun.load(tmp_path / "sources_a_list.pt")
