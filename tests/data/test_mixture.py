@@ -215,3 +215,17 @@ def test_a_crafted_mixture_data_state_is_refused_before_anything_is_built(mixtur
     torch.save(crafted, tmp_path / "sources_a_list.pt")
     with pytest.raises(UsageError):
         mtlrun.load(tmp_path / "sources_a_list.pt")
+
+
+def test_each_source_keeps_its_own_training_transforms():
+    flip = "data.sources.big.transforms=[{_target_:torchvision.transforms.v2.RandomHorizontalFlip,p:1.0}]"
+    data = mixture(flip, "data.sampling=all")
+    transform = data.train_transform()
+    step = next(iter(data.train_loader(epoch=0, seed=0, device=CPU)))
+    big, small = step["sources"]["big"], step["sources"]["small"]
+    flipped = transform(big)
+    assert torch.equal(flipped["inputs"]["image"], big["inputs"]["image"].flip(-1))
+    assert flipped["targets"].keys() == big["targets"].keys() and flipped["source"] == "big"
+    assert torch.equal(flipped["targets"]["left"], big["targets"]["left"])
+    assert transform(small) is small  # the small source has none
+    assert mixture().train_transform() is None

@@ -25,9 +25,10 @@ def _weights(run):
     return torch.load(run / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("sampling", ["temperature", "all"])
-def test_resumed_mixture_run_equals_the_straight_one(tmp_path, sampling):
-    args = [*MIX, f"data.sampling={sampling}", "data.steps_per_epoch=5"]
+@pytest.mark.parametrize("sampling, accumulate", [("temperature", 2), ("all", 1)])
+def test_resumed_mixture_run_equals_the_straight_one(tmp_path, sampling, accumulate):
+    """5 steps an epoch: with accumulate=2, windows of 2, 2 and 1 micro-batches, each drawing its source."""
+    args = [*MIX, f"data.sampling={sampling}", "data.steps_per_epoch=5", f"trainer.accumulate={accumulate}"]
     straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
     assert run_cli("train", *args, "trainer.max_epochs=2", f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
     assert run_cli("train", *args, "trainer.max_epochs=1", f"hydra.run.dir={first}", cwd=tmp_path).returncode == 0
