@@ -14,7 +14,7 @@ import math
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import distributed, schema
@@ -108,11 +108,15 @@ def config_problems(cfg: DictConfig, from_checkpoint: bool = False) -> list[str]
     for line in unknown.lines() if unknown is not None else []:
         log.warning(f"the checkpoint's config: {line} (from another mtlrun version? ignored)")
     if isinstance(cfg.get("data"), DictConfig):
-        p.extend(schema.check(cfg.data, schema.Data, "data", closed=False))
         sources = cfg.data.get("sources")  # data=mixture: each source is a data config of its own
-        for name, node in sources.items() if isinstance(sources, DictConfig) else ():
-            if isinstance(node, DictConfig):
-                p.extend(schema.check(node, schema.Data, f"data.sources.{name}", closed=False))
+        if isinstance(sources, DictConfig):  # and the mixture's own loader keys are null for "each source's own"
+            own = [k for k in cfg.data if k != "sources" and OmegaConf.select(cfg.data, str(k)) is not None]
+            p.extend(schema.check(OmegaConf.masked_copy(cfg.data, own), schema.Data, "data", closed=False))
+            for name, node in sources.items():
+                if isinstance(node, DictConfig):
+                    p.extend(schema.check(node, schema.Data, f"data.sources.{name}", closed=False))
+        else:
+            p.extend(schema.check(cfg.data, schema.Data, "data", closed=False))
     if not is_int(cfg.get("seed")) or cfg.seed < 0:
         p.add(f"seed={cfg.get('seed')}: must be an integer >= 0")
     _check_tasks(cfg, p)

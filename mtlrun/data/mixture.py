@@ -28,11 +28,10 @@ from omegaconf import DictConfig, ListConfig
 
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, collate
 from mtlrun.data.mixture_sampling import (SAMPLINGS, MixtureEpoch, RoundRobin, draw_counts, draw_sources,
-                                          source_probabilities)
+                                          placeholder, source_probabilities)
 from mtlrun.errors import MtlrunError, Problems, UsageError
 
 log = logging.getLogger("mtlrun")
-DENSE = ("segmentation", "depth", "normals")  # per-pixel targets: [..., H, W] of the batch's image
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -48,13 +47,15 @@ class Mixture(DataModule):
     all of them). `prefix`: name every task `<source>_<target>`. `span`: target names that are one task over
     every source that has them (the same labels, e.g. the same class list). `sampling`, `temperature`,
     `steps_per_epoch` (null: the largest source's batches for `all`, else all sources' batches together):
-    how training draws. `source`: read one source only (eval / predict on that source)."""
+    how training draws. `source`: read one source only (eval / predict on that source). `batch_size`,
+    `eval_batch_size`, `num_workers`: null keeps each source's own, a value sets every source's."""
 
     name = "mixture"
 
     def __init__(self, sources, sampling: str = "proportional", temperature: float = 2.0,
                  steps_per_epoch: int | None = None, targets=None, prefix: bool = False, span=(),
-                 source: str | None = None):
+                 source: str | None = None, batch_size: int | None = None, eval_batch_size: int | None = None,
+                 num_workers: int | None = None):
         super().__init__()
         p = Problems()
         if sampling not in SAMPLINGS:
@@ -74,6 +75,11 @@ class Mixture(DataModule):
             p.add(f"data.source={source}: not a source; valid: {', '.join(self.sources)} (or null: all of them)")
         p.raise_if_any()
         self.source = source
+        # null: each source's own; a value: every source's (what `mtlrun eval data.batch_size=...` changes)
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                           ("num_workers", num_workers)):
+            for src in self.sources.values() if value is not None else ():
+                setattr(src.module, key, int(value))
         self._spec = self._merged_spec()
 
     # ----------------------------------------------------------------------------------- building
@@ -214,7 +220,7 @@ class Mixture(DataModule):
         label_mask = {task: own_masks[t] for t, task in src.tasks.items() if t in own_masks}
         for task in self._spec.targets:
             if task not in targets:
-                targets[task] = _placeholder(self._templates[task], self._spec.targets[task].kind, given, size)
+                targets[task] = placeholder(self._templates[task], self._spec.targets[task].kind, given, size)
                 label_mask[task] = torch.zeros(size, dtype=torch.bool)
         out = {"inputs": inputs, "targets": targets, "label_mask": label_mask, "source": src.name,
                "tasks": tuple(src.tasks.values())}
@@ -346,21 +352,6 @@ class Mixture(DataModule):
             if hasattr(module, "state_problems"):
                 problems += [f"source {name}: {line}" for line in module.state_problems(sub, node)]
         return problems
-
-
-def _placeholder(template: torch.Tensor, kind: str, inputs: dict, size: int) -> torch.Tensor:
-    """Zeros for another source's task on this batch, shaped as the prediction on this batch will be: a
-    per-pixel target takes this batch's image size, a per-token target its text length."""
-    shape = list(template.shape)
-    if kind in DENSE and len(shape) >= 2:
-        image = next((x for x in inputs.values() if x.dim() == 4 and x.is_floating_point()), None)
-        if image is not None:
-            shape[-2:] = image.shape[-2:]
-    elif kind == "tagging" and shape:
-        text = next((x for x in inputs.values() if x.dim() == 2 and not x.is_floating_point()), None)
-        if text is not None:
-            shape[-1] = text.shape[-1]
-    return torch.zeros(size, *shape, dtype=template.dtype)
 
 
 def _build_source(node, name: str) -> DataModule:

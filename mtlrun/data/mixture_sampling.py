@@ -1,4 +1,5 @@
-"""Which source a training step of `data=mixture` reads, and each source's endless stream of batches.
+"""Which source a training step of `data=mixture` reads, each source's endless stream of batches, and the
+loaders that hand them out (with placeholders for the other sources' tasks).
 
 Everything here is a pure function of (seed, epoch, step): the sources of an epoch are drawn at once from a
 generator seeded by (seed, epoch), and source s's batches within a mixture epoch are its own shuffled epochs
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+DENSE = ("segmentation", "depth", "normals")  # per-pixel targets: [..., H, W] of the batch's image
 SAMPLINGS = ("all", "proportional", "uniform", "temperature")
 PASSES = 100_000  # source epochs reserved per mixture epoch: more passes than any run makes in one epoch
 _SALT = 0x6D697874  # keeps the source draws apart from the shuffling streams that use (seed, epoch) as well
@@ -112,3 +114,18 @@ def _own_masks(parts: dict) -> dict:
             mask = part["label_mask"].get(task, torch.ones(len(part["targets"][task]), dtype=torch.bool))
             out[task] = torch.cat([out[task], mask]) if task in out else mask
     return out
+
+
+def placeholder(template: torch.Tensor, kind: str, inputs: dict, size: int) -> torch.Tensor:
+    """Zeros for another source's task on this batch, shaped as the prediction on this batch will be: a
+    per-pixel target takes this batch's image size, a per-token target its text length."""
+    shape = list(template.shape)
+    if kind in DENSE and len(shape) >= 2:
+        image = next((x for x in inputs.values() if x.dim() == 4 and x.is_floating_point()), None)
+        if image is not None:
+            shape[-2:] = image.shape[-2:]
+    elif kind == "tagging" and shape:
+        text = next((x for x in inputs.values() if x.dim() == 2 and not x.is_floating_point()), None)
+        if text is not None:
+            shape[-1] = text.shape[-1]
+    return torch.zeros(size, *shape, dtype=template.dtype)

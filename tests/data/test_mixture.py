@@ -229,3 +229,17 @@ def test_each_source_keeps_its_own_training_transforms():
     assert torch.equal(flipped["targets"]["left"], big["targets"]["left"])
     assert transform(small) is small  # the small source has none
     assert mixture().train_transform() is None
+
+
+def test_the_mixtures_loader_keys_set_every_source_and_are_checked_as_data_keys():
+    from mtlrun.errors import ConfigError
+    from mtlrun.validation import validate_train
+
+    data = mixture("data.eval_batch_size=7", "data.batch_size=4")
+    assert [s.module.eval_batch_size for s in data.sources.values()] == [7, 7]
+    assert data.train_batches() == 96 // 4 + 32 // 4
+    assert mixture().sources["big"].module.batch_size == 16  # null: the source's own
+    with pytest.raises(ConfigError) as err:
+        validate_train(compose_config([*MIX, "data.batch_size=0", "data.sources.small.n_val=0"]))
+    assert "data.batch_size=0: must be an integer >= 1" in str(err.value)
+    assert "data.sources.small.n_val=0: must be an integer >= 1" in str(err.value)

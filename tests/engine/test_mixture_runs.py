@@ -57,6 +57,10 @@ def test_accumulated_run_evaluates_and_predicts_each_source(tmp_path):
     proc = run_cli("eval", f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert read_results(tmp_path / "eval") == results
+    proc = run_cli("eval", f"checkpoint={best}", "data.batch_size=7", f"hydra.run.dir={tmp_path / 'eval7'}",
+                   cwd=tmp_path)  # every source's evaluation batch size
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(tmp_path / "eval7") == pytest.approx(results, abs=1e-5)
 
     proc = run_cli("predict", f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
     assert proc.returncode == 2 and "data.source=<name>" in proc.stderr
