@@ -71,15 +71,18 @@ class Mixture(DataModule):
             p.add(f"data.prefix={prefix}: must be true (tasks named <source>_<target>) or false")
         self.sampling, self.temperature, self.steps_per_epoch = sampling, temperature, steps_per_epoch
         self.sources = self._build_sources(sources, targets, prefix is True, _names(span, "data.span", p), p)
-        if source is not None and source not in self.sources:
+        if source is not None and (not isinstance(source, str) or source not in self.sources):
             p.add(f"data.source={source}: not a source; valid: {', '.join(self.sources)} (or null: all of them)")
+        loader_keys = {"batch_size": (batch_size, 1), "eval_batch_size": (eval_batch_size, 1),
+                       "num_workers": (num_workers, 0)}
+        for key, (value, least) in loader_keys.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                p.add(f"data.{key}={value}: must be an integer >= {least}, or null (each source's own)")
         p.raise_if_any()
         self.source = source
-        # null: each source's own; a value: every source's (what `mtlrun eval data.batch_size=...` changes)
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("num_workers", num_workers)):
+        for key, (value, _) in loader_keys.items():  # a value sets every source's (e.g. eval's data.batch_size)
             for src in self.sources.values() if value is not None else ():
-                setattr(src.module, key, int(value))
+                setattr(src.module, key, value)
         self._spec = self._merged_spec()
 
     # ----------------------------------------------------------------------------------- building

@@ -128,6 +128,10 @@ def test_state_holds_each_source_and_refuses_a_damaged_one():
     (["data.span=[zero]"], "data.span: 'zero' is a target of 0 source(s)"),
     (["data.steps_per_epoch=0"], "data.steps_per_epoch=0: must be an integer >= 1"),
     (["data.source=tiny"], "data.source=tiny: not a source; valid: big, small"),
+    (["data.source=[big]"], "data.source=['big']: not a source"),
+    (["data.batch_size=two"], "data.batch_size=two: must be an integer >= 1, or null"),
+    (["data.span=3"], "data.span=3: give a list of target names"),
+    (["data.sources.big=5"], "data.sources.big: needs a data config with a `_target_`"),
 ])
 def test_bad_mixtures_are_usage_errors_naming_the_key(overrides, message):
     with pytest.raises(UsageError) as err:
