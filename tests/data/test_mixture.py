@@ -156,6 +156,12 @@ def test_representation_level_methods_are_refused_across_sources():
     build_components(compose_config([*MIX, "weighting=mgda", "weighting.grad_on=representation"]))  # one source
 
 
+def test_a_source_is_added_from_a_data_config_option():
+    data = mixture("+data@data.sources.more=multidigits", "data.sources.more.seed=2", "+data.targets.more=[sum]",
+                   "data.sources.more.n_train=16", "data.sources.more.n_val=4", "data.sources.more.n_test=4")
+    assert list(data.spec.targets) == ["left", "right", "parity", "sum"] and len(data.sources) == 3
+
+
 def test_a_source_is_any_data_config_and_one_input_name_needs_one_kind_of_input():
     with pytest.raises(UsageError, match="data.sources.shapes: its input 'image'"):  # 3 channels next to 1
         mixture("+data@data.sources.shapes=scenes", "data.sources.shapes.n_train=8", "data.sources.shapes.n_val=4",
