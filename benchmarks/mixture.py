@@ -41,7 +41,8 @@ def sides(batch: int, n_train: int) -> dict[str, list[str]]:
 
     return {"one": ["data=multidigits", f"data.n_train={n_train}", "data.n_val=8", "data.n_test=8",
                     f"data.batch_size={batch}", "tasks.only=[left,right,parity]"],
-            "all": ["data=mixture", "data.sampling=all", *source("big", batch // 2, 0), *source("small", batch // 2, 1)],
+            "all": ["data=mixture", "data.sampling=all", *source("big", batch // 2, 0),
+                    *source("small", batch // 2, 1)],
             "mixture_one": ["data=mixture", "data.sampling=proportional", *source("big", batch, 0),
                             *source("small", batch, 1)]}
 

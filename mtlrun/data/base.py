@@ -220,6 +220,11 @@ class DataModule:
             return None
         return partial(drop_modalities, p=self.modality_dropout)
 
+    def epoch_row(self, epoch: int, seed: int, batches: int, world_size: int = 1) -> dict:
+        """Columns the data adds to epoch `epoch`'s train row in metrics.csv, the epoch having read `batches`
+        batches per rank (data=mixture: how many read each source)."""
+        return {}
+
     def sample_ids(self, split: str, column: str | None = None) -> list:
         """One id per sample of `split`, in order (what `mtlrun predict` writes next to the predictions): the
         sample's index in the split. `column` names an id column of data that has columns (data=table)."""

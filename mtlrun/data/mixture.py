@@ -103,9 +103,6 @@ class Mixture(DataModule):
             if not _NAME.fullmatch(name):
                 p.add(f"data.sources.{name}: a source name is letters, digits, _ and - (it prefixes task names)")
                 continue
-            if isinstance(node, Mixture) or isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(".Mixture"):
-                p.add(f"data.sources.{name}: a mixture cannot be a source; list its sources here instead")
-                continue
             module = _build_source(node, name)
             available = list(module.spec.targets)
             chosen = targets.get(name) if name in targets else available
@@ -153,9 +150,7 @@ class Mixture(DataModule):
         p.raise_if_any()
         return DataSpec(modalities, targets)
 
-    @property
-    def full_spec(self) -> DataSpec:
-        return self._spec
+    full_spec = property(lambda self: self._spec)
 
     @property
     def multi_forward(self) -> bool:
@@ -168,17 +163,15 @@ class Mixture(DataModule):
         return {self.source: self.sources[self.source]} if self.source else self.sources
 
     def check_weighting(self, weighting, conflict: bool) -> None:
-        """sampling=all runs each source's batch through the model on its own: there is no one representation
-        that every task's loss is on, so a representation-level method would compare gradients that never meet
-        (different samples). Parameter-level methods work: each task's gradient reaches the shared parameters."""
-        if not self.multi_forward:
-            return
-        if getattr(weighting, "grad_on", None) == "representation" or conflict:
-            what = "trainer.conflict=true" if conflict else f"weighting.grad_on=representation ({type(weighting).__name__})"
-            raise UsageError(f"{what} needs every task's loss on one shared representation, but data.sampling=all "
-                             f"runs each source's batch through the model on its own (different samples, no common "
-                             f"representation); use weighting.grad_on=parameters, or data.sampling=proportional|"
-                             f"uniform|temperature (one source per step)")
+        """sampling=all runs each source's batch through the model on its own: no one representation holds every
+        task's loss, so a representation-level method would compare gradients of different samples, which never
+        meet. Parameter-level methods work: each task's gradient reaches the shared parameters."""
+        method = f"weighting.grad_on=representation ({type(weighting).__name__})"
+        if self.multi_forward and (conflict or getattr(weighting, "grad_on", None) == "representation"):
+            raise UsageError(f"{'trainer.conflict=true' if conflict else method} needs every task's loss on one "
+                             f"shared representation, but data.sampling=all runs each source's batch through the "
+                             f"model on its own (different samples, no common representation); use "
+                             f"weighting.grad_on=parameters, or data.sampling=proportional|uniform|temperature")
 
     def build(self):
         raise UsageError("data=mixture has no single dataset: its sources are read through its loaders")
@@ -271,19 +264,31 @@ class Mixture(DataModule):
         sizes = [len(src.module.dataset("train")) for src in self._active.values()]
         return dict(zip(self._active, source_probabilities(sizes, self.sampling, self.temperature)))
 
+    def _draws(self, seed: int, epoch: int, world_size: int) -> list[int] | None:
+        """The source index of each step of the epoch (None for sampling=all: every source every step)."""
+        if self.sampling == "all":
+            return None
+        return draw_sources(list(self.probabilities().values()), seed=seed, epoch=epoch,
+                            steps=self.train_batches(world_size))
+
     def train_loader(self, *, epoch: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
                      skip_batches: int = 0):
-        steps = self.train_batches(world_size)
-        names = list(self._active)
-        draws = None
-        if self.sampling != "all":
-            draws = draw_sources(list(self.probabilities().values()), seed=seed, epoch=epoch, steps=steps)
-            if rank == 0 and skip_batches == 0:
-                counts = draw_counts(draws, names)
-                log.info(f"data.sampling={self.sampling}: epoch {epoch + 1}'s {steps} steps draw "
-                         + ", ".join(f"{n} {c} ({c / steps:.1%})" for n, c in counts.items()))
+        steps, names = self.train_batches(world_size), list(self._active)
+        draws = self._draws(seed, epoch, world_size)
+        if draws is not None and rank == 0 and skip_batches == 0:
+            counts = draw_counts(draws, names)
+            log.info(f"data.sampling={self.sampling}: epoch {epoch + 1}'s {steps} steps draw "
+                     + ", ".join(f"{n} {c} ({c / steps:.1%})" for n, c in counts.items()))
         return MixtureEpoch(self, names, draws, steps, dict(epoch=epoch, seed=seed, device=device, rank=rank,
                                                       world_size=world_size), skip_batches)
+
+    def epoch_row(self, epoch: int, seed: int, batches: int, world_size: int = 1) -> dict:
+        """`draws/<source>`: the training batches (micro-batches) read of each source in the epoch's first
+        `batches` steps, those the epoch trained (trainer.limit_train_batches counted)."""
+        draws = self._draws(seed, epoch, world_size)
+        if draws is None:
+            return {f"draws/{name}": batches for name in self._active}
+        return {f"draws/{name}": n for name, n in draw_counts(draws[:batches], list(self._active)).items()}
 
     def eval_loader(self, split: str, *, device: torch.device, rank: int = 0, world_size: int = 1,
                     batch_size: int | None = None):
@@ -360,6 +365,8 @@ class Mixture(DataModule):
 def _build_source(node, name: str) -> DataModule:
     """A source's data module: built here (a mixture's `data` node is built without recursion, as every data
     node is), or already built by a recursive instantiate."""
+    if isinstance(node, DictConfig) and str(node.get("_target_")).endswith(".Mixture") or isinstance(node, Mixture):
+        raise UsageError(f"data.sources.{name}: a mixture cannot be a source; list its sources here instead")
     if isinstance(node, DataModule):
         return node
     if not isinstance(node, DictConfig) or "_target_" not in node:

@@ -64,7 +64,8 @@ class MixtureEpoch:
 
     def __init__(self, mixture, names: list[str], draws: list[int] | None, steps: int, where: dict,
                  skip: int):
-        self.mixture, self.names, self.draws, self.steps, self.where, self.skip = mixture, names, draws, steps, where, skip
+        self.mixture, self.names, self.draws, self.steps = mixture, names, draws, steps
+        self.where, self.skip = where, skip
 
     def __len__(self) -> int:
         return max(0, self.steps - self.skip)

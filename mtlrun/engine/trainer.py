@@ -84,8 +84,7 @@ class Trainer:
         self.weighting = weighting.to(self.device)  # set up by build_components, before the optimizer
         self._zero, self._ones = torch.zeros(1, device=self.device), torch.ones(len(tasks), device=self.device)
         self.optimizer = optimizer
-        # several backward passes per step (per-task gradients) or several forwards (data=mixture, sampling=all):
-        # no DDP reducer, which allows one of each; the gradients are averaged by hand
+        # several backwards (per-task gradients) or forwards (data=mixture, sampling=all) a step: no DDP reducer
         self.own_reduction = getattr(weighting, "multi_backward", False) or getattr(data, "multi_forward", False)
         self.train_model = wrap_for_training(self.model, data=data, device=self.device,
                                              distributed=self.dist.enabled, sync_batchnorm=cfg.sync_batchnorm,
@@ -363,7 +362,8 @@ class Trainer:
     def _train_row(self, epoch: int) -> dict:
         means = self.train_sums.means()  # weights: the mean over the epoch's steps
         row = {"epoch": epoch + 1, "split": "train", "step": self.global_step,
-               "lr": self.optimizer.param_groups[0]["lr"], **means}
+               "lr": self.optimizer.param_groups[0]["lr"], **means,  # and what the data says of the epoch
+               **self.data.epoch_row(epoch, self.seed, self.batches_per_epoch, self.dist.world_size)}
         if self.model.regularizer() is None:
             del row["regularizer"]
         self.weighting.on_epoch_end({t: means[f"{t}/loss"] for t in self.task_names})

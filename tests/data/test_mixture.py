@@ -115,7 +115,8 @@ def test_state_holds_each_source_and_refuses_a_damaged_one():
     cfg = compose_config(MIX).data
     assert data.state_problems({"nope": {}}, cfg) == ["holds a state for source 'nope', which the config does not have"]
     assert data.state_problems({"big": [1]}, cfg) == ["source 'big': holds list, not a mapping"]
-    assert data.state_problems({"big": {"vocab": 1}}, cfg) == ["source big: holds ['vocab']; MultiDigits keeps no state"]
+    assert data.state_problems({"big": {"vocab": 1}}, cfg) == [
+        "source big: holds ['vocab']; MultiDigits keeps no state"]
     with pytest.raises(UsageError, match="nope"):
         data.load_state_dict({"nope": {}})
 
@@ -133,6 +134,7 @@ def test_state_holds_each_source_and_refuses_a_damaged_one():
     (["data.batch_size=two"], "data.batch_size=two: must be an integer >= 1, or null"),
     (["data.span=3"], "data.span=3: give a list of target names"),
     (["data.sources.big=5"], "data.sources.big: needs a data config with a `_target_`"),
+    (["data.sources.big._target_=mtlrun.data.mixture.Mixture"], "data.sources.big: a mixture cannot be a source"),
 ])
 def test_bad_mixtures_are_usage_errors_naming_the_key(overrides, message):
     with pytest.raises(UsageError) as err:
@@ -288,3 +290,11 @@ def test_every_arch_trains_a_step_on_a_mixture(tmp_path, arch, sampling):
     trainer.step(list(itertools.islice(trainer.data.train_loader(epoch=0, seed=0, device=CPU), 2)))
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_the_epoch_row_counts_the_batches_read_of_each_source():
+    data = mixture("data.sampling=uniform", "data.steps_per_epoch=12")
+    read = [b["source"] for b in data.train_loader(epoch=3, seed=5, device=CPU)]
+    assert data.epoch_row(3, 5, 12) == {"draws/big": read.count("big"), "draws/small": read.count("small")}
+    assert data.epoch_row(3, 5, 4) == {"draws/big": read[:4].count("big"), "draws/small": read[:4].count("small")}
+    assert mixture("data.sampling=all").epoch_row(0, 0, 6) == {"draws/big": 6, "draws/small": 6}

@@ -41,6 +41,9 @@ def test_resumed_mixture_run_equals_the_straight_one(tmp_path, sampling, accumul
     assert read_results(straight) == read_results(resumed)
     state = torch.load(resumed / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert set(state["data"]) == {"big", "small"}  # each source's state
+    for row in (r for r in read_csv(resumed / "metrics.csv") if r["split"] == "train"):  # batches read of each
+        drawn = int(row["draws/big"]), int(row["draws/small"])
+        assert drawn == (5, 5) if sampling == "all" else sum(drawn) == 5
 
 
 def test_accumulated_run_evaluates_and_predicts_each_source(tmp_path):
