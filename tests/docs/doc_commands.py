@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from contracts import compose_config
+from contracts import compose_config, config_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -152,6 +152,33 @@ def to_command(source: str, words: list[str]) -> Command | None:
 
 
 # ---------------------------------------------------------------------------------------------- checking
+def all_problems(cmds: list[Command]) -> dict[str, list[str]]:
+    """{command: its problems} of every command, composed under one Hydra initialisation: Hydra caches the
+    config files it has read per initialisation, which makes a composition several times cheaper than
+    tests/contracts.py's compose_config, which initialises Hydra for each."""
+    from hydra import initialize_config_dir
+
+    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return {str(c): problems(c) for c in cmds}
+
+
+_composed: dict[tuple, object] = {}
+
+
+def compose(overrides: list[str], name: str):
+    """The composed config (Hydra's compose inside all_problems' initialisation, else compose_config)."""
+    from hydra import compose as hydra_compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return compose_config(overrides, name)
+    key = (name, tuple(overrides))
+    if key not in _composed:
+        _composed[key] = hydra_compose(name, overrides=list(overrides))
+    return copy.deepcopy(_composed[key])
+
+
 def problems(cmd: Command) -> list[str]:
     """What is wrong with one documented command: [] when its CLI would accept it."""
     if cmd.command == "report":
@@ -199,7 +226,7 @@ def _compose_problems(cmd: Command, first: list[str], later: list) -> list[str]:
     groups = [text for o, text in zip(parsed, first) if _is_group(o.key_or_group)]
     extra = [f"hydra.searchpath=[file://{d}]" for d in cmd.config_dirs]
     try:
-        cfg = compose_config([*extra, *groups], cmd.command)
+        cfg = compose([*extra, *groups], cmd.command)
     except Exception as e:  # Hydra's compose errors (unknown option, bad defaults) have no common base
         return [f"{' '.join(groups)}: {type(e).__name__}: {e}"]
     found = []
@@ -270,7 +297,7 @@ def _train_with(cmd_cfg) -> object:
     from mtlrun import schema
     from mtlrun.engine.trainer_config import TrainerConfig
 
-    cfg = compose_config([], "train")
+    cfg = compose([], "train")
     typed = {"data": schema.schema_fields(schema.Data), "trainer": schema.schema_fields(TrainerConfig)}
     for section in ("data", "trainer"):
         for key, value in (OmegaConf.to_container(cmd_cfg.get(section) or {}, resolve=False) or {}).items():
