@@ -206,7 +206,7 @@ def problems(cmd: Command) -> list[str]:
                 found.append(f"{text}: a sweep needs -m")
             values = _sweep_values(o)
             if values is None:  # an interval for Optuna: the key must exist, any value in it is the sweeper's
-                first.append(f"{key}={_any_value(key)}")
+                first.append(f"{key}=0.001")  # a number inside any search space the docs show
                 continue
             first.append(_as_override(o, values[0]))
             later += [(o, v) for v in values[1:]]
@@ -223,12 +223,18 @@ def _compose_problems(cmd: Command, first: list[str], later: list) -> list[str]:
     from mtlrun.errors import MtlrunError
 
     parsed = OverridesParser.create().parse_overrides(first)
-    groups = [text for o, text in zip(parsed, first) if _is_group(o.key_or_group)]
+    groups = [(o, text) for o, text in zip(parsed, first) if _is_group(o.key_or_group)]
+    global_choice = cmd.config_dirs or any(o.key_or_group in ("experiment", "hparams_search") for o, _ in groups)
+    leaves = [(o, text) for o, text in groups if not global_choice and _leaf_option(o)]
     extra = [f"hydra.searchpath=[file://{d}]" for d in cmd.config_dirs]
+    composed = [text for o, text in groups if (o, text) not in leaves]
     try:
-        cfg = compose([*extra, *groups], cmd.command)
+        cfg = compose([*extra, *composed], cmd.command)
     except Exception as e:  # Hydra's compose errors (unknown option, bad defaults) have no common base
-        return [f"{' '.join(groups)}: {type(e).__name__}: {e}"]
+        return [f"{' '.join(composed)}: {type(e).__name__}: {e}"]
+    with open_dict(cfg):
+        for o, _ in leaves:  # what Hydra does with the choice of an option that has no defaults list of its own
+            OmegaConf.update(cfg, o.key_or_group.replace("/", "."), OmegaConf.load(_option_file(o)), merge=False)
     found = []
     for o, text in zip(parsed, first):
         if not _is_group(o.key_or_group):
@@ -263,6 +269,25 @@ def validated(cfg) -> list[str]:
     if key not in _validated:
         _validated[key] = list(config_problems(cfg))
     return _validated[key]
+
+
+def _option_file(o) -> Path:
+    return CONFIGS / o.key_or_group / f"{o.value()}.yaml"
+
+
+def _leaf_option(o) -> bool:
+    """A plain `group=option` whose YAML has no defaults list and no package of its own, in a group that is a
+    node of the train config (not experiment or hparams_search, which are global): choosing it replaces that
+    node by the YAML, so composing it once per command is not needed. The command's other choices (an
+    experiment that edits the node afterwards) rule it out."""
+    if o.is_add() or o.is_delete() or not isinstance(o.value(), str) or \
+            o.key_or_group.split("/")[0] in ("experiment", "hparams_search", "hydra"):
+        return False
+    path = _option_file(o)
+    if not path.is_file():
+        return False  # compose says it is not an option
+    text = path.read_text()
+    return "defaults:" not in text and "@package" not in text
 
 
 def _is_group(key: str) -> bool:
@@ -351,10 +376,6 @@ def _sweep_values(o) -> list[str] | None:
 def _as_override(o, value: str) -> str:
     prefix = "+" if o.is_add() else "~" if o.is_delete() else ""
     return f"{prefix}{o.key_or_group}={value}"
-
-
-def _any_value(key: str) -> str:
-    return "0.001"
 
 
 def _report_problems(cmd: Command) -> list[str]:
