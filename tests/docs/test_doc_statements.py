@@ -115,3 +115,11 @@ def test_each_picture_sits_next_to_the_command_that_draws_it():
                         picture.name != "affinity.png":
                     outs = [(REPO / c.args[c.args.index("--out") + 1]).resolve() for c in near if "--out" in c.args]
                     assert picture.parent in outs, f"{name}:{n}: no `mtlrun report --out` writes {picture}"
+
+
+def test_the_sample_output_of_mtlrun_train_is_the_same_in_the_readme_and_the_site():
+    def sample(text: str) -> str:
+        start = text.index("```\n$ mtlrun train\n")
+        return text[start:text.index("```\n", start + 4)]
+
+    assert sample((REPO / "README.md").read_text()) == sample((DOCS / "getting-started.md").read_text())
