@@ -123,3 +123,30 @@ def test_the_sample_output_of_mtlrun_train_is_the_same_in_the_readme_and_the_sit
         return text[start:text.index("```\n", start + 4)]
 
     assert sample((REPO / "README.md").read_text()) == sample((DOCS / "getting-started.md").read_text())
+
+
+def test_the_readme_counts_the_options_there_are():
+    said = " ".join((REPO / "README.md").read_text().split())
+    for group, noun in (("fusion", "fusion strategies"), ("arch", "sharing architectures"),
+                        ("weighting", "loss-weighting and gradient-aggregation methods")):
+        count = len(list((REPO / "configs" / group).glob("*.yaml")))
+        assert f"{count} {noun}" in said, f"README: {noun}: configs/{group}/ has {count}"
+
+
+def test_the_generated_reference_has_every_option_and_typed_key():
+    """docs/gen_reference.py (run by the site build) renders every config file and every schema field."""
+    import importlib.util
+    from dataclasses import fields
+
+    from mtlrun.engine.trainer_config import TrainerConfig
+
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.render()
+    for path in (REPO / "configs").rglob("*.yaml"):
+        relative = path.relative_to(REPO / "configs").as_posix()
+        if not relative.startswith("hydra/job_logging"):
+            assert f"`configs/{relative}`" in page, relative
+    for f in fields(TrainerConfig):
+        assert f"`trainer.{f.name}" in page, f.name
