@@ -11,7 +11,8 @@ from mtlrun.schema import RESERVED_TASK_KEYS
 
 # tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
 DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
-                 "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals"}
+                 "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals",
+                 "detection": "Detection"}
 
 
 def task_configs(cfg: DictConfig, targets: dict | None) -> dict[str, DictConfig]:
@@ -59,7 +60,7 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
     if override is not None and "_target_" in override:
         return override
     node = {"_target_": f"mtlrun.tasks.{DEFAULT_TASKS.get(info.kind, info.kind)}"}
-    if info.kind in ("classification", "segmentation"):
+    if info.kind in ("classification", "segmentation", "detection"):
         node["num_classes"] = info.num_classes
     elif info.kind == "multilabel":
         node["num_labels"] = info.dim

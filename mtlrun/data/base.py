@@ -27,9 +27,9 @@ SPLITS = ("train", "val", "test")
 class TargetInfo:
     """What the data says about one target, so task heads can be checked against it."""
 
-    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals
+    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | detection
     num_classes: int | None = None  # classification: labels are 0..num_classes-1
-    dim: int | None = None  # multilabel: number of labels; regression: number of outputs
+    dim: int | None = None  # multilabel: number of labels; regression: number of outputs; detection: box rows
 
 
 @dataclass(frozen=True)

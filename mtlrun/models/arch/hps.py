@@ -16,7 +16,7 @@ class HardParameterSharing(MultiTaskModel):
         super().__init__()
         self.modality = modality
         self.encoder = make_encoder()
-        self.heads = make_heads(tasks, self.encoder, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, self.encoder, head_hidden, head_dropout, arch="hps")
 
     def forward(self, inputs, return_shared=False, modality_mask=None):
         shared = self.encoder(self.encoder_input(inputs, modality_mask))
