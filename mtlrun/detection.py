@@ -27,6 +27,7 @@ smallest (FCOS's rule).
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,13 @@ def target_boxes(target: torch.Tensor) -> list[dict[str, torch.Tensor]]:
 COCO_NAMES = ("map", "map_50", "map_75", "mar_100")
 
 
+def metric_safe(names: list[str]) -> list[str]:
+    """Class names usable in a metric key `<task>/map_<class>` (a `/` or a space would split or break it):
+    other characters become `_`; if that makes two names equal, the class ids are used instead."""
+    safe = [re.sub(r"[^A-Za-z0-9_.-]", "_", str(n)) for n in names]
+    return safe if len(set(safe)) == len(safe) else [str(i) for i in range(len(names))]
+
+
 class DetectionMetrics(Metrics):
     """COCO box metrics through torchmetrics' MeanAveragePrecision (pycocotools backend): mAP@[.50:.95]
     (`map`), mAP@.50, mAP@.75, AR@100 (`mar_100`) and mAP per class (`map_<class>`); all higher is better.
@@ -156,7 +164,8 @@ class DetectionMetrics(Metrics):
     count of labelled images is a summed state, so a split with none gives NaN (missing)."""
 
     def __init__(self, num_classes: int, class_names: list[str], decode_args: dict):
-        self.num_classes, self.class_names, self.decode_args = num_classes, list(class_names), decode_args
+        self.num_classes, self.decode_args = num_classes, decode_args
+        self.class_names = metric_safe(class_names)
         self.names = COCO_NAMES + tuple(f"map_{name}" for name in self.class_names)
         self.higher_is_better = dict.fromkeys(self.names, True)
 

@@ -62,6 +62,8 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
     node = {"_target_": f"mtlrun.tasks.{DEFAULT_TASKS.get(info.kind, info.kind)}"}
     if info.kind in ("classification", "segmentation", "detection"):
         node["num_classes"] = info.num_classes
+        if info.kind == "detection" and info.names is not None:
+            node["class_names"] = list(info.names)  # they name the per-class metrics (map_<class>)
     elif info.kind == "multilabel":
         node["num_labels"] = info.dim
     elif info.kind == "regression":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mtlrun.checks import check_range, is_real
 from mtlrun.data.base import TargetInfo
-from mtlrun.detection import DetectionMetrics, fcos_loss
+from mtlrun.detection import DetectionMetrics, decode, fcos_loss
 from mtlrun.errors import UsageError
 from mtlrun.metrics import (
     ClassificationMetrics,
@@ -295,6 +295,10 @@ class Detection(Task):
 
     def metrics(self):
         return DetectionMetrics(self.num_classes, self.class_names, self.decode_args)
+
+    def detections(self, pred: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The decoded boxes of each image of a raw prediction (evaluation, predict, pictures; not training)."""
+        return decode(pred, self.num_classes, **self.decode_args)
 
     def check(self, info):
         problems = super().check(info)

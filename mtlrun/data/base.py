@@ -30,6 +30,7 @@ class TargetInfo:
     kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | detection
     num_classes: int | None = None  # classification: labels are 0..num_classes-1
     dim: int | None = None  # multilabel: number of labels; regression: number of outputs; detection: box rows
+    names: tuple | None = None  # detection: the class names, in class id order (None: the ids)
 
 
 @dataclass(frozen=True)
