@@ -39,6 +39,7 @@ def test_results_have_the_coco_metrics_of_val_and_test(det_run):
             value = results[f"{split}/detection/{metric}"]
             assert value is None or 0.0 <= value <= 1.0
     assert {"test/segmentation/miou", "test/depth/abs_err"} <= set(results)
+    assert (det_run / "detections.png").stat().st_size > 0  # the best checkpoint's boxes on test images
 
 
 def test_predict_writes_the_boxes_per_image_and_per_box(det_run, tmp_path):
