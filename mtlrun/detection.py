@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
+from mtlrun import distributed
 from mtlrun.checks import import_extra
 from mtlrun.metrics import Metrics
 
@@ -160,8 +161,8 @@ class DetectionMetrics(Metrics):
     """COCO box metrics through torchmetrics' MeanAveragePrecision (pycocotools backend): mAP@[.50:.95]
     (`map`), mAP@.50, mAP@.75, AR@100 (`mar_100`) and mAP per class (`map_<class>`); all higher is better.
 
-    Under DDP torchmetrics gathers every rank's detections before computing (each image counted once); the
-    count of labelled images is a summed state, so a split with none gives NaN (missing)."""
+    Under DDP every rank's detections are gathered before computing (each image counted once); the count of
+    labelled images is a summed state, so a split with none gives NaN (missing)."""
 
     def __init__(self, num_classes: int, class_names: list[str], decode_args: dict):
         self.num_classes, self.decode_args = num_classes, decode_args
@@ -170,17 +171,20 @@ class DetectionMetrics(Metrics):
         self.higher_is_better = dict.fromkeys(self.names, True)
 
     def reset(self, device):
-        detection = import_extra("torchmetrics.detection", "detection", "a detection task's COCO metrics")
-        self.metric = detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
-                                                     backend="pycocotools").to(device)
+        self.found, self.truths, self.order = [], [], []  # per image, on the device until compute
+        self.seen = 0  # images of this rank so far, labelled or not
         self.images = torch.zeros(1, dtype=torch.long, device=device)
 
     def update(self, pred, target, mask):
-        if mask is not None:
-            pred, target = pred[mask], target[mask]  # evaluation only: unlabelled images are not scored
+        position = torch.arange(self.seen, self.seen + len(target))
+        self.seen += len(target)
+        if mask is not None:  # evaluation only: unlabelled images are not scored
+            pred, target, position = pred[mask], target[mask], position[mask.cpu()]
         self.images += len(target)
         if len(target):
-            self.metric.update(decode(pred, self.num_classes, **self.decode_args), target_boxes(target))
+            self.found += decode(pred, self.num_classes, **self.decode_args)
+            self.truths += target_boxes(target)
+            self.order += position.tolist()
 
     def states(self):
         return [self.images]
@@ -188,7 +192,20 @@ class DetectionMetrics(Metrics):
     def compute(self):
         if int(self.images.item()) == 0:  # summed over ranks already: every rank returns here, or none does
             return self.missing()
-        values = self.metric.compute()  # collective under DDP: torchmetrics gathers every rank's detections
+        detection = import_extra("torchmetrics.detection", "detection", "a detection task's COCO metrics")
+        cpu = [[{k: v.cpu() for k, v in d.items()} for d in part] for part in (self.found, self.truths)]
+        # every rank's images, one all_gather_object: torchmetrics' own sync gathers its list states one tensor
+        # at a time, which deadlocks when ranks hold different numbers of images (uneven evaluation shards)
+        gathered = distributed.gather_objects([*cpu, self.order])
+        # back in the split's order (rank r evaluates images r, r + W, ...: mtlrun.data.loading), so that
+        # COCO's tie-breaking between equal scores, which follows the image order, is the one-process one
+        world = len(gathered)
+        images = sorted((rank + world * k, f, t) for rank, (found, truths, order) in enumerate(gathered)
+                        for k, f, t in zip(order, found, truths))
+        metric = detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+                                                backend="pycocotools", sync_on_compute=False)
+        metric.update([f for _, f, _ in images], [t for _, _, t in images])
+        values = metric.compute()
         out = {"map": values["map"], "map_50": values["map_50"], "map_75": values["map_75"],
                "mar_100": values["mar_100"]}
         out = {k: float(v) for k, v in out.items()}
