@@ -22,7 +22,7 @@ LAYERS = [
                     "mtlrun.untrusted_files",
                     "mtlrun.moved_modules")),
     ("data", ("mtlrun.data",)),
-    ("tasks", ("mtlrun.metrics", "mtlrun.tasks", "mtlrun.task_selection")),
+    ("tasks", ("mtlrun.metrics", "mtlrun.detection", "mtlrun.tasks", "mtlrun.task_selection")),
     ("models", ("mtlrun.models",)),
     ("weighting", ("mtlrun.weighting",)),
     ("engine", ("mtlrun.engine", "mtlrun.diagnostics")),
