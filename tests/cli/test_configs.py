@@ -42,7 +42,8 @@ NEEDS = {"data=digits_av": ["tasks=digits_av"], "tasks=digits_av": ["data=digits
 NEEDS.update({o: MULTIMODAL for o in GROUP_OPTIONS
               if o.startswith(("fusion=", "backbone/text=", "backbone/audio=", "backbone/tabular="))})
 NEEDS.update({"data=scenes": ["tasks=scenes", "backbone/image=segnet"],
-              "tasks=scenes": ["data=scenes", "backbone/image=segnet"]})
+              "tasks=scenes": ["data=scenes", "backbone/image=segnet"],
+              "tasks=scenes_det": ["data=scenes", "backbone/image=segnet"]})
 # the optional pretrained backbones: random weights (nothing is cached here), and skipped without their extra
 NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
                              "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
@@ -129,9 +130,13 @@ def test_config_composes_builds_and_runs_one_step(overrides):
         info = spec.targets[name]
         if task.dense:  # a map at the image's resolution
             assert preds[name].shape == (4, task.output_dim, *spec.modalities["image"].shape[-2:])
+        elif info.kind == "detection":  # a grid of the task's stride: class logits, 4 distances, centre-ness
+            h, w = spec.modalities["image"].shape[-2:]
+            assert preds[name].shape == (4, info.num_classes + 5, h // task.stride, w // task.stride)
         else:
             assert preds[name].shape == (4, task.output_dim)
-        expected_dim = info.num_classes if info.kind in ("classification", "segmentation") else info.dim
+        expected_dim = {"classification": info.num_classes, "segmentation": info.num_classes,
+                        "detection": (info.num_classes or 0) + 5}.get(info.kind, info.dim)
         assert task.output_dim == expected_dim
 
     # one optimizer step through the configured weighting, optimizer and scheduler
