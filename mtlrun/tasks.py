@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mtlrun.checks import check_range, is_real
+from mtlrun.checks import check_range, is_number
 from mtlrun.data.base import TargetInfo
 from mtlrun.detection import DetectionMetrics, decode, fcos_loss
 from mtlrun.errors import UsageError
@@ -273,16 +273,16 @@ class Detection(Task):
                  center_radius: float = 1.5, score_threshold: float = 0.05, nms_iou: float = 0.6,
                  max_detections: int = 100, **kw):
         super().__init__(**kw)
-        self.num_classes = check_range("tasks.<detection>.num_classes", num_classes, 1)
-        self.stride = check_range("tasks.<detection>.stride", stride, 1)
-        self.max_detections = check_range("tasks.<detection>.max_detections", max_detections, 1)
+        self.num_classes = check_range("num_classes", num_classes, 1)
+        self.stride = check_range("stride", stride, 1)
+        self.max_detections = check_range("max_detections", max_detections, 1)
         for key, value, low, high in (("center_radius", center_radius, 0.5, math.inf),
                                       ("score_threshold", score_threshold, 0.0, 1.0), ("nms_iou", nms_iou, 0.0, 1.0)):
-            if not is_real(value) or not low <= value <= high:
-                raise UsageError(f"tasks.<detection>.{key}={value}: must be a number in [{low}, {high}]")
+            if not is_number(value) or not low <= value <= high:  # finite: NaN and inf fail here
+                raise UsageError(f"{key}={value}: must be a number in [{low}, {high}]")
         names = [str(i) for i in range(self.num_classes)] if class_names is None else [str(n) for n in class_names]
         if len(names) != self.num_classes or len(set(names)) != len(names):
-            raise UsageError(f"tasks.<detection>.class_names={list(class_names)}: must be {self.num_classes} "
+            raise UsageError(f"class_names={list(class_names)}: must be {self.num_classes} "
                              f"distinct names (num_classes), in class id order")
         self.class_names = names
         self.center_radius = float(center_radius)

@@ -184,3 +184,7 @@ def test_check_against_the_data_and_bad_options():
         Detection(num_classes=2, stride=0)
     with pytest.raises(UsageError, match="nms_iou"):
         Detection(num_classes=2, nms_iou=1.5)
+    for key in ("center_radius", "score_threshold", "nms_iou"):
+        for value in (math.nan, math.inf):
+            with pytest.raises(UsageError, match=rf"^{key}={value}: must be a number in"):
+                Detection(num_classes=2, **{key: value})
