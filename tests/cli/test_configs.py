@@ -49,7 +49,7 @@ NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
                              "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
                              "num_attention_heads:2,intermediate_size:64}"]
 EXTRA_MODULE = {"backbone/image=timm": "timm", "backbone/image=timm_dense": "timm", "backbone/text=hf": "transformers"}
-ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table",
+ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=coco",
            "tasks=cifar10", "tasks=celeba", "tasks=nyuv2")
 CASES = [[]] + [[f"experiment={e}"] for e in EXPERIMENTS] + \
     [[o, *NEEDS.get(o, [])] for o in GROUP_OPTIONS if not o.startswith(ON_DISK)]

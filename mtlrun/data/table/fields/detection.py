@@ -12,12 +12,12 @@ one row in the manifest; shorter lists are padded with class -1.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtlrun.checks import is_number
 from mtlrun.data import media
 from mtlrun.data.base import TargetInfo
 from mtlrun.data.table.cells import canon, sorted_labels
@@ -123,7 +123,7 @@ class DetectionField(Field):
                 bad(f"box {k} must be an object with exactly the keys box and label, got {item!r}")
                 return None
             box = item["box"]
-            numbers = isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)
+            numbers = isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)
             if not numbers:
                 bad(f"box {k}: 'box' must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
                 return None
@@ -144,13 +144,3 @@ class DetectionField(Field):
         return TargetInfo("detection", num_classes=len(classes), dim=self.rows, names=tuple(map(str, classes)))
 
     rows: int | None = None
-
-
-def _finite(value) -> bool:
-    """A JSON number that is a finite float (an integer of 400 digits is not: it overflows a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
