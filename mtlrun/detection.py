@@ -31,7 +31,7 @@ import re
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import batched_nms, sigmoid_focal_loss
 
 from mtlrun import distributed
 from mtlrun.checks import import_extra
@@ -58,6 +58,18 @@ def distances_to_boxes(points: torch.Tensor, log_dist: torch.Tensor, stride: int
     """Boxes [..., L, 4] (x1, y1, x2, y2) from the locations [L, 2] and the predicted log distances."""
     d = log_dist.clamp(max=MAX_LOG_DISTANCE).exp() * stride
     return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)
+
+
+def giou_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - GIoU of boxes `a` and `b` [..., 4] pairwise by position: torchvision.ops.generalized_box_iou_loss's
+    formula without its boolean-mask assignment, which would make a GPU wait for the host every step."""
+    ax1, ay1, ax2, ay2 = a.unbind(-1)
+    bx1, by1, bx2, by2 = b.unbind(-1)
+    inter = ((torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_min(0)
+             * (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_min(0))
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    enclosing = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)) * (torch.maximum(ay2, by2) - torch.minimum(ay1, by1))
+    return 1 - inter / (union + eps) + (enclosing - union) / (enclosing + eps)
 
 
 def assign(points: torch.Tensor, target: torch.Tensor, stride: int, center_radius: float):
@@ -101,7 +113,7 @@ def fcos_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     # negatives get a harmless stand-in box (the location's own cell), so no NaN reaches the `where`
     cell = torch.cat([points - stride / 2, points + stride / 2], dim=-1).expand_as(box)
     box = torch.where(positive.unsqueeze(-1), box, cell)
-    giou = generalized_box_iou_loss(distances_to_boxes(points, log_dist, stride), box, reduction="none")
+    giou = giou_loss(distances_to_boxes(points, log_dist, stride), box)
     lt, rb = points - box[..., :2], box[..., 2:] - points
     lr, tb = torch.stack([lt[..., 0], rb[..., 0]], -1), torch.stack([lt[..., 1], rb[..., 1]], -1)
     centreness = ((lr.min(-1).values / lr.max(-1).values.clamp_min(1e-6)).clamp(0, 1)

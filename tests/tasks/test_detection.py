@@ -188,3 +188,44 @@ def test_check_against_the_data_and_bad_options():
         for value in (math.nan, math.inf):
             with pytest.raises(UsageError, match=rf"^{key}={value}: must be a number in"):
                 Detection(num_classes=2, **{key: value})
+
+
+class NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on the calls that make a GPU wait for the host: reading a value (.item, .tolist, bool), a
+    data-dependent shape (nonzero, boolean indexing, masked_select) or a copy to the CPU."""
+
+    SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.nonzero, torch.nonzero,
+               torch.Tensor.cpu, torch.Tensor.numpy, torch.masked_select, torch.Tensor.masked_select}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCING:
+            raise AssertionError(f"host sync in the training step: {func.__name__}")
+        if func is torch.Tensor.__getitem__ and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                   for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            raise AssertionError("host sync in the training step: boolean indexing")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loss_and_its_gradient_read_nothing_back_from_the_device():
+    t = task()
+    target = torch.cat([boxes((4, 4, 20, 20, 1), (16, 8, 30, 30, 2)), boxes(), torch.full((1, 3, 5), math.nan)])
+    pred = torch.randn(3, C + 5, 8, 8, requires_grad=True)
+    with NoHostSync():
+        loss = t.loss(pred, target, torch.tensor([True, True, False]))
+        loss.backward()
+    assert torch.isfinite(loss) and pred.grad.abs().sum() > 0
+    metrics = t.metrics()
+    metrics.reset(CPU)
+    with pytest.raises(AssertionError, match="host sync"), NoHostSync():  # the guard does catch one: decoding
+        metrics.update(pred.detach(), target, None)
+
+
+def test_giou_loss_is_torchvisions():
+    from torchvision.ops import generalized_box_iou_loss
+
+    from mtlrun.detection import giou_loss
+
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(2, 200, 2, 2, generator=g) * 50
+    a, b = (torch.cat([c.min(1).values, c.max(1).values + 0.5], -1) for c in corners)
+    torch.testing.assert_close(giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none"))
