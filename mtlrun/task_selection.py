@@ -12,7 +12,7 @@ from mtlrun.schema import RESERVED_TASK_KEYS
 # tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
 DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
                  "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals",
-                 "detection": "Detection"}
+                 "detection": "Detection", "tagging": "Tagging"}
 
 
 def task_configs(cfg: DictConfig, targets: dict | None) -> dict[str, DictConfig]:
@@ -62,11 +62,13 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
     node = {"_target_": f"mtlrun.tasks.{DEFAULT_TASKS.get(info.kind, info.kind)}"}
     if info.kind in ("classification", "segmentation", "detection"):
         node["num_classes"] = info.num_classes
-        if info.kind == "detection" and info.names is not None:
-            node["class_names"] = list(info.names)  # they name the per-class metrics (map_<class>)
+        if info.kind == "detection" and info.labels is not None:
+            node["class_names"] = list(info.labels)  # they name the per-class metrics (map_<class>)
     elif info.kind == "multilabel":
         node["num_labels"] = info.dim
     elif info.kind == "regression":
         node["dim"] = info.dim
+    elif info.kind == "tagging":
+        node["num_tags"] = info.num_classes
     node.update(weight=1.0, auxiliary=False)
     return OmegaConf.merge(node, override) if override is not None else OmegaConf.create(node)

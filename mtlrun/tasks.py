@@ -24,6 +24,8 @@ from mtlrun.metrics import (
     RegressionMetrics,
     SegmentationMetrics,
 )
+from mtlrun.crf import negative_log_likelihood, viterbi
+from mtlrun.sequence_metrics import SCHEMES, TaggingMetrics, detect_scheme
 
 
 def fill_unlabelled(target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -44,6 +46,7 @@ def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
 class Task:
     kind = ""
     dense = False  # True: the prediction is a map [B, output_dim, H, W] at the input image's resolution
+    token_level = False  # True: one prediction per token [B, L, output_dim] (mtlrun.tasks.Tagging)
 
     def __init__(self, weight: float = 1.0, auxiliary: bool = False):
         self.weight = float(weight)
@@ -312,3 +315,75 @@ def _class_count_problems(task: Task, info: TargetInfo) -> list[str]:
     return [f"tasks.{task.name}.num_classes={task.num_classes} but the data has {info.num_classes} classes "
             f"(labels 0..{info.num_classes - 1}) for '{task.name}'; set tasks.{task.name}.num_classes="
             f"{info.num_classes}"]
+
+
+class Tagging(Task):
+    """Sequence labelling: one tag per token (part of speech, chunks, named entities).
+
+    Target: long [B, L] aligned with the text input's token ids, tag ids 0..num_tags-1 and `ignore_index`
+    (-1) where a token has no tag (padding, a word's later sub-words); a sentence without tags for this
+    task is `label_mask` False. Prediction: logits [B, L, num_tags] from a head on each token of the
+    text encoder. Loss: cross-entropy over the tagged tokens of the labelled sentences, pooled over the
+    batch (a sentence weighs by its number of tags); 0 when nothing is tagged. `crf: true`: a linear-chain CRF
+    on top (mtlrun.crf): the prediction is the chain's potentials [B, L, num_tags, num_tags], the loss its
+    negative log-likelihood per tagged token, decoding Viterbi's best path (at evaluation only). Metrics
+    (mtlrun.sequence_metrics): token accuracy, and entity precision / recall / F1 as seqeval's default mode
+    for a BIO or BIOES tag set, macro-F1 over the tags otherwise. The tag names come from the data.
+    """
+
+    kind = "tagging"
+    token_level = True
+    SCHEMES = ("auto", "bio", "bioes", "none")
+
+    def __init__(self, num_tags: int, scheme: str = "auto", ignore_index: int = -1, crf: bool = False, **kw):
+        super().__init__(**kw)
+        from mtlrun.errors import UsageError
+
+        if not isinstance(crf, bool):
+            raise UsageError(f"crf={crf!r}: must be true or false")
+        self.crf = crf
+        if scheme not in self.SCHEMES:
+            raise UsageError(f"scheme={scheme!r}: valid: {', '.join(self.SCHEMES)} (auto: bio or bioes when every "
+                             f"tag is O or <prefix>-<TYPE> of that scheme, none otherwise: macro-F1 over the tags)")
+        self.num_tags = self.num_classes = self.output_dim = int(num_tags)
+        self.scheme_option, self.ignore_index = scheme, int(ignore_index)
+        self.tags = [str(i) for i in range(self.num_tags)]  # the data's names, from `check`
+
+    @property
+    def scheme(self) -> str | None:
+        if self.scheme_option == "none":
+            return None
+        return detect_scheme(self.tags) if self.scheme_option == "auto" else self.scheme_option
+
+    def loss(self, pred, target, mask):
+        valid = _valid_pixels(target != self.ignore_index, mask)
+        if self.crf:  # the sentences' NLL, pooled per tagged token as the cross-entropy is
+            nll = negative_log_likelihood(pred, torch.where(valid, target, self.ignore_index), self.ignore_index)
+            return nll.sum() / valid.sum().clamp_min(1)
+        target = torch.where(valid, target, 0).long()  # any tag id: those tokens are dropped below
+        per_token = F.cross_entropy(pred.float().transpose(1, 2), target, reduction="none")
+        return _pixel_mean(per_token, valid)
+
+    def decode(self, pred: torch.Tensor) -> torch.Tensor:
+        """long [B, L]: the predicted tag of each token (Viterbi's best path with a CRF, else the argmax)."""
+        return viterbi(pred) if self.crf else pred.argmax(dim=-1)
+
+    def metrics(self):
+        return TaggingMetrics(self.tags, self.ignore_index, self.scheme, decode=self.decode)
+
+    def check(self, info):
+        problems = super().check(info)
+        if problems:
+            return problems
+        if info.num_classes != self.num_tags:
+            return [f"tasks.{self.name}.num_tags={self.num_tags} but the data has {info.num_classes} tags for "
+                    f"'{self.name}'; set tasks.{self.name}.num_tags={info.num_classes}"]
+        if info.labels:
+            self.tags = list(info.labels)  # their names: the metrics read entities from them
+        if self.scheme_option in SCHEMES:
+            bad = [t for t in self.tags if t != "O" and not (len(t) > 2 and t[1] == "-" and t[0] in
+                                                               SCHEMES[self.scheme_option])]
+            if bad:
+                problems.append(f"tasks.{self.name}.scheme={self.scheme_option}: the tags {bad[:5]} are not O nor "
+                                f"<{'|'.join(SCHEMES[self.scheme_option])}>-<TYPE>; use scheme=auto or none")
+        return problems

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import contracts
+import hydra_memo
 from contracts import TINY, TRAINED_RUN, run_cli
+
+hydra_memo.install()  # in-process CLI runs compose their config once, not twice (the module says why)
 
 
 def pytest_addoption(parser):

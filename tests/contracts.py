@@ -8,6 +8,7 @@ file is). No test module imports another test module (tests/test_architecture.py
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -145,11 +146,21 @@ def step_without_batchnorm(cfg, run_dir, dist=None):
     return update, sums.weights / max(1, sums.count), trainer
 
 
+_composed: dict[tuple, DictConfig] = {}
+
+
 def compose_config(overrides=(), config_name: str = "train") -> DictConfig:
-    """The real config as `mtlrun train <overrides>` would compose it (minus the hydra node), in-process."""
-    OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+    """The real config as `mtlrun train <overrides>` would compose it (minus the hydra node), in-process.
+
+    Composed once per worker for each (config, overrides): the shipped configs do not change during a session,
+    and tests ask for the same ones again and again (every weighting in several tests). Each call gets its own
+    deep copy, so a test that edits its config changes no other test's."""
+    key = (config_name, tuple(overrides))
+    if key not in _composed:
+        OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            _composed[key] = compose(config_name, overrides=list(overrides))
+    return copy.deepcopy(_composed[key])
 
 
 # ------------------------------------------------------------------------------------ the model contract

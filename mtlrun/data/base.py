@@ -27,10 +27,12 @@ SPLITS = ("train", "val", "test")
 class TargetInfo:
     """What the data says about one target, so task heads can be checked against it."""
 
-    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | detection
+    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | tagging |
+    #            detection
     num_classes: int | None = None  # classification: labels are 0..num_classes-1
     dim: int | None = None  # multilabel: number of labels; regression: number of outputs; detection: box rows
-    names: tuple | None = None  # detection: the class names, in class id order (None: the ids)
+    # tagging: the tag names of ids 0..num_classes-1; detection: the class names, in class id order
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,12 @@ class DataModule:
     def class_names(self, task: str) -> list | None:
         """The names of a label target's classes, index order (what predictions are written as); None: the
         class indices are the names."""
+        return None
+
+    def tagged_words(self, split: str) -> tuple[list[list[str]], list[list[int]]] | None:
+        """(the words of each sample of `split`, the token position of each word's first token) for data whose
+        tagging targets are tags per word (mtlrun.data.word_tags), so `mtlrun predict` writes a tag per word;
+        None: the data has no words."""
         return None
 
     def target_scale(self, task: str) -> tuple[list[float], list[float]] | None:

@@ -220,7 +220,7 @@ class Coco(DataModule):
         names = tuple(read["categories"][c] for c in sorted(read["categories"]))
         most = max(ds.targets["detection"].shape[1] for ds, _ in read["splits"].values()) \
             if "detection" in self.targets else None
-        infos = {"detection": TargetInfo("detection", num_classes=len(names), dim=most, names=names),
+        infos = {"detection": TargetInfo("detection", num_classes=len(names), dim=most, labels=names),
                  "segmentation": TargetInfo("segmentation", num_classes=len(names) + 1),
                  "categories": TargetInfo("multilabel", dim=len(names))}
         return DataSpec({"image": ModalityInfo("image", (3, h, w), {"in_channels": 3, "input_size": (h, w)})},

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
+from mtlrun.data.digits_source import load_digits
 from mtlrun.data.multidigits import _source_pools
 from mtlrun.data.text import Tokenizer
 
@@ -187,16 +188,14 @@ class DigitsAV(DataModule):
         """Every split's raw arrays and texts; computed once. Fits the tokenizer unless it was loaded."""
         if self._raw is not None:
             return self._raw
-        from sklearn.datasets import load_digits
-
-        source = load_digits()
-        images = source.images / 16.0
-        pools = _source_pools(source.target, self.source_split, self.seed)
+        digit_images, labels = load_digits()
+        images = digit_images / 16.0
+        pools = _source_pools(labels, self.source_split, self.seed)
         raw = {}
         for i, (split, pool) in enumerate(zip(SPLITS, pools)):
             rng = np.random.default_rng([self.seed, 4_242, i])
             idx = rng.choice(pool, size=self.sizes[split])
-            digits, clean = source.target[idx], images[idx]
+            digits, clean = labels[idx], images[idx]
             stats = image_statistics(clean)
             raw[split] = {"digits": digits, "clean_ink": stats[:, 0],
                           "image": degrade_image(clean, rng, self.occlusion, self.image_noise),

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
+from mtlrun.data.digits_source import load_digits
 from mtlrun.errors import ConfigError
 
 DIGIT = 8  # side of a source digit
@@ -197,14 +198,12 @@ class MultiDigits(DataModule):
                 for task, f in self.label_fraction.items() if f < 1}
 
     def build(self) -> dict[str, TensorDictDataset]:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        pools = _source_pools(digits.target, self.source_split, self.seed)
+        images, labels = load_digits()
+        pools = _source_pools(labels, self.source_split, self.seed)
         splits = {}
         for i, (split, pool) in enumerate(zip(("train", "val", "test"), pools)):
             # a different stream per split, all derived from the one seed
-            canvas, left, right, _ = compose(digits.images, digits.target, pool, self.sizes[split],
+            canvas, left, right, _ = compose(images, labels, pool, self.sizes[split],
                                              seed=self.seed * 1000 + 17 + i)
             targets = digit_targets(left, right)
             if split in self.label_noise_splits:

@@ -156,7 +156,7 @@ class Scenes(DataModule):
                         targets={"segmentation": TargetInfo("segmentation", num_classes=len(CLASSES)),
                                  "depth": TargetInfo("depth", dim=1), "normals": TargetInfo("normals", dim=3),
                                  "detection": TargetInfo("detection", num_classes=len(DETECTION_CLASSES),
-                                                         dim=self.max_shapes, names=DETECTION_CLASSES)})
+                                                         dim=self.max_shapes, labels=DETECTION_CLASSES)})
 
     def class_names(self, task: str) -> list | None:
         return list(DETECTION_CLASSES) if task == "detection" else None

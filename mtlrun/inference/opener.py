@@ -155,7 +155,7 @@ class Predictor:
     def predict_data(self, data, split: str = "test", id_column: str | None = None,
                      batch_size: int | None = None) -> Predictions:
         loader = data.eval_loader(split, device=self.device, batch_size=batch_size)
-        return Predictions(data.sample_ids(split, id_column), self.predict_loader(loader), self.tasks, data)
+        return Predictions(data.sample_ids(split, id_column), self.predict_loader(loader), self.tasks, data, split)
 
     def predict_table(self, path: str | Path, id_column: str | None = None,
                       batch_size: int | None = None) -> Predictions:

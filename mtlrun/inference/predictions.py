@@ -14,6 +14,9 @@ Per task kind (the CSV columns; the JSON Lines object nests the same values unde
 - detection: `task/boxes` = the number of boxes found; the JSON object lists them
   ({"boxes": [{"label", "score", "box": [x1, y1, x2, y2]}, ...]}, best score first, in pixels of the image as
   the model reads it), and boxes/<task>.csv has one row per box: id, label, score, x1, y1, x2, y2
+- tagging: `task` = one tag per word, joined by spaces (a word's tag is read at its first token; words the
+  tokenizer cut off have none); JSON: {"words", "tags"} and, for a BIO / BIOES tag set, "entities":
+  [{type, start, end}] (word indices, end inclusive, as seqeval reads the tags)
 - any other task: `task/0`, `task/1`, ... the raw outputs (a dense one: masks/<task>/<n>.npy)
 `<n>` is the sample's position in the output (0-based, zero-padded), not its id, which may be any text.
 
@@ -34,8 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlrun.data.word_tags import words_of_predictions
 from mtlrun.engine.records import atomic_write_bytes, atomic_write_text
-from mtlrun.errors import WriteError
+from mtlrun.errors import UsageError, WriteError
+from mtlrun.sequence_metrics import entity_spans
 
 PNG_MAX = 65535
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
@@ -45,9 +50,15 @@ PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 class Predictions:
     """The outputs of every sample (float32 on the CPU), their ids, and how to read them (tasks, data)."""
 
-    def __init__(self, ids: list, outputs: dict[str, torch.Tensor], tasks: dict, data):
+    def __init__(self, ids: list, outputs: dict[str, torch.Tensor], tasks: dict, data, split: str = "test"):
         self.ids, self.outputs, self.tasks = list(ids), outputs, tasks
         self.names = {t: data.class_names(t) for t in tasks}
+        self.words = None
+        if any(getattr(task, "token_level", False) for task in tasks.values()):
+            self.words = data.tagged_words(split)
+            if self.words is None:
+                raise UsageError(f"predict: {type(data).__name__} gives no words, so the tagging tasks' predictions "
+                                 f"cannot be written per word")
         self.scales = {t: data.target_scale(t) for t in tasks}
         sizes = {len(o) for o in outputs.values()}
         if sizes and sizes != {len(self.ids)}:
@@ -61,7 +72,7 @@ class Predictions:
         """{task: {"columns": {csv column: list}, "records": list of per-sample JSON values, "maps": array or
         None}}; computed once, over whole tensors."""
         if self._decoded is None:
-            self._decoded = {t: decode(task, self.outputs[t], self.names[t], self.scales[t])
+            self._decoded = {t: decode(task, self.outputs[t], self.names[t], self.scales[t], self.words)
                              for t, task in self.tasks.items()}
         return self._decoded
 
@@ -112,12 +123,15 @@ def spreadsheet_safe(value):
     return value
 
 
-def decode(task, out: torch.Tensor, names: list | None, scale) -> dict:
-    """One task's outputs [N, ...] as columns, per-sample records and (dense tasks) the maps to write."""
+def decode(task, out: torch.Tensor, names: list | None, scale, words=None) -> dict:
+    """One task's outputs [N, ...] as columns, per-sample records and (dense tasks) the maps to write;
+    `words`: Predictions.words, for a tagging task."""
     kind, n = getattr(task, "kind", ""), len(out)
     result = {"kind": kind, "columns": {}, "records": [{} for _ in range(n)], "maps": None}
     name = task.name
-    if kind == "classification":
+    if getattr(task, "token_level", False):
+        _tags(result, task, out, words)
+    elif kind == "classification":
         probs = torch.softmax(out, dim=1)
         names = names or list(range(probs.shape[1]))
         labels = [names[i] for i in probs.argmax(dim=1).tolist()]
@@ -191,6 +205,17 @@ def write_boxes(path: Path, ids: list, boxes: list[list[dict]]) -> None:
     writer.writerows([spreadsheet_safe(v) for v in (i, b["label"], b["score"], *b["box"])]
                      for i, found in zip(ids, boxes) for b in found)
     atomic_write_text(path, text.getvalue())
+
+
+def _tags(result: dict, task, out: torch.Tensor, words) -> None:
+    sentences, starts = words
+    ids = words_of_predictions(task.decode(out), starts)
+    tags = [[task.tags[i] for i in row] for row in ids]
+    result["columns"][task.name] = [" ".join(row) for row in tags]
+    result["records"] = [{"words": w[: len(t)], "tags": t} for w, t in zip(sentences, tags)]
+    if task.scheme is not None:
+        for record in result["records"]:
+            record["entities"] = entity_spans(record["tags"])
 
 
 def write_maps(folder: Path, task: str, maps: np.ndarray, kind: str) -> list[str]:

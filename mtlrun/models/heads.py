@@ -10,15 +10,24 @@
     vector encoder, dense task   ->  a UsageError at build time
     dense encoder,  spatial task ->  make_detection_head: [B, C, H, W] -> [B, output_dim, H / s, W / s]
     (`task.spatial`: detection, whose head reads a grid of stride s; a vector encoder: a UsageError)
+
+Token-level tasks (`task.token_level`: mtlrun.tasks.Tagging) read a text encoder's token sequence
+(`encoder.tokens(ids) -> (tokens [B, L, D], mask [B, L])`) instead: `make_token_heads` gives every task a
+head called as `head(tokens, mask)`; a token-level task gets `make_head` on each token (with `crf: true`, the
+CRF's potentials from it: CRFHead), a sentence-level one the masked mean of the tokens, then `make_head`. Only arch=hps builds them (its shared representation
+is then the token sequence); `make_heads` refuses token-level tasks for the other architectures.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
+from mtlrun.crf import chain_potentials
 from mtlrun.errors import UsageError
+from mtlrun.models.backbone.text import _masked_mean
 
 
 def make_head(in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -64,6 +73,11 @@ def make_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float 
     """One head per task on `encoder`'s output (`encoder.out_dim` features or channels); see the module doc.
     `arch` names the sharing architecture in the error for a task that needs a map the encoder lacks."""
     dense_encoder = bool(getattr(encoder, "dense", False))
+    token_level = [name for name, task in tasks.items() if getattr(task, "token_level", False)]
+    if token_level:
+        raise UsageError(f"tasks.{token_level[0]}: a token-level task (one tag per token) needs arch=hps, whose "
+                         f"shared representation is then the text encoder's token sequence; this architecture "
+                         f"shares one vector per sample")
     heads = {}
     for name, task in tasks.items():
         dense_task = bool(getattr(task, "dense", False))
@@ -89,4 +103,57 @@ def make_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float 
             heads[name] = make_pooled_head(encoder.out_dim, task.output_dim, hidden, dropout)
         else:
             heads[name] = make_head(encoder.out_dim, task.output_dim, hidden, dropout)
+    return nn.ModuleDict(heads)
+
+
+class TokenHead(nn.Module):
+    """A token-level task's head: `make_head` on every token, [B, L, D] -> [B, L, output_dim]."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(tokens)  # padding positions get a prediction too; their targets are ignored
+
+
+class CRFHead(TokenHead):
+    """A token-level task with a linear-chain CRF (`Tagging(crf=true)`): emissions from `make_head`, plus the
+    transition, start and end scores; predicts the chain's potentials [B, L, C, C] (mtlrun.crf)."""
+
+    def __init__(self, head: nn.Module, num_tags: int):
+        super().__init__(head)
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start = nn.Parameter(torch.zeros(num_tags))
+        self.end = nn.Parameter(torch.zeros(num_tags))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return chain_potentials(self.head(tokens), self.transitions, self.start, self.end, mask)
+
+
+class PooledTokenHead(TokenHead):
+    """A sentence-level task on a token sequence: the mean over the real tokens, then `make_head`."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(_masked_mean(tokens, mask))
+
+
+def make_token_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float = 0.0) -> nn.ModuleDict:
+    """One head per task on `encoder.tokens(...)`, each called as `head(tokens, mask)`; see the module doc."""
+    if not callable(getattr(encoder, "tokens", None)):
+        tagging = next(name for name, task in tasks.items() if getattr(task, "token_level", False))
+        raise UsageError(f"tasks.{tagging}: a token-level task needs a text encoder that outputs one vector per "
+                         f"token (backbone/text=gru, lstm, transformer or hf, with the text as the only input: "
+                         f"data.modalities=[<text input>]); {type(encoder).__name__} has no `tokens`")
+    dense = [name for name, task in tasks.items() if getattr(task, "dense", False)]
+    if dense:
+        raise UsageError(f"tasks.{dense[0]}: a dense (per-pixel) task cannot share a text encoder with token-level "
+                         f"tasks")
+    heads = {}
+    for name, task in tasks.items():
+        head = make_head(encoder.token_dim, task.output_dim, hidden, dropout)
+        if not getattr(task, "token_level", False):
+            heads[name] = PooledTokenHead(head)
+        else:
+            heads[name] = CRFHead(head, task.output_dim) if getattr(task, "crf", False) else TokenHead(head)
     return nn.ModuleDict(heads)

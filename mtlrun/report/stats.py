@@ -17,7 +17,8 @@ from mtlrun.report.load import task_nodes
 
 
 # Used when a task's class cannot be built from its config (e.g. a user class that is not importable here).
-KNOWN_DIRECTIONS = {"accuracy": True, "macro_f1": True, "f1": True, "mae": False, "rmse": False}
+KNOWN_DIRECTIONS = {"accuracy": True, "macro_f1": True, "f1": True, "precision": True, "recall": True, "mae": False,
+                    "rmse": False}
 
 
 def _build_task(config: dict, task: str):

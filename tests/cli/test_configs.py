@@ -41,6 +41,7 @@ MULTIMODAL = ["data=digits_av", "tasks=digits_av"]
 NEEDS = {"data=digits_av": ["tasks=digits_av"], "tasks=digits_av": ["data=digits_av"]}
 NEEDS.update({o: MULTIMODAL for o in GROUP_OPTIONS
               if o.startswith(("fusion=", "backbone/text=", "backbone/audio=", "backbone/tabular="))})
+NEEDS.update({"data=text_tagging": ["tasks=text_tagging"], "tasks=text_tagging": ["data=text_tagging"]})
 NEEDS.update({"data=scenes": ["tasks=scenes", "backbone/image=segnet"],
               "tasks=scenes": ["data=scenes", "backbone/image=segnet"],
               "tasks=scenes_det": ["data=scenes", "backbone/image=segnet"]})
@@ -49,7 +50,7 @@ NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
                              "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
                              "num_attention_heads:2,intermediate_size:64}"]
 EXTRA_MODULE = {"backbone/image=timm": "timm", "backbone/image=timm_dense": "timm", "backbone/text=hf": "transformers"}
-ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=coco",
+ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=conll", "data=coco",
            "tasks=cifar10", "tasks=celeba", "tasks=nyuv2")
 CASES = [[]] + [[f"experiment={e}"] for e in EXPERIMENTS] + \
     [[o, *NEEDS.get(o, [])] for o in GROUP_OPTIONS if not o.startswith(ON_DISK)]
@@ -63,6 +64,27 @@ def test_globs_found_the_shipped_configs():
                    "scheduler=multistep", "data=multidigits", "arch=hps", "tasks=multidigits",
                    "weighting=static", "trainer=default"):
         assert option in GROUP_OPTIONS
+
+
+def test_no_shipped_config_sets_hydra_mode():
+    """tests/hydra_memo.py answers Hydra's get_mode without composing ("not set"): right only while no config
+    sets hydra.mode, which the real get_mode (kept as ORIGINAL_GET_MODE) confirms for each command's config."""
+    import yaml
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_memo import ORIGINAL_GET_MODE
+
+    hydra = Hydra.create_main_hydra2("mtlrun", create_config_search_path(str(CONFIGS)))
+    try:
+        for name in ("train", "eval", "predict", "export", "affinity"):
+            assert ORIGINAL_GET_MODE(hydra, name, ["experiment=smoke"] if name == "train" else []) is None, name
+    finally:
+        GlobalHydra.instance().clear()
+    for path in CONFIGS.rglob("*.yaml"):
+        text = yaml.safe_load(path.read_text()) or {}
+        assert "mode" not in (text.get("hydra") or {}), path  # an experiment (@package _global_) could set it
 
 
 def _leaves(node, prefix=""):
@@ -130,13 +152,15 @@ def test_config_composes_builds_and_runs_one_step(overrides):
         info = spec.targets[name]
         if task.dense:  # a map at the image's resolution
             assert preds[name].shape == (4, task.output_dim, *spec.modalities["image"].shape[-2:])
+        elif task.token_level:  # one prediction per token of the text
+            assert preds[name].shape == (4, *spec.modalities["text"].shape, task.output_dim)
         elif info.kind == "detection":  # a grid of the task's stride: class logits, 4 distances, centre-ness
             h, w = spec.modalities["image"].shape[-2:]
             assert preds[name].shape == (4, info.num_classes + 5, h // task.stride, w // task.stride)
         else:
             assert preds[name].shape == (4, task.output_dim)
         expected_dim = {"classification": info.num_classes, "segmentation": info.num_classes,
-                        "detection": (info.num_classes or 0) + 5}.get(info.kind, info.dim)
+                        "tagging": info.num_classes, "detection": (info.num_classes or 0) + 5}.get(info.kind, info.dim)
         assert task.output_dim == expected_dim
 
     # one optimizer step through the configured weighting, optimizer and scheduler

@@ -88,6 +88,31 @@ RESULTS = {
 }
 
 
+CONLL_LINES = ["-DOCSTART- -X- -X- O", "", "Peter NNP B-NP B-PER", "lives VBZ B-VP O", "in IN B-PP O",
+               "Bonn NNP B-NP B-LOC", ". . O O", ""]
+CONLL_CRAFTED = {  # a CoNLL file as data=conll reads it, made hostile
+    "conll_wrong_columns": "\n".join([*CONLL_LINES, "Bonn NNP B-NP", ""]),
+    "conll_unknown_tag": "\n".join([*CONLL_LINES, "Bonn NNP B-NP B-CITY", ""]),
+    "conll_not_utf8": b"Peter NNP B-NP B-PER\n\xff\xfe NNP B-NP O\n",
+    "conll_no_sentence": "-DOCSTART- -X- -X- O\n\n\n",
+}
+
+
+def _conll(tmp: Path, name: str = "ok", content: str | bytes = "\n".join(CONLL_LINES * 4)) -> Path:
+    path = tmp / "conll" / f"{name}.txt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def _conll_train(run: Path, tmp: Path) -> list[str]:
+    """A tiny data=conll run on CoNLL files written into `tmp`; the val file is the one the conditions vary."""
+    path = _conll(tmp)
+    return ["train", "data=conll", "tasks=from_data", f"data.train={path}", f"data.test={path}",
+            "data.batch_size=2", "backbone.text.embed_dim=8", "backbone.text.hidden=8", "trainer.max_epochs=1",
+            "trainer.device=cpu", "trainer.progress_bar=false"]
+
+
 # ---------------------------------------------------------------------------------------------- commands
 @dataclass(frozen=True)
 class Command:
@@ -132,6 +157,11 @@ COMMANDS = [
             lambda out: ["--out", str(out)],
             crafted={name: (lambda run, tmp, text=text: [str(_runs_folder(run, tmp, text))])
                      for name, text in RESULTS.items()}, writes_beside_records=True),
+    # data=conll, a reader of user files: the val file is the one crafted
+    Command("train_conll", _conll_train, lambda run, tmp: [f"data.val={_conll(tmp)}"],
+            lambda out: [f"hydra.run.dir={out}"], numeric=("data.max_len", "data.min_freq"),
+            crafted={name: (lambda run, tmp, name=name, text=text: [f"data.val={_conll(tmp, name, text)}"])
+                     for name, text in CONLL_CRAFTED.items()}),
     Command("affinity", lambda run, tmp: ["affinity", *RUN, "affinity.steps=2", "affinity.every=1"],
             lambda run, tmp: [], lambda out: [f"hydra.run.dir={out}"], numeric=("affinity.lr", "optim.lr")),
 ]

@@ -49,7 +49,7 @@ def coco(root, annotations=GOOD, **kw):
 def test_boxes_masks_and_categories_scale_with_the_image(tmp_path):
     data = coco(tmp_path, targets=["detection", "segmentation", "categories"])
     spec = data.full_spec
-    assert spec.targets["detection"].names == ("cat", "dog") and spec.targets["detection"].dim == 1
+    assert spec.targets["detection"].labels == ("cat", "dog") and spec.targets["detection"].dim == 1
     assert spec.targets["segmentation"].num_classes == 3 and spec.targets["categories"].dim == 2
     assert data.sample_ids("train") == [100, 101, 102] and data.class_names("detection") == ["cat", "dog"]
     batch = data.dataset("train").__getitems__([0, 1, 2])

@@ -19,6 +19,25 @@ def digits():
     return load_digits()
 
 
+def test_the_digits_read_directly_are_scikit_learns(digits, monkeypatch):
+    """mtlrun.data.digits_source reads scikit-learn's bundled CSV without importing scikit-learn (2 s a process):
+    the arrays load_digits returns, and load_digits itself is used when the file is not where it was."""
+    from mtlrun.data import digits_source
+
+    images, labels = digits_source.load_digits()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(labels, digits.target)
+    assert images.dtype == np.float64 and labels.dtype == np.int64 and not images.flags.writeable
+    digits_source.load_digits.cache_clear()
+    monkeypatch.setattr(digits_source, "_bundled_csv", lambda: None)
+    try:
+        fallback_images, fallback_labels = digits_source.load_digits()
+        np.testing.assert_array_equal(fallback_images, digits.images)
+        np.testing.assert_array_equal(fallback_labels, digits.target)
+    finally:
+        digits_source.load_digits.cache_clear()
+
+
 # ----------------------------------------------------------------------------------------------- compose
 
 

@@ -111,3 +111,23 @@ def test_torchrun_sync_batchnorm_on_cpu_is_a_usage_error(tmp_path):
     assert "SyncBatchNorm layers only work with GPU modules" not in output
     assert "exitcode  : 2" in output  # each worker's exit status, as torchrun reports it
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))
+
+
+@pytest.mark.e2e
+def test_torchrun_tagging_metrics_are_those_of_one_process(tmp_path):
+    """Entity P/R/F1 and macro-F1 from per-type counts summed over ranks: on uneven shards, exactly what one
+    process measures on the same checkpoint."""
+    args = ["experiment=text_tagging", "data.n_train=64", "data.n_val=37", "data.n_test=53", "data.batch_size=16",
+            "data.eval_batch_size=8", "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false",
+            "backbone.text.embed_dim=8", "backbone.text.hidden=8", f"hydra.run.dir={tmp_path / 'run'}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "mtlrun"]
+    proc = run_cli("train", *args, cwd=tmp_path, launcher=launcher, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ddp = read_results(tmp_path / "run")
+    single = run_cli("eval", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}",
+                     f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    measured = read_results(tmp_path / "ev")
+    for key in ("ner/f1", "ner/precision", "ner/recall", "chunk/f1", "pos/macro_f1", "pos/accuracy"):
+        assert measured[f"test/{key}"] == pytest.approx(ddp[f"test/{key}"], rel=1e-12, abs=1e-12), key

@@ -95,6 +95,14 @@ class Table(DataModule):
     def class_names(self, task: str) -> list | None:
         return self._prepare().state["classes"].get(task)
 
+    def tagged_words(self, split: str):
+        """The words of the text input the (first) `type: tags` target aligns with; None without one."""
+        tags = [f for f in self.targets if f.type == "tags"]
+        if not tags:
+            return None
+        prepared = self._prepare()
+        return tags[0].words(self.inputs, prepared.state, prepared.manifest.cells, prepared.rows[split])
+
     def target_scale(self, task: str) -> tuple[list[float], list[float]] | None:
         stats = self._prepare().state["targets"].get(task)
         return None if stats is None else (list(stats["mean"]), list(stats["std"]))

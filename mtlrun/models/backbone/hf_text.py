@@ -132,6 +132,12 @@ class HFText(Encoder):
         return self.encode(ids).vector
 
     def encode(self, ids: torch.Tensor) -> Encoded:
+        tokens, mask = self.tokens(ids)
+        pooled = _masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
+        return Encoded(self.project(pooled), tokens, mask)
+
+    def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""
         ids = ids.long()
         mask = ids != 0
         # an all-padding row (an empty text) would attend over no key: let its first position attend to
@@ -139,9 +145,4 @@ class HFText(Encoder):
         attention = mask.clone()
         attention[:, 0] |= ~mask.any(1)
         hidden = self.model(input_ids=swap_pad(ids, self.pad_id), attention_mask=attention.long()).last_hidden_state
-        tokens = hidden * mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "mean":
-            pooled = _masked_mean(tokens, mask)
-        else:
-            pooled = tokens[:, 0]
-        return Encoded(self.project(pooled), tokens, mask)
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype), mask

@@ -4,7 +4,8 @@ Both read the text layout of mtlrun.data.base.ModalityInfo: LongTensor [B, L] of
 with 0, 1 for an unknown token (mtlrun.data.text.Tokenizer writes it). Padding never changes the result:
 the same text padded to a different length gives the same vector, and a text that is all padding (an
 empty string) gives a finite one. `encode` offers the per-position outputs as tokens, with
-`token_mask = ids != 0`, for the attention fusions.
+`token_mask = ids != 0`, for the attention fusions, and `tokens` gives them alone (tokens, mask): what
+the token-level tasks (mtlrun.tasks.Tagging) read (mtlrun.models.heads).
 
 These are plain `Encoder`s, not `StagedEncoder`s: a sequence model has no stack of 4-D feature maps for the
 stage-wise architectures (cross-stitch, MTAN, MMoE, PLE) to take apart; use arch=hps or arch=soft with them.
@@ -72,6 +73,11 @@ class RNNText(Encoder):
         return self.encode(ids).vector
 
     def encode(self, ids: torch.Tensor) -> Encoded:
+        tokens, mask = self.tokens(ids)
+        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+
+    def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""
         ids = ids.long()
         length = ids.shape[1]
         mask = ids != 0
@@ -86,8 +92,7 @@ class RNNText(Encoder):
                                           enforce_sorted=False)
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-        tokens = out * mask.unsqueeze(-1).to(out.dtype)
-        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+        return out * mask.unsqueeze(-1).to(out.dtype), mask
 
 
 def _unpacked_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -154,6 +159,11 @@ class TransformerText(Encoder):
         return self.encode(ids).vector
 
     def encode(self, ids: torch.Tensor) -> Encoded:
+        tokens, mask = self.tokens(ids)
+        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+
+    def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""
         ids = ids.long()
         length = ids.shape[1]
         if length > self.max_len:
@@ -166,5 +176,4 @@ class TransformerText(Encoder):
         key_padding = ~mask
         key_padding[:, 0] &= mask.any(1)
         h = self.encoder(x, src_key_padding_mask=key_padding)
-        tokens = h * mask.unsqueeze(-1).to(h.dtype)
-        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
+        return h * mask.unsqueeze(-1).to(h.dtype), mask

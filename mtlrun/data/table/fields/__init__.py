@@ -17,6 +17,7 @@ from mtlrun.data.table.fields.multilabel import MultilabelField
 from mtlrun.data.table.fields.regression import RegressionField
 from mtlrun.data.table.fields.segmentation import SegmentationField
 from mtlrun.data.table.fields.tabular import TabularField
+from mtlrun.data.table.fields.tags import TagsField
 from mtlrun.data.table.fields.text import TextField
 from mtlrun.schema import RESERVED_TASK_KEYS
 
@@ -35,6 +36,7 @@ TARGET_TYPES: dict[str, type[Field]] = {
     "segmentation": SegmentationField,
     "depth": DepthField,
     "detection": DetectionField,
+    "tags": TagsField,
 }
 
 

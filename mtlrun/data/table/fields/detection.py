@@ -141,6 +141,6 @@ class DetectionField(Field):
     def info(self, reading: Reading) -> TargetInfo:
         """dim: the box rows per sample (None where the column was not read: predicting from inputs only)."""
         classes = reading.state["classes"][self.name]
-        return TargetInfo("detection", num_classes=len(classes), dim=self.rows, names=tuple(map(str, classes)))
+        return TargetInfo("detection", num_classes=len(classes), dim=self.rows, labels=tuple(map(str, classes)))
 
     rows: int | None = None
