@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from contracts import NoHostSync
 from mtlrun.data.base import TargetInfo
 from mtlrun.detection import assign, decode, grid_points
 from mtlrun.errors import UsageError
@@ -188,22 +189,6 @@ def test_check_against_the_data_and_bad_options():
         for value in (math.nan, math.inf):
             with pytest.raises(UsageError, match=rf"^{key}={value}: must be a number in"):
                 Detection(num_classes=2, **{key: value})
-
-
-class NoHostSync(torch.overrides.TorchFunctionMode):
-    """Fails on the calls that make a GPU wait for the host: reading a value (.item, .tolist, bool), a
-    data-dependent shape (nonzero, boolean indexing, masked_select) or a copy to the CPU."""
-
-    SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.nonzero, torch.nonzero,
-               torch.Tensor.cpu, torch.Tensor.numpy, torch.masked_select, torch.Tensor.masked_select}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SYNCING:
-            raise AssertionError(f"host sync in the training step: {func.__name__}")
-        if func is torch.Tensor.__getitem__ and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                                   for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
-            raise AssertionError("host sync in the training step: boolean indexing")
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_loss_and_its_gradient_read_nothing_back_from_the_device():
