@@ -214,3 +214,35 @@ def test_giou_loss_is_torchvisions():
     corners = torch.rand(2, 200, 2, 2, generator=g) * 50
     a, b = (torch.cat([c.min(1).values, c.max(1).values + 0.5], -1) for c in corners)
     torch.testing.assert_close(giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none"))
+
+
+@pytest.mark.parametrize("weighting", ["static", "upgrad"])
+def test_a_training_step_of_scenes_det_reads_nothing_back_from_the_device(tmp_path, weighting):
+    """Between two log steps, Trainer.step on experiment=scenes_det (detection + segmentation + depth: target
+    assignment, the three losses, the backward, the weighting, the optimizer) makes no call that would make a GPU
+    wait for the host. upgrad reads its Gramian on the host by design (benchmarks/gpu_check.py's KNOWN_SYNCS):
+    the guard must find exactly that one."""
+    if weighting == "upgrad":
+        pytest.importorskip("qpsolvers")
+    from contracts import compose_config
+    from mtlrun.build import build_trainer
+    from mtlrun.data.loading import to_device
+    from mtlrun.distributed import DistInfo
+
+    cfg = compose_config(["experiment=scenes_det", "data.n_train=16", "data.n_val=4", "data.n_test=4",
+                          "data.image_size=32", "data.batch_size=4", "backbone.image.channels=[4,8,8]",
+                          "trainer.device=cpu", "trainer.log_every_n_steps=1000", f"weighting={weighting}",
+                          # SGD: Adam(W) reads its step counter with .item(), a tensor PyTorch keeps on the host
+                          # (no GPU wait), which this CPU-side guard cannot tell from a device read
+                          "optim=sgd"])
+    trainer = build_trainer(cfg, str(tmp_path), dist=DistInfo())
+    loader = trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)
+    first, second = (to_device(b, trainer.device) for b, _ in zip(loader, range(2)))
+    trainer.step([first])  # lazy state (optimizer moments)
+    if weighting == "upgrad":
+        with pytest.raises(AssertionError, match="host sync"), NoHostSync():
+            trainer.step([second])
+        return
+    with NoHostSync():
+        trainer.step([second])
+    assert trainer.global_step == 2
