@@ -7,7 +7,9 @@ fits two constant predictors on the train split and scores them on a split with 
     segmentation), the per-label rate (binary, multilabel), the median (depth: L1-optimal) or mean
     (regression) target, the normalised mean normal (normals);
   * per_pixel (dense tasks only): the same statistic at every pixel position separately, i.e. the layout
-    prior of the data (floor at the bottom, wall at the top) and the stronger of the two.
+    prior of the data (floor at the bottom, wall at the top) and the stronger of the two;
+  * detection (both kinds): the train split's mean box of every class, one per class and image at a fixed
+    score (0.5), as the raw head output that decodes to exactly those boxes.
 Labels that are masked or invalid (ignore_index, depth 0, zero normals) are left out of every statistic.
 
 Run:  python benchmarks/constant_baseline.py experiment=scenes_hps [--split test] [more overrides]
@@ -25,7 +27,8 @@ from torch import nn
 from mtlrun.build import build_components
 from mtlrun.config import config_dir
 from mtlrun.engine.evaluate import evaluate_split
-from mtlrun.tasks import Binary, Classification, Depth, Multilabel, Normals, Regression, Segmentation
+from mtlrun.detection import grid_points
+from mtlrun.tasks import Binary, Classification, Depth, Detection, Multilabel, Normals, Regression, Segmentation
 
 
 class ConstantModel(nn.Module):
@@ -40,10 +43,35 @@ class ConstantModel(nn.Module):
         return {t: p.expand(batch, *p.shape) for t, p in self.predictions.items()}
 
 
-def fit(task, targets: torch.Tensor, mask: torch.Tensor | None, per_pixel: bool) -> torch.Tensor:
+def mean_boxes(task: Detection, targets: torch.Tensor, image_size) -> torch.Tensor:
+    """Raw head output [C + 5, h, w] decoding to each class's mean train box (score 0.5, nothing else): the
+    box sits at the free grid location nearest its centre, the distances from there to its sides."""
+    h, w = image_size[0] // task.stride, image_size[1] // task.stride
+    out = torch.full((task.num_classes + 5, h * w), -30.0)
+    out[task.num_classes + 4] = 0.0  # centre-ness 0.5; with a class probability of 0.5: score sqrt(0.25)
+    points, taken = grid_points(h, w, task.stride, "cpu"), set()
+    rows = targets.reshape(-1, 5)
+    for c in range(task.num_classes):
+        boxes = rows[rows[:, 4] == c, :4]
+        if not len(boxes):
+            continue
+        box = boxes.mean(0)
+        centre = (box[:2] + box[2:]) / 2
+        order = (points - centre).norm(dim=1).argsort().tolist()
+        loc = next(i for i in order if i not in taken)
+        taken.add(loc)
+        distances = torch.cat([points[loc] - box[:2], box[2:] - points[loc]]).clamp_min(1e-3) / task.stride
+        out[c, loc] = 0.0
+        out[task.num_classes:task.num_classes + 4, loc] = distances.log()
+    return out.view(-1, h, w)
+
+
+def fit(task, targets: torch.Tensor, mask: torch.Tensor | None, per_pixel: bool, image_size=None) -> torch.Tensor:
     """The constant prediction for `task` from its train targets (a tensor without the batch dimension)."""
     if mask is not None:
         targets = targets[mask]
+    if isinstance(task, Detection):
+        return mean_boxes(task, targets, image_size)
     if isinstance(task, Segmentation):
         c = task.num_classes
         valid = targets != task.ignore_index
@@ -87,10 +115,12 @@ def main() -> None:
     whole = train.__getitems__(list(range(len(train))))  # read once: the targets of every task
     labelled = whole.get("label_mask", {})
     results = {}
+    image_size = next((m.shape[-2:] for m in parts.data.spec.modalities.values() if m.kind == "image"), None)
     for kind in ("global", "per_pixel"):
         if kind == "per_pixel" and not any(task.dense for task in parts.tasks.values()):
             continue
-        predictions = {t: fit(task, whole["targets"][t], labelled.get(t), per_pixel=kind == "per_pixel" and task.dense)
+        predictions = {t: fit(task, whole["targets"][t], labelled.get(t), per_pixel=kind == "per_pixel" and task.dense,
+                              image_size=image_size)
                        for t, task in parts.tasks.items()}
         cpu = torch.device("cpu")
         results[kind] = evaluate_split(ConstantModel(predictions), parts.tasks,

@@ -22,8 +22,11 @@ def is_real(value) -> bool:
 
 
 def is_number(value) -> bool:
-    """A finite int or float."""
-    return is_real(value) and math.isfinite(value)
+    """A finite int or float that a float can hold (an integer of 400 digits, as JSON may carry, is not)."""
+    try:
+        return is_real(value) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_range(key: str, value, low: int, high: int | None = None, why: str = "") -> int:

@@ -12,7 +12,7 @@ from mtlrun.schema import RESERVED_TASK_KEYS
 # tasks.from_data=true: the task type built for each kind of data target (mtlrun.data.base.TargetInfo)
 DEFAULT_TASKS = {"classification": "Classification", "binary": "Binary", "multilabel": "Multilabel",
                  "regression": "Regression", "segmentation": "Segmentation", "depth": "Depth", "normals": "Normals",
-                 "tagging": "Tagging"}
+                 "detection": "Detection", "tagging": "Tagging"}
 
 
 def task_configs(cfg: DictConfig, targets: dict | None) -> dict[str, DictConfig]:
@@ -60,8 +60,10 @@ def _task_from_data(info, override: DictConfig | None) -> DictConfig:
     if override is not None and "_target_" in override:
         return override
     node = {"_target_": f"mtlrun.tasks.{DEFAULT_TASKS.get(info.kind, info.kind)}"}
-    if info.kind in ("classification", "segmentation"):
+    if info.kind in ("classification", "segmentation", "detection"):
         node["num_classes"] = info.num_classes
+        if info.kind == "detection" and info.labels is not None:
+            node["class_names"] = list(info.labels)  # they name the per-class metrics (map_<class>)
     elif info.kind == "multilabel":
         node["num_labels"] = info.dim
     elif info.kind == "regression":

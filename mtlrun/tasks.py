@@ -6,10 +6,15 @@ labelled ones; a batch with no labels for a task gives a loss of exactly zero (a
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from mtlrun.checks import check_range, is_number
 from mtlrun.data.base import TargetInfo
+from mtlrun.detection import DetectionMetrics, decode, fcos_loss
+from mtlrun.errors import UsageError
 from mtlrun.metrics import (
     ClassificationMetrics,
     DepthMetrics,
@@ -140,8 +145,6 @@ class Regression(Task):
     def __init__(self, dim: int = 1, loss: str = "mse", **kw):
         super().__init__(**kw)
         if loss not in self.LOSSES:
-            from mtlrun.errors import UsageError
-
             raise UsageError(f"loss={loss!r} is not a regression loss; valid: {', '.join(self.LOSSES)}")
         self.dim = int(dim)
         self.loss_name = loss
@@ -255,6 +258,54 @@ class Normals(DenseTask):
 
     def metrics(self):
         return NormalsMetrics()
+
+
+class Detection(Task):
+    """Object detection: FCOS (Tian et al., ICCV 2019) on the shared feature map; the target and prediction
+    layouts, the loss and the decoding are in mtlrun.detection. Metrics: COCO mAP@[.50:.95] (`map`),
+    `map_50`, `map_75`, AR@100 (`mar_100`) and `map_<class>` per class (torchmetrics, `mtlrun[detection]`).
+
+    `stride`: the head's grid step in input pixels (the shared map is average-pooled by it); `center_radius`:
+    FCOS centre sampling, in strides; `score_threshold`, `nms_iou`, `max_detections`: the decoding at
+    evaluation and prediction. `class_names` name the per-class metrics (default: the class ids)."""
+
+    kind = "detection"
+    spatial = True  # needs a feature map (mtlrun.models.heads); its prediction is a grid, not a pixel map
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, stride: int = 4,
+                 center_radius: float = 1.5, score_threshold: float = 0.05, nms_iou: float = 0.6,
+                 max_detections: int = 100, **kw):
+        super().__init__(**kw)
+        self.num_classes = check_range("num_classes", num_classes, 1)
+        self.stride = check_range("stride", stride, 1)
+        self.max_detections = check_range("max_detections", max_detections, 1)
+        for key, value, low, high in (("center_radius", center_radius, 0.5, math.inf),
+                                      ("score_threshold", score_threshold, 0.0, 1.0), ("nms_iou", nms_iou, 0.0, 1.0)):
+            if not is_number(value) or not low <= value <= high:  # finite: NaN and inf fail here
+                raise UsageError(f"{key}={value}: must be a number in [{low}, {high}]")
+        names = [str(i) for i in range(self.num_classes)] if class_names is None else [str(n) for n in class_names]
+        if len(names) != self.num_classes or len(set(names)) != len(names):
+            raise UsageError(f"class_names={list(class_names)}: must be {self.num_classes} "
+                             f"distinct names (num_classes), in class id order")
+        self.class_names = names
+        self.center_radius = float(center_radius)
+        self.decode_args = {"stride": self.stride, "score_threshold": float(score_threshold),
+                            "nms_iou": float(nms_iou), "max_detections": self.max_detections}
+        self.output_dim = self.num_classes + 5  # class logits, 4 log distances, centre-ness
+
+    def loss(self, pred, target, mask):
+        return fcos_loss(pred, target, mask, self.num_classes, self.stride, self.center_radius)
+
+    def metrics(self):
+        return DetectionMetrics(self.num_classes, self.class_names, self.decode_args)
+
+    def detections(self, pred: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The decoded boxes of each image of a raw prediction (evaluation, predict, pictures; not training)."""
+        return decode(pred, self.num_classes, **self.decode_args)
+
+    def check(self, info):
+        problems = super().check(info)
+        return problems or _class_count_problems(self, info)
 
 
 def _class_count_problems(task: Task, info: TargetInfo) -> list[str]:

@@ -18,6 +18,7 @@ from mtlrun.build import build_trainer
 from mtlrun.overrides import apply_overrides
 from mtlrun.validation import validate_train
 from mtlrun.engine import checkpoint
+from mtlrun.engine.detection_plots import plot_detections
 from mtlrun.engine.plots import plot_curves
 from mtlrun.engine.records import atomic_write_text, results_table, write_metrics_csv, write_results
 from mtlrun.engine.threads import apply_threads
@@ -106,7 +107,8 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _test_best(trainer, run_dir: Path, dist: distributed.DistInfo, goal: objective.Objective) -> float | None:
-    """The best checkpoint on val and test -> metrics.csv, curves.png, results.json; returns optimized_metric."""
+    """The best checkpoint on val and test -> metrics.csv, curves.png, detections.png (detection tasks),
+    results.json; returns optimized_metric."""
     # Final numbers come from the best checkpoint as written to disk: the same file `mtlrun eval` reads.
     # Its epoch and monitor value are read from that file too, so results.json describes the checkpoint its
     # metrics come from even if best.pt is not what the run last called best (see _restore_best).
@@ -133,6 +135,10 @@ def _test_best(trainer, run_dir: Path, dist: distributed.DistInfo, goal: objecti
         write_metrics_csv(run_dir / "metrics.csv", trainer.history + [test_row])
         trainer.trackers.log_rows([test_row])
         plot_curves(trainer.history, trainer.tasks, run_dir / "curves.png", best_epoch=best_epoch)
+        boxes = [t for t, task in trainer.tasks.items() if getattr(task, "kind", "") == "detection"]
+        for t in boxes:  # the best checkpoint's boxes on a few test images
+            plot_detections(trainer.model, trainer.tasks[t], trainer.data, trainer.device,
+                            run_dir / ("detections.png" if len(boxes) == 1 else f"detections_{t}.png"))
         write_results(run_dir / "results.json", metrics, best_epoch=best_epoch,
                       monitor={"key": f"val/{trainer.monitor_key}", "value": best_value},
                       checkpoint=str(best_path), mtlrun_version=__version__,

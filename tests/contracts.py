@@ -218,3 +218,20 @@ def check_gradient_factorizes(model, tasks, batch):
         for p, a, b in zip(shared_params, direct, zeros_for_none(through, shared_params)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
         assert any(g.abs().sum() > 0 for g in direct)
+
+
+# ------------------------------------------------------------------------------------ host syncs
+class NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on the calls that make a GPU wait for the host: reading a value (.item, .tolist, bool), a
+    data-dependent shape (nonzero, boolean indexing, masked_select) or a copy to the CPU."""
+
+    SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.nonzero, torch.nonzero,
+               torch.Tensor.cpu, torch.Tensor.numpy, torch.masked_select, torch.Tensor.masked_select}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCING:
+            raise AssertionError(f"host sync in the training step: {func.__name__}")
+        if func is torch.Tensor.__getitem__ and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                   for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            raise AssertionError("host sync in the training step: boolean indexing")
+        return func(*args, **(kwargs or {}))

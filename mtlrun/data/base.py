@@ -27,10 +27,12 @@ SPLITS = ("train", "val", "test")
 class TargetInfo:
     """What the data says about one target, so task heads can be checked against it."""
 
-    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | tagging
+    kind: str  # classification | binary | multilabel | regression | segmentation | depth | normals | tagging |
+    #            detection
     num_classes: int | None = None  # classification: labels are 0..num_classes-1
-    dim: int | None = None  # multilabel: number of labels; regression: number of outputs
-    labels: tuple[str, ...] | None = None  # tagging: the tag names of ids 0..num_classes-1
+    dim: int | None = None  # multilabel: number of labels; regression: number of outputs; detection: box rows
+    # tagging: the tag names of ids 0..num_classes-1; detection: the class names, in class id order
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

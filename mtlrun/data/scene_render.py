@@ -198,7 +198,8 @@ def render(scenes: SceneParams, height: int, width: int) -> dict[str, torch.Tens
     """Ray-cast `scenes` without noise.
 
     Returns image float [N, 3, H, W] in [0, 1], segmentation long [N, H, W], depth float [N, 1, H, W]
-    (camera z, metres) and normals float [N, 3, H, W] (unit, camera frame, facing the camera).
+    (camera z, metres), normals float [N, 3, H, W] (unit, camera frame, facing the camera) and instances
+    long [N, H, W] (the object slot seen at each pixel, -1 for floor and wall).
     The objects are tested only on the pixels whose ray meets their bounding sphere (a few percent).
     """
     n, k = scenes.kind.shape
@@ -251,7 +252,30 @@ def render(scenes: SceneParams, height: int, width: int) -> dict[str, torch.Tens
         return x.reshape(n, height, width, channels).permute(0, 3, 1, 2).contiguous()
 
     return {"image": grid(image, 3), "segmentation": cls.view(n, height, width),
-            "depth": grid(t[..., None], 1), "normals": grid(normal_camera, 3)}
+            "depth": grid(t[..., None], 1), "normals": grid(normal_camera, 3),
+            "instances": slot.view(n, height, width)}
+
+
+def visible_boxes(instances: torch.Tensor, kind: torch.Tensor, min_area: int) -> torch.Tensor:
+    """The 2-D box of every object from the pixels where it is seen (so occlusion counts): float [N, K, 5]
+    rows (x1, y1, x2, y2, shape kind) covering pixels x1 <= x < x2, y1 <= y < y2 (mtlrun.detection's target
+    layout); an object seen at fewer than `min_area` pixels, and an empty slot, is a padding row (kind -1)."""
+    n, k = kind.shape
+    out = torch.full((n, k, 5), -1.0)
+    out[..., :4] = 0.0
+    for j in range(k):  # a loop over the few slots; vectorised over the scenes and pixels
+        seen = instances == j  # [N, H, W]
+        cols, rows = seen.any(1), seen.any(2)  # [N, W], [N, H]
+        keep = seen.flatten(1).sum(1) >= max(1, min_area)
+        x = torch.arange(cols.shape[1])
+        y = torch.arange(rows.shape[1])
+        x1 = torch.where(cols, x, cols.shape[1]).min(1).values
+        x2 = torch.where(cols, x, -1).max(1).values + 1
+        y1 = torch.where(rows, y, rows.shape[1]).min(1).values
+        y2 = torch.where(rows, y, -1).max(1).values + 1
+        box = torch.stack([x1, y1, x2, y2, kind[:, j]], 1).float()
+        out[:, j] = torch.where(keep[:, None], box, out[:, j])
+    return out
 
 
 def depth_sensor(depth: torch.Tensor, rng: np.random.Generator, noise: float, dropout: float) -> torch.Tensor:

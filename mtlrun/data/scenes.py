@@ -18,7 +18,11 @@ Targets (every pixel is labelled in this dataset):
   3 box, 4 cylinder);
 - `depth`: float [1, H, W], the z coordinate of the visible point in the camera frame (metres, > 0);
 - `normals`: float [3, H, W], the unit surface normal of the visible point in the camera frame, pointing
-  towards the camera (analytic for every surface).
+  towards the camera (analytic for every surface);
+- `detection`: float [max_shapes, 5], the 2-D box of every object from the pixels where it is seen (so an
+  occluded part does not count), rows (x1, y1, x2, y2, class) with class 0 sphere, 1 box, 2 cylinder
+  (DETECTION_CLASSES) and -1 for padding (mtlrun.detection's layout); an object seen at fewer than
+  `min_box_area` pixels (default 16, a 4 x 4 patch) is left out: too little of it shows to be found.
 
 Train, val and test are drawn from different random streams of the same seed. Rendering is vectorised
 over the pixels and scenes of a chunk (a loop over the few object slots only): the defaults (3,000 scenes
@@ -35,10 +39,11 @@ from torch.utils.data import Dataset
 
 from mtlrun.checks import is_int, is_real
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo
-from mtlrun.data.scene_render import CLASSES, depth_sensor, render, sample_scenes
+from mtlrun.data.scene_render import CLASSES, depth_sensor, render, sample_scenes, visible_boxes
 from mtlrun.data.scene_render import SHAPES, SceneParams, camera_rays  # noqa: F401 (importable here as before)
 from mtlrun.errors import ConfigError
 
+DETECTION_CLASSES = SHAPES
 CHUNK = 256  # scenes rendered at once; fixed, so the data never depends on it
 
 
@@ -104,7 +109,8 @@ class Scenes(DataModule):
 
     def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 500, image_size=64,
                  min_shapes: int = 2, max_shapes: int = 5, noise: float = 0.02, depth_sensor: bool = False,
-                 depth_noise: float = 0.002, depth_dropout: float = 0.05, seed: int = 0, **loader):
+                 depth_noise: float = 0.002, depth_dropout: float = 0.05, min_box_area: int = 16, seed: int = 0,
+                 **loader):
         super().__init__(**loader)
         problems: list[str] = []
 
@@ -125,6 +131,9 @@ class Scenes(DataModule):
                             f"depth-sensor pixels without a reading)")
         if not isinstance(depth_sensor, bool):
             problems.append(f"data.depth_sensor={depth_sensor}: must be true or false")
+        if not is_int(min_box_area) or min_box_area < 1:
+            problems.append(f"data.min_box_area={min_box_area}: must be an integer >= 1 (visible pixels an object "
+                            f"needs to get a detection box)")
         if not is_int(seed):
             problems.append(f"data.seed={seed}: must be an integer")
         if problems:
@@ -134,6 +143,7 @@ class Scenes(DataModule):
         self.min_shapes, self.max_shapes = min_shapes, max_shapes
         self.noise, self.depth_sensor = float(noise), depth_sensor
         self.depth_noise, self.depth_dropout = float(depth_noise), float(depth_dropout)
+        self.min_box_area = min_box_area
         self.seed = seed
 
     @property
@@ -144,7 +154,12 @@ class Scenes(DataModule):
             modalities["depth"] = ModalityInfo("image", (1, h, w), {"in_channels": 1, "input_size": (h, w)})
         return DataSpec(modalities=modalities,
                         targets={"segmentation": TargetInfo("segmentation", num_classes=len(CLASSES)),
-                                 "depth": TargetInfo("depth", dim=1), "normals": TargetInfo("normals", dim=3)})
+                                 "depth": TargetInfo("depth", dim=1), "normals": TargetInfo("normals", dim=3),
+                                 "detection": TargetInfo("detection", num_classes=len(DETECTION_CLASSES),
+                                                         dim=self.max_shapes, labels=DETECTION_CLASSES)})
+
+    def class_names(self, task: str) -> list | None:
+        return list(DETECTION_CLASSES) if task == "detection" else None
 
     def render_split(self, split: str) -> DenseDataset:
         h, w = self.image_size
@@ -155,7 +170,8 @@ class Scenes(DataModule):
         noise_rng = np.random.default_rng([self.seed, 7_561, index])
         out = {"image": torch.empty(n, 3, h, w, dtype=torch.uint8),
                "segmentation": torch.empty(n, h, w, dtype=torch.int8),
-               "depth": torch.empty(n, 1, h, w), "normals": torch.empty(n, 3, h, w)}
+               "depth": torch.empty(n, 1, h, w), "normals": torch.empty(n, 3, h, w),
+               "detection": torch.empty(n, self.max_shapes, 5)}
         if self.depth_sensor:
             out["sensor"] = torch.empty(n, 1, h, w)
         for start in range(0, n, CHUNK):
@@ -168,13 +184,15 @@ class Scenes(DataModule):
             out["segmentation"][start:stop] = chunk["segmentation"].to(torch.int8)
             out["depth"][start:stop] = chunk["depth"]
             out["normals"][start:stop] = chunk["normals"]
+            out["detection"][start:stop] = visible_boxes(chunk["instances"], scenes.kind[start:stop],
+                                                         self.min_box_area)
             if self.depth_sensor:
                 out["sensor"][start:stop] = depth_sensor(chunk["depth"], noise_rng, self.depth_noise,
                                                          self.depth_dropout)
         inputs = {"image": out["image"]}
         if self.depth_sensor:
             inputs["depth"] = out["sensor"]
-        return DenseDataset(inputs, {t: out[t] for t in ("segmentation", "depth", "normals")})
+        return DenseDataset(inputs, {t: out[t] for t in ("segmentation", "depth", "normals", "detection")})
 
     def build(self) -> dict[str, DenseDataset]:
         return {split: self.render_split(split) for split in ("train", "val", "test")}

@@ -19,6 +19,10 @@ Surface normals follow a horizontal flip: their x component is negated where a s
 the image do not rotate the normals' vectors: do not combine them with a normals target. Colour transforms
 expect images in [0, 1] (torchvision clamps to it). A transform must keep the image's size (the model is
 built for it): a crop gives `size` back.
+A detection target's boxes go in as `tv_tensors.BoundingBoxes` (XYXY, the image's canvas), so flips, crops
+and resizes move them with the image. Afterwards every box is clamped to the image and one narrower or lower
+than MIN_BOX_SIDE pixel is dropped (becomes a padding row), as v2.SanitizeBoundingBoxes(min_size=1) would:
+a box that left the crop is no longer an object of the sample.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from mtlrun.errors import UsageError
 
 PREFIX = "torchvision.transforms.v2."
 MASK_KINDS = ("segmentation", "depth", "normals")
+BOX_KINDS = ("detection",)
+MIN_BOX_SIDE = 1.0  # pixels
 _RAMP = "x ramp"  # the key of the coordinate ramp that shows whether a sample was flipped
 
 
@@ -75,11 +81,12 @@ def _plain(value):
 class JointTransform:
     """Calls `pipeline` per sample on the batch's `images` inputs and `masks` targets ({task: kind})."""
 
-    def __init__(self, pipeline: Callable, images: Sequence[str], masks: Mapping[str, str]):
+    def __init__(self, pipeline: Callable, images: Sequence[str], masks: Mapping[str, str],
+                 boxes: Sequence[str] = ()):
         if not images:
             raise UsageError("data.transforms act on images (and their per-pixel targets); this run reads no "
                              "image input")
-        self.pipeline, self.images, self.masks = pipeline, list(images), dict(masks)
+        self.pipeline, self.images, self.masks, self.boxes = pipeline, list(images), dict(masks), list(boxes)
         self.normals = [t for t, kind in self.masks.items() if kind == "normals"]
 
     def __call__(self, batch: dict) -> dict:
@@ -97,11 +104,16 @@ class JointTransform:
             sample.update({("targets", t): tv_tensors.Mask(targets[t][i]) for t in self.masks})
             if ramp is not None:
                 sample[_RAMP] = tv_tensors.Mask(ramp)
+            for t in self.boxes:  # every row, padding too (a degenerate box): no data-dependent shape, no sync
+                sample[("targets", t)] = tv_tensors.BoundingBoxes(
+                    torch.nan_to_num(targets[t][i][:, :4].float()), format="XYXY", canvas_size=tuple(first.shape[-2:]))
             outs.append(self.pipeline(sample))
         for m in self.images:
             inputs[m] = torch.stack([o[("inputs", m)].as_subclass(torch.Tensor) for o in outs])
         for t in self.masks:
             targets[t] = torch.stack([o[("targets", t)].as_subclass(torch.Tensor) for o in outs])
+        for t in self.boxes:
+            targets[t] = _kept_boxes(targets[t], [o[("targets", t)] for o in outs])
         if ramp is not None:  # a sample whose ramp now falls left to right was mirrored: negate its normals' x
             ramps = torch.stack([o[_RAMP].as_subclass(torch.Tensor) for o in outs])  # [B, 1, H, W]
             mirrored = ramps[:, 0, :, 0].mean(1) > ramps[:, 0, :, -1].mean(1)
@@ -121,10 +133,12 @@ def joint_transform(nodes, spec) -> JointTransform | None:
         return None
     images = [m for m, info in spec.modalities.items() if info.kind == "image"]
     masks = {t: info.kind for t, info in spec.targets.items() if info.kind in MASK_KINDS}
-    transform = JointTransform(pipeline, images, masks)
+    boxes = [t for t, info in spec.targets.items() if info.kind in BOX_KINDS]
+    transform = JointTransform(pipeline, images, masks, boxes)
     probe = {"inputs": {m: torch.zeros(1, *spec.modalities[m].shape) for m in images},
              "targets": {t: torch.zeros(1, *_target_shape(spec, t), dtype=torch.long if kind == "segmentation"
                                         else torch.float32) for t, kind in masks.items()}}
+    probe["targets"].update({t: torch.full((1, spec.targets[t].dim or 1, 5), -1.0) for t in boxes})
     try:
         out = transform(probe)
     except Exception as exc:  # a transform that cannot take these tensors
@@ -137,6 +151,18 @@ def joint_transform(nodes, spec) -> JointTransform | None:
                                  f"{list(after)}; the model is built for {list(before)}: give crops and resizes "
                                  f"that size (e.g. RandomResizedCrop with size: {list(before[-2:])})")
     return transform
+
+
+def _kept_boxes(before: torch.Tensor, moved: list) -> torch.Tensor:
+    """The batch's detection target [B, M, 5] with each sample's moved boxes, clamped to the image; a box
+    thinner than MIN_BOX_SIDE after that (it left the crop) becomes padding (class -1)."""
+    from torchvision.transforms.v2.functional import clamp_bounding_boxes
+
+    boxes = torch.stack([clamp_bounding_boxes(b).as_subclass(torch.Tensor) for b in moved]).to(before.dtype)
+    sides = boxes[..., 2:] - boxes[..., :2]
+    kept = (before[..., 4] >= 0) & (sides >= MIN_BOX_SIDE).all(-1)
+    return torch.cat([torch.where(kept.unsqueeze(-1), boxes, 0.0),
+                      torch.where(kept, before[..., 4], -1.0).unsqueeze(-1)], dim=-1)
 
 
 def _target_shape(spec, task: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""What a checkpoint holds of a Trainer (the run-dir contract in shared/DESIGN.md), writing it, and putting it back.
+"""What a checkpoint holds of a Trainer (the run-dir contract of docs/architecture.md), writing it, and putting it back.
 
 Everything needed to continue exactly where the run stopped: weights, weighting state, the data module's
 fitted state, optimizer, scheduler and fp16 scaler, every rank's RNG state, the loop position, the epoch's

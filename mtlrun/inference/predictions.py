@@ -11,6 +11,9 @@ Per task kind (the CSV columns; the JSON Lines object nests the same values unde
 - depth: `task` = masks/<task>/<n>.png, 16-bit; depth = pixel value x `task/png_scale` (per sample: its
   maximum depth maps to 65535; negative predictions are written as 0)
 - normals: `task` = masks/<task>/<n>.png, RGB = (unit normal + 1) / 2 x 255
+- detection: `task/boxes` = the number of boxes found; the JSON object lists them
+  ({"boxes": [{"label", "score", "box": [x1, y1, x2, y2]}, ...]}, best score first, in pixels of the image as
+  the model reads it), and boxes/<task>.csv has one row per box: id, label, score, x1, y1, x2, y2
 - tagging: `task` = one tag per word, joined by spaces (a word's tag is read at its first token; words the
   tokenizer cut off have none); JSON: {"words", "tags"} and, for a BIO / BIOES tag set, "entities":
   [{type, start, end}] (word indices, end inclusive, as seqeval reads the tags)
@@ -93,8 +96,12 @@ class Predictions:
         return out
 
     def write(self, folder: str | Path) -> dict[str, Path]:
-        """predictions.csv, predictions.jsonl and masks/<task>/ under `folder`; returns the files' paths."""
+        """predictions.csv, predictions.jsonl, masks/<task>/ and boxes/<task>.csv under `folder`; returns the
+        paths of the first two."""
         folder = Path(folder)
+        for t, d in self.decoded().items():
+            if d.get("boxes") is not None:
+                write_boxes(folder / "boxes" / f"{t}.csv", self.ids, d["boxes"])
         paths = {t: write_maps(folder, t, d["maps"], d["kind"]) for t, d in self.decoded().items()
                  if d["maps"] is not None}
         rows = self.rows(paths)
@@ -143,6 +150,13 @@ def decode(task, out: torch.Tensor, names: list | None, scale, words=None) -> di
         prob_lists = probs.tolist()
         result["columns"].update({f"{name}/prob/{c}": probs[:, j].tolist() for j, c in enumerate(names)})
         result["records"] = [{"labels": s, "probs": dict(zip(map(str, names), p))} for s, p in zip(sets, prob_lists)]
+    elif kind == "detection":
+        names = names or list(range(task.num_classes))
+        found = task.detections(out)
+        result["boxes"] = [[{"label": names[c], "score": s, "box": b} for b, s, c in
+                            zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist())] for d in found]
+        result["columns"][f"{name}/boxes"] = [len(b) for b in result["boxes"]]
+        result["records"] = [{"boxes": b} for b in result["boxes"]]
     elif kind == "regression" or not getattr(task, "dense", False):
         values = out.reshape(n, -1).double()
         if scale is not None:
@@ -177,6 +191,20 @@ def _labelled(result: dict, name: str, labels: list, probs: torch.Tensor, names:
     result["columns"].update({f"{name}/prob/{c}": probs[:, j].tolist() for j, c in enumerate(names)})
     result["records"] = [{"label": label, "probs": dict(zip(map(str, names), p))}
                          for label, p in zip(labels, probs.tolist())]
+
+
+def write_boxes(path: Path, ids: list, boxes: list[list[dict]]) -> None:
+    """One CSV row per box (id, label, score, x1, y1, x2, y2), spreadsheet-safe as predictions.csv."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path.parent, exc) from exc
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(["id", "label", "score", "x1", "y1", "x2", "y2"])
+    writer.writerows([spreadsheet_safe(v) for v in (i, b["label"], b["score"], *b["box"])]
+                     for i, found in zip(ids, boxes) for b in found)
+    atomic_write_text(path, text.getvalue())
 
 
 def _tags(result: dict, task, out: torch.Tensor, words) -> None:

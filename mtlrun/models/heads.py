@@ -8,6 +8,8 @@
     dense encoder,  dense task   ->  make_dense_head: [B, C, H, W] -> [B, output_dim, H, W]
     dense encoder,  vector task  ->  global average pooling, then make_head
     vector encoder, dense task   ->  a UsageError at build time
+    dense encoder,  spatial task ->  make_detection_head: [B, C, H, W] -> [B, output_dim, H / s, W / s]
+    (`task.spatial`: detection, whose head reads a grid of stride s; a vector encoder: a UsageError)
 
 Token-level tasks (`task.token_level`: mtlrun.tasks.Tagging) read a text encoder's token sequence
 (`encoder.tokens(ids) -> (tokens [B, L, D], mask [B, L])`) instead: `make_token_heads` gives every task a
@@ -17,6 +19,8 @@ is then the token sequence); `make_heads` refuses token-level tasks for the othe
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -47,8 +51,27 @@ def make_pooled_head(in_channels: int, out_dim: int, hidden: int = 0, dropout: f
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), make_head(in_channels, out_dim, hidden, dropout))
 
 
-def make_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float = 0.0) -> nn.ModuleDict:
-    """One head per task on `encoder`'s output (`encoder.out_dim` features or channels); see the module doc."""
+def make_detection_head(in_channels: int, num_classes: int, stride: int, hidden: int = 0,
+                        dropout: float = 0.0) -> nn.Module:
+    """FCOS's head on one level (mtlrun.detection): average-pool the full-resolution shared map by `stride`,
+    two 3x3 conv-BN-ReLU of width `hidden` (`in_channels` when 0), then a 1x1 conv to the class logits,
+    4 log distances and the centre-ness logit. The class bias starts at the prior 0.01 (FCOS, RetinaNet) so
+    the many background locations do not swamp the focal loss at the first steps."""
+    width = hidden if hidden > 0 else in_channels
+    out = nn.Conv2d(width, num_classes + 5, 1)
+    nn.init.normal_(out.weight, std=0.01)
+    nn.init.zeros_(out.bias)
+    nn.init.constant_(out.bias[:num_classes], -math.log((1 - 0.01) / 0.01))
+    pool = [nn.AvgPool2d(stride)] if stride > 1 else []
+    return nn.Sequential(*pool, nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                         nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Dropout2d(dropout), out)
+
+
+def make_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float = 0.0,
+               arch: str = "") -> nn.ModuleDict:
+    """One head per task on `encoder`'s output (`encoder.out_dim` features or channels); see the module doc.
+    `arch` names the sharing architecture in the error for a task that needs a map the encoder lacks."""
     dense_encoder = bool(getattr(encoder, "dense", False))
     token_level = [name for name, task in tasks.items() if getattr(task, "token_level", False)]
     if token_level:
@@ -58,6 +81,15 @@ def make_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float 
     heads = {}
     for name, task in tasks.items():
         dense_task = bool(getattr(task, "dense", False))
+        if getattr(task, "spatial", False):
+            if not dense_encoder:
+                raise UsageError(
+                    f"tasks.{name}: a {task.kind} task reads a feature map, but with arch={arch or '?'} the "
+                    f"shared representation is {type(encoder).__name__}'s one vector per sample; use an "
+                    f"encoder-decoder image backbone (backbone/image=segnet or resnet_dense) with arch=hps, "
+                    f"mtan, cross_stitch, mmoe or ple, and data.modalities=[image]")
+            heads[name] = make_detection_head(encoder.out_dim, task.num_classes, task.stride, hidden, dropout)
+            continue
         if dense_task and not dense_encoder:
             raise UsageError(
                 f"tasks.{name}: a dense task (a [B, {task.output_dim}, H, W] map per image) needs a backbone "

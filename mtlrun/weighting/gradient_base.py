@@ -52,7 +52,9 @@ the factor that unscales it.
 
 DDP: these methods differentiate more than once per step, which DDP's reducer does not allow; the
 trainer runs them under no_sync() and averages the gradients itself (multi_backward). Either way every
-rank aggregates the global batch's gradients, so a run on W ranks equals one process on the whole batch:
+rank aggregates the global batch's gradients (except a method that needs the Jacobian, GradDrop or ConFIG,
+at representation level: its rows are per-sample, so each rank aggregates its own and the trainer averages the
+results), so a run on W ranks equals one process on the whole batch:
 at representation level the Gramian is summed over ranks (the rows are per-sample, so that is all the
 ranks share); at parameter level the Jacobian blocks (T x P) are averaged over ranks before the
 aggregator runs (T times the communication of a plain gradient all-reduce, the price of exactness: each

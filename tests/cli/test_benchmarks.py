@@ -120,3 +120,14 @@ def test_gpu_check_dry_run_on_cpu_passes_or_needs_cuda(tmp_path):
     assert set(gradient) == {f"upgrad vs static, {k} tasks" for k in (2, 3, 10)}
     assert all(c["ms_per_step"]["upgrad"] > 0 and c["ms_per_step"]["static"] > 0 for c in gradient.values())
     assert all(c["ratio"] > 0 for c in checks if c["group"] == "throughput")
+
+
+def test_detection_cost_script_runs_and_prints_a_ratio():
+    pytest.importorskip("torchmetrics")
+    args = ["--steps", "1", "--rounds", "1", "data.image_size=16", "backbone.image.channels=[4,8]"]
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "detection_cost.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"with / without: median ([0-9.]+)", proc.stdout)
+    assert match and float(match.group(1)) > 0, proc.stdout
+

@@ -49,7 +49,7 @@ def test_install_registers_the_mtlrun_command(tmp_path, command):
 
 
 def test_bash_completes_through_the_installed_script(tmp_path):
-    """The README's `eval "$(mtlrun -sc install=bash)"`, then what bash does on TAB."""
+    """docs/getting-started.md's `eval "$(mtlrun -sc install=bash)"`, then what bash does on TAB."""
     script = Path(sys.executable).parent / "mtlrun"
     bash = shutil.which("bash")
     if bash is None or not script.is_file():

@@ -43,13 +43,14 @@ NEEDS.update({o: MULTIMODAL for o in GROUP_OPTIONS
               if o.startswith(("fusion=", "backbone/text=", "backbone/audio=", "backbone/tabular="))})
 NEEDS.update({"data=text_tagging": ["tasks=text_tagging"], "tasks=text_tagging": ["data=text_tagging"]})
 NEEDS.update({"data=scenes": ["tasks=scenes", "backbone/image=segnet"],
-              "tasks=scenes": ["data=scenes", "backbone/image=segnet"]})
+              "tasks=scenes": ["data=scenes", "backbone/image=segnet"],
+              "tasks=scenes_det": ["data=scenes", "backbone/image=segnet"]})
 # the optional pretrained backbones: random weights (nothing is cached here), and skipped without their extra
 NEEDS["backbone/text=hf"] = [*MULTIMODAL, "backbone.text.pretrained=false",
                              "backbone.text.config={model_type:bert,hidden_size:32,num_hidden_layers:1,"
                              "num_attention_heads:2,intermediate_size:64}"]
 EXTRA_MODULE = {"backbone/image=timm": "timm", "backbone/image=timm_dense": "timm", "backbone/text=hf": "transformers"}
-ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=conll",
+ON_DISK = ("data=cifar10", "data=celeba", "data=nyuv2", "data=table", "data=conll", "data=coco",
            "tasks=cifar10", "tasks=celeba", "tasks=nyuv2")
 # data=mixture has no data.n_train (each source has its own) and no single dataset: tests/data/test_mixture.py
 # runs it and its experiment through the same checks
@@ -156,9 +157,13 @@ def test_config_composes_builds_and_runs_one_step(overrides):
             assert preds[name].shape == (4, task.output_dim, *spec.modalities["image"].shape[-2:])
         elif task.token_level:  # one prediction per token of the text
             assert preds[name].shape == (4, *spec.modalities["text"].shape, task.output_dim)
+        elif info.kind == "detection":  # a grid of the task's stride: class logits, 4 distances, centre-ness
+            h, w = spec.modalities["image"].shape[-2:]
+            assert preds[name].shape == (4, info.num_classes + 5, h // task.stride, w // task.stride)
         else:
             assert preds[name].shape == (4, task.output_dim)
-        expected_dim = info.num_classes if info.kind in ("classification", "segmentation", "tagging") else info.dim
+        expected_dim = {"classification": info.num_classes, "segmentation": info.num_classes,
+                        "tagging": info.num_classes, "detection": (info.num_classes or 0) + 5}.get(info.kind, info.dim)
         assert task.output_dim == expected_dim
 
     # one optimizer step through the configured weighting, optimizer and scheduler

@@ -1,5 +1,5 @@
 """Adding a weighting or a fusion is one file plus one YAML, outside mtlrun: a module on the path and a
-`--config-dir` with the YAMLs (the templates of README.md, "Extending mtlrun"). Nothing in mtlrun is edited."""
+`--config-dir` with the YAMLs (the templates of docs/howto/extending.md). Nothing in mtlrun is edited."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from contracts import TINY, read_results, run_cli
 pytestmark = pytest.mark.e2e  # trains and evaluates through the CLI
 
 EXTENSION = '''
-"""A user's own fusion and weighting, as README.md's "Extending mtlrun" templates write them."""
+"""A user's own fusion and weighting, as docs/howto/extending.md's templates write them."""
 import torch
 
 from mtlrun.models.fusion.base import Projected
@@ -89,7 +89,7 @@ def test_a_fusion_and_a_weighting_from_outside_mtlrun_train_and_evaluate(tmp_pat
     assert read_results(tmp_path / "ev") == {k: v for k, v in trained.items() if k.startswith("test/")}
 
 
-# README.md, "Configuration": my_net.py in the working directory, its YAML under --config-dir
+# docs/howto/extending.md, "Your own encoder": my_net.py in the working directory, its YAML under --config-dir
 MY_NET = '''
 from torch import nn
 from mtlrun.models.backbone.base import Encoder

@@ -113,6 +113,52 @@ def _conll_train(run: Path, tmp: Path) -> list[str]:
             "trainer.device=cpu", "trainer.progress_bar=false"]
 
 
+COCO_IMAGES = [{"id": 1, "file_name": "0.png", "width": 16, "height": 16},
+               {"id": 2, "file_name": "1.png", "width": 16, "height": 16}]
+COCO_BOX = {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "iscrowd": 0}
+COCO_CRAFTED = {  # an instances JSON as data=coco reads it, made hostile
+    "coco_box_outside": [{**COCO_BOX, "bbox": [10, 2, 8, 8]}],
+    "coco_empty_box": [{**COCO_BOX, "bbox": [2, 2, 0, 8]}],
+    "coco_unknown_category": [{**COCO_BOX, "category_id": 9}],
+    "coco_missing_image": [{**COCO_BOX, "image_id": 7}],
+    "coco_nan_box": '{"images": %s, "categories": [{"id": 1, "name": "sq"}], "annotations": [{"id": 10, '
+                    '"image_id": 1, "category_id": 1, "bbox": [NaN, 2, 8, 8]}]}',
+    "coco_not_json": "{\"images\": [" * 3,
+}
+
+
+def _coco(tmp: Path, name: str = "ok", content=(COCO_BOX,)) -> str:
+    """An instances JSON under `tmp`/coco (its two 16 x 16 images too); returns its path relative to the root."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp / "coco"
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, dtype=np.uint8), "RGB").save(root / "img" / f"{i}.png")
+    if isinstance(content, str):
+        text = content % json.dumps(COCO_IMAGES) if "%s" in content else content
+    else:
+        text = json.dumps({"images": COCO_IMAGES, "categories": [{"id": 1, "name": "sq"}],
+                           "annotations": list(content)})
+    (root / f"{name}.json").write_text(text)
+    return f"{name}.json"
+
+
+def _coco_train(run: Path, tmp: Path) -> list[str]:
+    """A tiny data=coco detection run on files written into `tmp`; the val annotations are what varies."""
+    return ["train", "data=coco", f"data.root={tmp / 'coco'}", f"data.train={{annotations:{_coco(tmp)},images:img}}",
+            "data.image_size=[16,16]", "tasks=from_data", "backbone/image=segnet", "backbone.image.channels=[4,8]",
+            "data.batch_size=2", "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false"]
+
+
+DETECTION_RUN = ["train", "experiment=scenes_det", "data.n_train=8", "data.n_val=4", "data.n_test=4",
+                 "data.batch_size=4", "data.image_size=16", "backbone.image.channels=[4,8]", "trainer.max_epochs=1",
+                 "trainer.device=cpu", "trainer.progress_bar=false"]
+
+
 # ---------------------------------------------------------------------------------------------- commands
 @dataclass(frozen=True)
 class Command:
@@ -162,6 +208,17 @@ COMMANDS = [
             lambda out: [f"hydra.run.dir={out}"], numeric=("data.max_len", "data.min_freq"),
             crafted={name: (lambda run, tmp, name=name, text=text: [f"data.val={_conll(tmp, name, text)}"])
                      for name, text in CONLL_CRAFTED.items()}),
+    # data=coco, a reader of user files: the val annotations are the file crafted
+    Command("train_coco", _coco_train, lambda run, tmp: [f"data.val={{annotations:{_coco(tmp)},images:img}}"],
+            lambda out: [f"hydra.run.dir={out}"],
+            crafted={name: (lambda run, tmp, name=name, content=content:
+                            [f"data.val={{annotations:{_coco(tmp, name, content)},images:img}}"])
+                     for name, content in COCO_CRAFTED.items()}),
+    # the detection task's own numbers (its decoding, its target assignment) and scenes' box threshold
+    Command("train_detection", lambda run, tmp: DETECTION_RUN, lambda run, tmp: [],
+            lambda out: [f"hydra.run.dir={out}"],
+            numeric=("tasks.detection.score_threshold", "tasks.detection.nms_iou", "tasks.detection.center_radius",
+                     "data.min_box_area")),
     Command("affinity", lambda run, tmp: ["affinity", *RUN, "affinity.steps=2", "affinity.every=1"],
             lambda run, tmp: [], lambda out: [f"hydra.run.dir={out}"], numeric=("affinity.lr", "optim.lr")),
 ]

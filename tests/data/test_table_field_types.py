@@ -93,12 +93,12 @@ def test_a_registered_field_type_gets_the_option_checks_and_problem_reports_of_e
 def test_the_type_names_come_from_the_registry_alone(ordinal, tmp_path, monkeypatch):
     path = write_manifest(tmp_path, ["S", "L", "M", "M", "S"])
     with pytest.raises(ConfigError, match="valid target types: classification, binary, multilabel, regression, "
-                                          "segmentation, depth, tags, ordinal"):
+                                          "segmentation, depth, detection, tags, ordinal"):
         Table(path=str(path), inputs={"stats": {"type": "tabular", "numeric": ["x"]}},
               targets={"size": {"type": "ordnial", "column": "size"}})
     monkeypatch.delitem(TARGET_TYPES, "ordinal")
     with pytest.raises(ConfigError, match="data.targets.size.type=ordinal: valid target types: classification, "
-                                          "binary, multilabel, regression, segmentation, depth, tags$"):
+                                          "binary, multilabel, regression, segmentation, depth, detection, tags$"):
         ordinal_table(path)
     assert list(INPUT_TYPES) == ["image", "text", "audio", "tabular"]
 

@@ -144,7 +144,7 @@ DDP_EQUAL = ["static", "uw", "rlw", "upgrad:representation", "mgda:representatio
 @pytest.mark.e2e
 def test_two_ranks_accumulating_are_one_process_on_the_global_batch(tmp_path):
     """2 gloo ranks x 2 micro-batches x 16 samples make the step of one process on the 64 samples, for the
-    methods README's "Batch semantics" says so of (gradient level: at grad_on=representation)."""
+    methods docs/concepts/weighting.md's "Batch semantics" says so of (gradient level: at grad_on=representation)."""
     for package in SOLVERS["upgrad"]:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"weighting=upgrad needs {package}")

@@ -208,7 +208,7 @@ def test_mtlrun_affinity_writes_matrix_heatmap_and_groupings(tmp_path):
 
 @pytest.mark.e2e
 def test_affinity_finds_the_task_built_to_conflict_on_multidigits_hard(tmp_path):
-    """The README's claim about experiment=multidigits_hard, at a fraction of its cost (60 steps on 3,840
+    """The claim of docs/results/multidigits_hard.md about experiment=multidigits_hard, at a fraction of its cost (60 steps on 3,840
     samples, ~20 s): a step on the raw-scale `sum` regression raises every other task's loss, the lowest pair
     involves sum, and the best split into two groups puts sum alone."""
     out = tmp_path / "run"

@@ -145,3 +145,28 @@ def test_accumulation_autocast_and_partial_labels(tmp_path, extra):
     assert torch.isfinite(update).all() and update.abs().max() > 0
     values = trainer.train_sums.means()
     assert all(torch.isfinite(torch.tensor(values[f"{t}/loss"])) for t in ("pos", "chunk", "ner", "topic"))
+
+
+@pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, crf):
+    """Between two log steps, Trainer.step on a tagging model (its loss, the CRF's NLL, the backward, the weighting
+    and the optimizer) makes no call that would make a GPU wait for the host: decoding waits for evaluation."""
+    from contracts import NoHostSync
+    from mtlrun.build import build_trainer
+    from mtlrun.data.loading import to_device
+    from mtlrun.distributed import DistInfo
+
+    # the transformer encoder: the GRU packs its texts on a CPU (lengths on the host, no sync there) and runs
+    # unpacked on a GPU, a path tests/models/test_encoders.py checks against the packed one
+    cfg = compose_config([*TINY, "backbone/text=transformer", "backbone.text.dim=8", "backbone.text.heads=2",
+                          "backbone.text.ff=16", "trainer.log_every_n_steps=1000",
+                          f"tasks.ner.crf={str(crf).lower()}", "data.batch_size=8"])
+    trainer = build_trainer(cfg, str(tmp_path), dist=DistInfo())
+    loader = trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)
+    first, second = (to_device(b, trainer.device) for b, _ in zip(loader, range(2)))
+    trainer.step([first])  # the first step: lazy state (optimizer moments)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with NoHostSync():
+        trainer.step([second])
+    assert trainer.global_step == 2
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))

@@ -1,4 +1,4 @@
-"""Any torchjd aggregator makes a gradient-level method (README.md, "Extending mtlrun"): what it needs (the
+"""Any torchjd aggregator makes a gradient-level method (docs/howto/extending.md): what it needs (the
 Gramian or the Jacobian) is read from the aggregator, whatever the class declares in `needs_jacobian`, at both
 `grad_on` levels; anything that is not an aggregator is a usage error at set-up. In-process, on a 3-task
 problem whose Jacobian is written down by hand."""
@@ -145,15 +145,15 @@ def test_a_class_without_make_aggregator_is_a_usage_error_at_set_up():
 
 
 def readme_method() -> str:
-    """The gradient-level method of README.md's "Extending mtlrun", as a user would save it."""
-    readme = (REPO / "README.md").read_text()
+    """The gradient-level method of docs/howto/extending.md, as a user would save it."""
+    readme = (REPO / "docs" / "howto" / "extending.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     return next(b for b in blocks if "class TrimmedMeanGradient(GradientAggregation)" in b)
 
 
 @pytest.mark.parametrize("grad_on", ["parameters", "representation"])
 def test_the_readme_gradient_level_method_trains(tmp_path, monkeypatch, grad_on):
-    """README's TrimmedMeanGradient (torchjd's TrimmedMean: not a weighting of the Gramian) lowers the losses of
+    """The guide's TrimmedMeanGradient (torchjd's TrimmedMean: not a weighting of the Gramian) lowers the losses of
     digits_av's three tasks in 20 steps, built from its config as `weighting=trimmed_mean` would."""
     (tmp_path / "my_gradient_methods.py").write_text(readme_method())
     monkeypatch.syspath_prepend(str(tmp_path))

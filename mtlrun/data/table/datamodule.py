@@ -67,6 +67,10 @@ class Table(DataModule):
         self.augment = parse_augment(augment, problems)
         if self.augment and not any(f.resample for f in self.inputs):
             problems.append("data.augment: flips and crops act on images; this data has no image input")
+        boxes = [f.name for f in self.targets if f.type == "detection"]
+        if self.augment and boxes:  # its flips and crops resample maps; boxes are not maps
+            problems.append(f"data.augment: does not move the boxes of the detection target(s) {', '.join(boxes)}; "
+                            f"use data.transforms (torchvision.transforms.v2, which moves boxes with the image)")
         if problems:
             raise ConfigError(problems)
         self.path = str(Path(path).expanduser())

@@ -48,7 +48,7 @@ class CrossStitch(MultiTaskModel):
         first = next(iter(self.encoders.values()))
         self.units = nn.ModuleList([CrossStitchUnit(len(tasks), c, float(self_weight), bool(per_channel))
                                     for c in first.stage_channels[:-1]])
-        self.heads = make_heads(tasks, first, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, first, head_hidden, head_dropout, arch="cross_stitch")
 
     def task_modules(self, task):
         encoder = self.encoders[task]

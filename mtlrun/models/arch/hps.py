@@ -27,7 +27,7 @@ class HardParameterSharing(MultiTaskModel):
             # parameter no loss reaches (no gradient; DDP and the Jacobian methods refuse those)
             self.encoder.project = nn.Identity()
         else:
-            self.heads = make_heads(tasks, self.encoder, head_hidden, head_dropout)
+            self.heads = make_heads(tasks, self.encoder, head_hidden, head_dropout, arch="hps")
 
     def forward(self, inputs, return_shared=False, modality_mask=None):
         x = self.encoder_input(inputs, modality_mask)

@@ -46,7 +46,7 @@ class MMoE(MultiTaskModel):
         self.experts = nn.ModuleList([expert_from(e, shared_stages) for e in copies])
         gate_in = encoder.stage_channels[shared_stages - 1] if shared_stages else encoder.in_channels
         self.gates = nn.ModuleDict({name: Gate(gate_in, num_experts) for name in tasks})
-        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout, arch="mmoe")
 
     def task_modules(self, task):
         return [self.heads[task], self.gates[task]]

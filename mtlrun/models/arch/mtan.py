@@ -81,7 +81,7 @@ class MTAN(MultiTaskModel):
         projects = [encoder.project] + [staged(make_encoder(), "mtan").project for _ in names[1:]]
         self.projects = nn.ModuleDict(dict(zip(names, projects)))
         self.attention = nn.ModuleDict({name: TaskAttention(encoder.stage_channels, reduction) for name in names})
-        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, encoder, head_hidden, head_dropout, arch="mtan")
 
     def task_modules(self, task):
         return [self.heads[task], self.attention[task], self.projects[task]]

@@ -94,7 +94,7 @@ class PLE(MultiTaskModel):
                             for k, t in enumerate(names)}
             self.levels.append(PLELevel([expert(s) for s in range(num_shared_experts)], task_experts,
                                         in_channels, last))
-        self.heads = make_heads(tasks, first, head_hidden, head_dropout)
+        self.heads = make_heads(tasks, first, head_hidden, head_dropout, arch="ple")
 
     def task_modules(self, task):
         modules = [self.heads[task], self.levels[-1].task_experts[task], self.levels[-1].task_gates[task]]

@@ -29,7 +29,7 @@ class SoftParameterSharing(MultiTaskModel):
         self.modality = modality
         self.lambda_ = float(lambda_)
         self.encoders = nn.ModuleDict({name: make_encoder() for name in tasks})
-        self.heads = make_heads(tasks, next(iter(self.encoders.values())), head_hidden, head_dropout)
+        self.heads = make_heads(tasks, next(iter(self.encoders.values())), head_hidden, head_dropout, arch="soft")
 
     def task_modules(self, task):
         return [self.heads[task], self.encoders[task]]

@@ -11,6 +11,7 @@ from mtlrun.data.table.fields.base import REQUIRED, Field, plain
 from mtlrun.data.table.fields.binary import BinaryField
 from mtlrun.data.table.fields.classification import ClassificationField
 from mtlrun.data.table.fields.depth import DepthField
+from mtlrun.data.table.fields.detection import DetectionField
 from mtlrun.data.table.fields.image import ImageField
 from mtlrun.data.table.fields.multilabel import MultilabelField
 from mtlrun.data.table.fields.regression import RegressionField
@@ -34,6 +35,7 @@ TARGET_TYPES: dict[str, type[Field]] = {
     "regression": RegressionField,
     "segmentation": SegmentationField,
     "depth": DepthField,
+    "detection": DetectionField,
     "tags": TagsField,
 }
 
