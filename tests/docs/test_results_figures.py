@@ -15,12 +15,17 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-# the results pages and the reports their figures come from
+# the results pages (and the README, relative to docs/) and the reports their figures come from
 PAGES = {
     "results/index.md": ["results/report.md"],
     "results/multidigits_hard.md": ["results/multidigits_hard/report.md", "results/multidigits_hard/grouping/report.md"],
     "results/digits_av.md": ["results/digits_av/report.md", "results/digits_av_robust_gaussian/report.md",
                              "results/digits_av_robust_missing/report.md"],
+    "results/text_tagging.md": ["results/text_tagging/report.md"],
+    "results/scenes_det.md": ["results/scenes_det/report.md"],
+    "results/mixture.md": ["results/mixture/report.md"],
+    "../README.md": ["results/report.md", "results/text_tagging/report.md", "results/scenes_det/report.md",
+                     "results/mixture/report.md"],
 }
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
