@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import contracts
+import curves_unrasterised
 import hydra_memo
 from contracts import TINY, TRAINED_RUN, run_cli
 
 hydra_memo.install()  # in-process CLI runs compose their config once, not twice (the module says why)
+curves_unrasterised.install()  # in-process train runs build curves.png's figure; only trained_run's is a PNG
 
 
 def pytest_addoption(parser):
@@ -56,7 +58,8 @@ def trained_run(tmp_path_factory) -> Path:
     (tests/engine/test_resume.py). It writes where a run goes by default, outputs/train/<date>/<time> under the
     working directory, which tests/cli/test_cli.py checks."""
     def train(cwd: Path) -> Path:
-        proc = run_cli("train", *TRAINED_RUN, cwd=cwd)
+        with curves_unrasterised.rasterised():  # its curves.png is read (tests/cli/test_cli.py)
+            proc = run_cli("train", *TRAINED_RUN, cwd=cwd)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         runs = [p for p in (cwd / "outputs" / "train").glob("*/*") if p.is_dir()]
         assert len(runs) == 1 and (runs[0] / "results.json").is_file(), runs

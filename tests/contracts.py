@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from hydra import compose, initialize_config_dir
@@ -27,6 +29,14 @@ from mtlrun.config import config_dir
 import cli_in_process
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def requires(package: str, extra: str):
+    """A skip mark for the tests of an optional extra when `package` is missing. Unlike a module-level
+    pytest.importorskip, it does not import the package while collecting: torchmetrics takes seconds to import,
+    which every xdist worker would pay for tests that run on one of them."""
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None,
+                              reason=f"needs {package}: pip install -e '.[{extra}]'")
 
 # A few seconds per run: tiny multidigits, one epoch, no progress bar.
 TINY = ["experiment=smoke", "data.n_train=256", "data.n_val=128", "data.n_test=160", "data.batch_size=32",

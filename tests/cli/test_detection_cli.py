@@ -11,13 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from contracts import read_csv, read_results, run_cli
+from contracts import read_csv, read_results, requires, run_cli
 from PIL import Image
 
 import mtlrun
 
-pytestmark = pytest.mark.e2e
-pytest.importorskip("torchmetrics")
+pytestmark = [pytest.mark.e2e, requires("torchmetrics", "detection")]
 
 TINY = ["experiment=scenes_det", "data.n_train=8", "data.n_val=4", "data.n_test=5", "data.image_size=16",
         "data.batch_size=4", "backbone.image.channels=[8,16]", "trainer.max_epochs=1", "trainer.device=cpu",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from contracts import check_gradient_factorizes, check_parameter_partition, compose_config
+from contracts import check_gradient_factorizes, check_parameter_partition, compose_config, requires
 from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
 from mtlrun.distributed import DistInfo
@@ -19,7 +19,7 @@ from mtlrun.errors import UsageError
 from mtlrun.instantiate import instantiate_node
 from mtlrun.tasks import Depth, Detection
 
-pytest.importorskip("torchmetrics")
+pytestmark = requires("torchmetrics", "detection")
 
 CONFIGS = Path(config_dir())
 MAP_ARCHS = ("hps", "mtan", "cross_stitch", "mmoe", "ple")
