@@ -5,7 +5,7 @@ once per pytest worker, so a tiny CLI run costs what its work costs. What a proc
 as a fresh process has it and put back afterwards, so the test sees the same exit code and the same stdout
 and stderr lines, and the tests after it see the state they had:
 - os.environ (cli_env's), the working directory, sys.argv, sys.path (the working directory first, as `-m`
-  puts it) and the modules imported from outside the installed packages (a user's `my_net.py`);
+  puts it; a script's folder for `run_script_in_process`) and the modules imported from outside the installed packages (a user's `my_net.py`);
 - stdout and stderr: file descriptors 1 and 2 are redirected to two files (what C code writes too), and
   sys.stdout / sys.stderr write through to them unbuffered (PYTHONUNBUFFERED), each read back separately;
 - logging: no handler on the root logger (Python's last-resort handler prints to stderr until Hydra
@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -58,13 +59,26 @@ def run_in_process(args: list[str], cwd: Path, env: dict) -> subprocess.Complete
     from mtlrun import cli
 
     argv = [str(REPO / "mtlrun" / "__main__.py"), *args]
+    return _isolated_run(cli.main, argv, cwd, cwd, env, [sys.executable, "-m", "mtlrun", *args])
+
+
+def run_script_in_process(script: Path, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` (a benchmark script) in cwd, isolated as `run_in_process` isolates the CLI;
+    sys.path starts with the script's folder, as python puts it there."""
+    script = Path(script).resolve()
+    return _isolated_run(lambda: runpy.run_path(str(script), run_name="__main__"), [str(script), *args], cwd,
+                         script.parent, env, [sys.executable, str(script), *args])
+
+
+def _isolated_run(main, argv: list[str], cwd: Path, path0: Path, env: dict, cmd: list[str]):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         with ExitStack() as stack:
-            for isolated in (_environment(env), _working_directory(cwd, argv), _streams(out, err), _logging(),
-                             _warnings(), _torch_state(), _signal_handlers(), _hydra_state(), _mtlrun_state()):
+            for isolated in (_environment(env), _working_directory(cwd, argv, path0), _streams(out, err),
+                             _logging(), _warnings(), _torch_state(), _signal_handlers(), _hydra_state(),
+                             _mtlrun_state()):
                 stack.enter_context(isolated)
-            code = _exit_code(cli.main)
-        return subprocess.CompletedProcess([sys.executable, "-m", "mtlrun", *args], code, _read(out), _read(err))
+            code = _exit_code(main)
+        return subprocess.CompletedProcess(cmd, code, _read(out), _read(err))
 
 
 def _exit_code(main) -> int:
@@ -99,12 +113,12 @@ def _environment(env: dict):
 
 
 @contextmanager
-def _working_directory(cwd: Path, argv: list[str]):
+def _working_directory(cwd: Path, argv: list[str], path0: Path):
     saved_cwd, saved_argv, saved_path = os.getcwd(), sys.argv, list(sys.path)
     modules = set(sys.modules)
     os.chdir(cwd)
     sys.argv = argv
-    sys.path.insert(0, os.getcwd())
+    sys.path.insert(0, os.path.abspath(path0))
     importlib.invalidate_caches()  # files a test wrote since the last import
     try:
         yield

@@ -87,6 +87,16 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_script(script: Path, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` (a benchmark script) as run_cli runs the CLI: in this process unless
+    MTLRUN_TEST_SUBPROCESS=1; cwd defaults to the repository."""
+    full_env, cwd = cli_env(), Path(cwd or REPO)
+    if cli_in_process.wanted(full_env):
+        return cli_in_process.run_script_in_process(script, list(args), cwd, full_env)
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
     """Start `python -m mtlrun ARGS` without waiting (to signal or race it), in run_cli's environment."""
     return subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=cli_env(),

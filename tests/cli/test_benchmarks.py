@@ -2,23 +2,21 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from contracts import REPO, compose_config
+from contracts import REPO, compose_config, run_script
 from mtlrun.build import build_components
 
-pytestmark = pytest.mark.e2e  # each test runs a benchmark script in a process of its own
+pytestmark = pytest.mark.e2e  # each test runs a benchmark script (contracts.run_script: in this process, isolated)
 
 SCRIPT = REPO / "benchmarks" / "overhead.py"
 
 
 def test_overhead_script_runs_and_prints_a_ratio():
     args = ["--steps", "3", "--rounds", "1", "--batch-size", "16", "--warmup", "1", "--threads", "1"]
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    proc = run_script(SCRIPT, *args, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next((ln for ln in proc.stdout.splitlines() if "ratio" in ln), None)
     assert line is not None, proc.stdout
@@ -29,8 +27,7 @@ def test_overhead_script_runs_and_prints_a_ratio():
 def test_logger_overhead_script_runs_and_prints_a_ratio():
     pytest.importorskip("tensorboard")
     args = ["--rounds", "1", "--n-train", "128", "--log-every", "2"]
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "logger_overhead.py"), *args], capture_output=True,
-                          text=True, timeout=300)
+    proc = run_script(SCRIPT.parent / "logger_overhead.py", *args, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(4 log steps of tensorboard)" in proc.stdout  # 4 steps an epoch, warm-up + 1 round, every second
     match = re.search(r"ratio on/off \(median of 1 rounds\): ([0-9.]+)", proc.stdout)
@@ -39,8 +36,7 @@ def test_logger_overhead_script_runs_and_prints_a_ratio():
 
 def test_mixture_script_runs_and_prints_both_ratios():
     args = ["--rounds", "1", "--steps", "2", "--batch", "4"]
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "mixture.py"), *args], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_script(SCRIPT.parent / "mixture.py", *args, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for side in ("all", "mixture_one"):
         match = re.search(rf"ratio {side}/one \(median of 1 rounds\): ([0-9.]+)", proc.stdout)
@@ -52,8 +48,7 @@ def test_constant_baseline_scores_the_train_statistics_on_test():
     overrides = ["experiment=scenes_hps", "data.n_train=24", "data.n_val=4", "data.n_test=12", "data.image_size=16",
                  "data.eval_batch_size=5"]
     script = SCRIPT.parent / "constant_baseline.py"
-    proc = subprocess.run([sys.executable, str(script), *overrides, "--json"], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_script(script, *overrides, "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(proc.stdout)
     assert set(results) == {"global", "per_pixel"}
@@ -77,8 +72,7 @@ def test_diagnostics_script_times_both_sides_and_prints_the_ratio():
     script = SCRIPT.parent / "diagnostics.py"
     args = ["--rounds", "1", "--windows", "1", "--threads", "1", "data.batch_size=16", "trainer.log_every_n_steps=2",
             "data.n_train=64"]
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180,
-                          cwd=script.parent)
+    proc = run_script(script, *args, timeout=180, cwd=script.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"measured every 2 steps, 2 steps per side per round", proc.stdout), proc.stdout
     assert re.search(r"median on/off per step: [0-9.]+ ", proc.stdout), proc.stdout
@@ -86,8 +80,7 @@ def test_diagnostics_script_times_both_sides_and_prints_the_ratio():
 
 def test_plot_time_script_runs_and_prints_its_times():
     script = SCRIPT.parent / "plot_time.py"
-    proc = subprocess.run([sys.executable, str(script), "--epochs", "2", "--repeat", "1"], capture_output=True,
-                          text=True, timeout=120)
+    proc = run_script(script, "--epochs", "2", "--repeat", "1", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"2 epochs, 3 tasks: first call ([0-9.]+) s .* median ([0-9.]+) s over 1 calls", proc.stdout)
     assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, proc.stdout
@@ -97,8 +90,7 @@ def test_gpu_check_dry_run_on_cpu_passes_or_needs_cuda(tmp_path):
     """benchmarks/gpu_check.py --device cpu: every group runs through the real Trainer at tiny sizes; every check
     passes, or says it needs CUDA (sync debug mode, speed targets, compile)."""
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = run_script(SCRIPT.parent / "gpu_check.py", "--device", "cpu", "--out", str(out), timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] is True and report["passed"] is True and report["device"] == "cpu"
@@ -125,8 +117,7 @@ def test_gpu_check_dry_run_on_cpu_passes_or_needs_cuda(tmp_path):
 def test_detection_cost_script_runs_and_prints_a_ratio():
     pytest.importorskip("torchmetrics")
     args = ["--steps", "1", "--rounds", "1", "data.image_size=16", "backbone.image.channels=[4,8]"]
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "detection_cost.py"), *args], capture_output=True,
-                          text=True, timeout=120)
+    proc = run_script(SCRIPT.parent / "detection_cost.py", *args, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"with / without: median ([0-9.]+)", proc.stdout)
     assert match and float(match.group(1)) > 0, proc.stdout

@@ -50,20 +50,34 @@ def test_torchrun_two_processes(tmp_path):
             assert abs(measured[f"{split}/{task}/loss"] - ddp[f"{split}/{task}/loss"]) < 1e-5
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("fusion", ["concat", "early"])
-def test_torchrun_multimodal_with_parameters_a_fusion_leaves_unused(tmp_path, fusion):
-    """concat reads vectors (the tabular encoder's token parameters stay unused), early reads tokens (the
-    encoders' vector heads stay unused): DDP must be told, or its second step fails."""
-    args = ["experiment=digits_av", f"fusion={fusion}", "data.n_train=64", "data.n_val=16", "data.n_test=16",
-            "data.batch_size=16", "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+FUSIONS = ("concat", "early")
+
+
+@pytest.fixture(scope="module")
+def fusion_sweep_under_torchrun(tmp_path_factory):
+    """`torchrun --nproc_per_node=2 -m mtlrun train -m fusion=concat,early`: one launch, each job a DDP run of
+    both ranks (the sweep runs in every rank's process); three processes' start-up paid once, not twice."""
+    root = tmp_path_factory.mktemp("ddp_fusion")
+    args = ["-m", "experiment=digits_av", f"fusion={','.join(FUSIONS)}", "data.n_train=64", "data.n_val=16",
+            "data.n_test=16", "data.batch_size=16", "trainer.max_epochs=1", "trainer.device=cpu",
+            "trainer.progress_bar=false", f"hydra.sweep.dir={root / 'sweep'}"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "mtlrun"]
-    proc = run_cli("train", *args, cwd=tmp_path, launcher=launcher, timeout=300)
+    return root / "sweep", run_cli("train", *args, cwd=root, launcher=launcher, timeout=300)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("job, fusion", list(enumerate(FUSIONS)))
+def test_torchrun_multimodal_with_parameters_a_fusion_leaves_unused(fusion_sweep_under_torchrun, job, fusion):
+    """concat reads vectors (the tabular encoder's token parameters stay unused), early reads tokens (the
+    encoders' vector heads stay unused): DDP must be told, or its second step fails."""
+    sweep, proc = fusion_sweep_under_torchrun
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "world size 2" in proc.stdout and "DDP runs with find_unused_parameters" in proc.stdout
-    assert "test/digit/accuracy" in read_results(tmp_path / "run")
+    run = sweep / str(job)
+    assert f"fusion={fusion}" in (run / ".hydra" / "overrides.yaml").read_text()
+    log = "\n".join(f.read_text() for f in run.glob("*.log"))
+    assert "world size 2" in log and "DDP runs with find_unused_parameters" in log
+    assert "test/digit/accuracy" in read_results(run)
 
 
 def test_unused_parameter_probe_names_them_and_leaves_the_rng_alone():

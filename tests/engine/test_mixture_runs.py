@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import pytest
@@ -85,20 +84,33 @@ def test_mixture_usage_errors_stop_before_training(tmp_path):
     assert not (tmp_path / "r2" / "checkpoints").exists() or not list((tmp_path / "r2").rglob("*.pt"))
 
 
-@pytest.mark.parametrize("sampling", ["temperature", "all"])
-def test_torchrun_two_ranks_train_a_mixture(tmp_path, sampling):
+SAMPLINGS = ("temperature", "all")
+
+
+@pytest.fixture(scope="module")
+def mixture_sweep_under_torchrun(tmp_path_factory):
+    """`torchrun --nproc_per_node=2 -m mtlrun train -m data.sampling=temperature,all`: one launch, each job a
+    DDP run of both ranks; three processes' start-up paid once."""
+    root = tmp_path_factory.mktemp("ddp_mixture")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtlrun"]
+    proc = run_cli("train", "-m", *MIX, f"data.sampling={','.join(SAMPLINGS)}", "trainer.max_epochs=1",
+                   f"hydra.sweep.dir={root / 'sweep'}", cwd=root, launcher=launcher, timeout=300)
+    return root / "sweep", proc
+
+
+@pytest.mark.parametrize("job, sampling", list(enumerate(SAMPLINGS)))
+def test_torchrun_two_ranks_train_a_mixture(mixture_sweep_under_torchrun, tmp_path, job, sampling):
     """Every rank draws the same source at each step (a pure function of seed, epoch, step): the gradients DDP
     averages are the same tasks'. sampling=all averages them by hand (one forward per source)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtlrun"]
-    proc = run_cli("train", *MIX, f"data.sampling={sampling}", "trainer.max_epochs=1",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, launcher=launcher, timeout=300)
+    sweep, proc = mixture_sweep_under_torchrun
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "world size 2" in proc.stdout
-    results = read_results(tmp_path / "run")
+    run = sweep / str(job)
+    assert f"data.sampling={sampling}" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert "world size 2" in "\n".join(f.read_text() for f in run.glob("*.log"))
+    results = read_results(run)
     assert results["test/parity/accuracy"] is not None and results["test/left/accuracy"] is not None
-    single = run_cli("eval", f"checkpoint={tmp_path / 'run/checkpoints/best.pt'}",
-                     f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    single = run_cli("eval", f"checkpoint={run / 'checkpoints/best.pt'}", f"hydra.run.dir={tmp_path / 'ev'}",
+                     cwd=tmp_path)
     assert single.returncode == 0, single.stderr
     for key, value in read_results(tmp_path / "ev").items():  # every sample of every source counted once
         assert value == pytest.approx(results[key], abs=1e-5), key
-    shutil.rmtree(tmp_path / "run")
