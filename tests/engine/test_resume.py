@@ -56,9 +56,9 @@ def test_resume_refuses_changing_a_group(tmp_path, trained_run):
     assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# 3 epochs of 64 steps: a signal lands somewhere in epoch 2 or 3; wherever it lands, resuming must reproduce
-# the uninterrupted run bit for bit.
-LONG = [*EXACT, "data.n_train=2048", "trainer.max_epochs=3"]
+# 3 epochs of 32 steps (over a second each): a signal lands somewhere in epoch 2 or 3; wherever it lands,
+# resuming must reproduce the uninterrupted run bit for bit.
+LONG = [*EXACT, "data.n_train=1024", "trainer.max_epochs=3"]
 
 
 @pytest.fixture(scope="module")

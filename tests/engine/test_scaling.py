@@ -22,9 +22,9 @@ from mtlrun.engine.evaluate import evaluate_split
 
 pytestmark = pytest.mark.e2e  # every test starts processes
 
-# 3 epochs of 32 steps per rank (2 ranks x batch 32 over 2048 samples); ranks agree on a stop every 4 steps.
+# 3 epochs of 16 steps per rank (2 ranks x batch 32 over 1024 samples); ranks agree on a stop every 4 steps.
 # Odd eval splits: the ranks' shards are uneven, so a padded or dropped sample would change the counts.
-RUN = [*EXACT, "data.n_train=2048", "data.n_val=101", "data.n_test=157", "data.eval_batch_size=16",
+RUN = [*EXACT, "data.n_train=1024", "data.n_val=101", "data.n_test=157", "data.eval_batch_size=16",
        "trainer.max_epochs=3", "trainer.log_every_n_steps=4"]
 
 
@@ -60,7 +60,7 @@ def test_two_nodes_form_one_job(two_node_run):
     assert len(list(run.glob("*.log"))) == 1 and len(list(run.glob("results.json"))) == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temp files left
     state = torch.load(run / "checkpoints/last.pt", map_location="cpu", weights_only=True)
-    assert len(state["rng"]) == 2 and state["global_step"] == 3 * 32  # one checkpoint of a 2-rank job
+    assert len(state["rng"]) == 2 and state["global_step"] == 3 * 16  # one checkpoint of a 2-rank job
     rows = (run / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [row.split(",")[1] for row in rows] == ["train", "val"] * 3 + ["test"]  # written once
 
@@ -87,7 +87,7 @@ def test_resume_under_another_world_size_warns_and_continues(two_node_run, tmp_p
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "checkpoint has RNG states of 2 rank(s), this run has 1" in proc.stdout + proc.stderr
     state = torch.load(tmp_path / "resumed/checkpoints/last.pt", map_location="cpu", weights_only=True)
-    assert state["epoch"] == 4 and state["global_step"] == 3 * 32 + 64  # one rank takes 64 steps an epoch
+    assert state["epoch"] == 4 and state["global_step"] == 3 * 16 + 32  # one rank takes 32 steps an epoch
     rows = (tmp_path / "resumed/metrics.csv").read_text().strip().splitlines()[1:]
     assert [row.split(",")[1] for row in rows] == ["train", "val"] * 4 + ["test"]
 
@@ -110,7 +110,7 @@ def test_srun_tasks_form_one_job_and_sigusr1_to_one_rank_stops_both_at_one_step(
     assert f"resume with: mtlrun train resume={last}" in outputs[0][0] + outputs[0][1]
     assert not (stopped / "results.json").exists()
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert len(state["rng"]) == 2 and 32 <= state["global_step"] < 96
+    assert len(state["rng"]) == 2 and 16 <= state["global_step"] < 48
     assert state["global_step"] % 4 == 0  # the ranks agreed at a log step
 
     procs = start_slurm_tasks("train", f"resume={last}", cwd=tmp_path)
