@@ -70,8 +70,7 @@ def test_the_trainer_schema_is_where_the_docs_and_its_yaml_say():
 def test_ci_does_what_the_development_page_says():
     ci = (REPO / ".ci" / "run").read_text()
     said = paragraph("reference/development.md", "`.ci/run`")
-    for step in ('pip install -e ".[dev]"', 'pip install -e ".[all]"', 'pip install -e ".[docs]"',
-                 "mkdocs build --strict", "\npytest"):
+    for step in ('pip install -e ".[dev]"', 'pip install -e ".[all,docs]"', "mkdocs build --strict", "\npytest"):
         assert step in ci, step
     for word in ('.[dev]', '.[all]', "mkdocs build --strict", "pytest"):
         assert word in said, word
