@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import torch
-from contracts import read_results, run_cli
+from contracts import read_results, requires, run_cli
 from PIL import Image
 
 from mtlrun.data.coco import Coco
@@ -46,6 +46,7 @@ def coco(root, annotations=GOOD, **kw):
     return Coco(root=str(root), train=train, val=val, image_size=[10, 20], batch_size=2, **kw)
 
 
+@requires("pycocotools", "detection")  # the polygons become masks through pycocotools.mask
 def test_boxes_masks_and_categories_scale_with_the_image(tmp_path):
     data = coco(tmp_path, targets=["detection", "segmentation", "categories"])
     spec = data.full_spec
@@ -91,6 +92,8 @@ def test_crowd_error_missing_files_and_bad_json(tmp_path):
 
 
 @pytest.mark.e2e
+@requires("torchmetrics", "detection")  # the detection task's COCO metrics
+@requires("pycocotools", "detection")
 def test_it_trains_with_tasks_from_data(tmp_path):
     train = write_split(tmp_path / "ds", "train", GOOD)
     val = write_split(tmp_path / "ds", "val", GOOD)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from contracts import NoHostSync
+from contracts import NoHostSync, requires
 from mtlrun.data.base import TargetInfo
 from mtlrun.detection import assign, decode, grid_points
 from mtlrun.errors import UsageError
@@ -99,6 +99,13 @@ def test_a_perfect_prediction_has_a_small_loss_and_decodes_to_the_true_boxes():
     assert len(found[1]["boxes"]) == 0  # the background image: nothing scores
     got = sorted(zip(found[0]["labels"].tolist(), [[round(v) for v in b] for b in found[0]["boxes"].tolist()]))
     assert got == [(1, [4, 4, 20, 20]), (2, [16, 8, 30, 30])]  # NMS keeps one box per object
+
+
+@requires("torchmetrics", "detection")
+def test_a_perfect_prediction_scores_a_map_of_one():
+    t = task()
+    target = torch.cat([boxes((4, 4, 20, 20, 1), (16, 8, 30, 30, 2)), boxes()])
+    pred = perfect_prediction(target)
     metrics = t.metrics()
     metrics.reset(CPU)
     metrics.update(pred, target, None)
