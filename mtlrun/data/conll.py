@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mtlrun.data import hf_tokenizer
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
-from mtlrun.data.text import Tokenizer
+from mtlrun.data.text import FittedVocabulary, Tokenizer
 from mtlrun.data.word_tags import complete_scheme, tag_tensor, word_starts
 from mtlrun.errors import ConfigError, Problems, UsageError
 
@@ -48,7 +48,7 @@ def read_conll(path: Path, columns: int, problems: Problems) -> list[list[tuple[
     return sentences
 
 
-class CoNLL(DataModule):
+class CoNLL(FittedVocabulary, DataModule):
     name = "conll"
 
     def __init__(self, train: str | None = None, val: str | None = None, test: str | None = None,
@@ -75,17 +75,17 @@ class CoNLL(DataModule):
             raise ConfigError(problems)
         self.hf_name = tokenizer
         self.tags: dict[str, list[str]] | None = None  # from the train file, or a checkpoint
-        self._fitted = False
         self._raw: dict | None = None
 
-    def state_dict(self) -> dict:
+    def _load(self) -> None:  # FittedVocabulary: the vocabulary and the tag lists are read with the files
         self._read()
-        return {"tokenizer": self.tokenizer.state_dict(), "tags": self.tags}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "tags": self.tags}
 
     def load_state_dict(self, state: dict) -> None:
-        self.tokenizer = Tokenizer.from_state(state["tokenizer"])
+        super().load_state_dict(state)
         self.tags = {str(k): [str(t) for t in v] for k, v in state["tags"].items()}
-        self._fitted = True
 
     def _read(self) -> dict:
         """Per split: (words per sentence, {target: tags per sentence}, line numbers per sentence)."""
@@ -105,9 +105,8 @@ class CoNLL(DataModule):
             self.tags = {t: sorted(complete_scheme({tag for s in raw["train"][1][t] for tag in s}))
                          for t in self.targets}
         self._check_tags(raw)
-        if not self._fitted and self.hf_name is None:
-            self.tokenizer.fit([" ".join(words) for words in raw["train"][0]])
-            self._fitted = True
+        if self.hf_name is None:
+            self.fit_vocabulary([" ".join(words) for words in raw["train"][0]])
         self._raw = raw
         return raw
 

@@ -33,7 +33,7 @@ import torch
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
 from mtlrun.data.digits_source import load_digits
 from mtlrun.data.multidigits import _source_pools
-from mtlrun.data.text import Tokenizer
+from mtlrun.data.text import FittedVocabulary, Tokenizer
 
 SIDE = 8
 SAMPLE_RATE = 8000
@@ -145,7 +145,7 @@ def image_statistics(clean: np.ndarray) -> np.ndarray:
     return np.stack([ink, cx, cy, top, left], axis=1)
 
 
-class DigitsAV(DataModule):
+class DigitsAV(FittedVocabulary, DataModule):
     name = "digits_av"
 
     def __init__(self, n_train: int = 6000, n_val: int = 1000, n_test: int = 2000,
@@ -160,17 +160,10 @@ class DigitsAV(DataModule):
         self.occlusion, self.image_noise, self.snr_db = int(occlusion), float(image_noise), tuple(snr_db)
         self.text_flip, self.typo_rate, self.stat_noise = float(text_flip), float(typo_rate), float(stat_noise)
         self.tokenizer = Tokenizer(level=text_level, max_len=max_len)
-        self._fitted = False
         self._raw: dict | None = None
 
-    # The text vocabulary comes from the training texts, or from a checkpoint (load_state_dict).
-    def state_dict(self) -> dict:
+    def _load(self) -> None:  # FittedVocabulary: the vocabulary is fitted as the splits are generated
         self._generate()
-        return {"tokenizer": self.tokenizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.tokenizer = Tokenizer.from_state(state["tokenizer"])
-        self._fitted = True
 
     @property
     def full_spec(self) -> DataSpec:
@@ -217,9 +210,7 @@ class DigitsAV(DataModule):
             r["tabular"] = np.concatenate([measured, r["distractors"], r["pen"][:, None],
                                            np.digitize(r["clean_ink"], ink_cuts)[:, None] + 1], axis=1)
             r["ink"] = (r["clean_ink"] - mean[0]) / std[0]
-        if not self._fitted:
-            self.tokenizer.fit(raw["train"]["text"])
-            self._fitted = True
+        self.fit_vocabulary(raw["train"]["text"])
         self._raw = raw
         return raw
 

@@ -152,6 +152,30 @@ class Tokenizer:
                 f"lowercase={self.lowercase}, vocab_size={self.vocab_size})")
 
 
+class FittedVocabulary:
+    """The text vocabulary of a data module (`self.tokenizer`): fitted on the training texts when the module
+    first reads its data, unless a checkpoint's was loaded before (`load_state_dict`, what `mtlrun eval` does
+    so that texts are encoded as in training). The module defines `_load()`, which reads its splits and calls
+    `fit_vocabulary` with the training texts; its checkpoint state is `{"tokenizer": ...}`."""
+
+    tokenizer: Tokenizer
+    _fitted: bool = False
+
+    def state_dict(self) -> dict:
+        self._load()
+        return {"tokenizer": self.tokenizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokenizer = Tokenizer.from_state(state["tokenizer"])
+        self._fitted = True
+
+    def fit_vocabulary(self, texts: Sequence[str]) -> None:
+        """Fits the tokenizer on `texts` (the training split's), unless it was fitted or loaded already."""
+        if not self._fitted:
+            self.tokenizer.fit(texts)
+            self._fitted = True
+
+
 def _as_texts(texts, method: str) -> list[str]:
     # A bare string is a Sequence[str] of characters: fitting or encoding it that way is always a bug.
     if isinstance(texts, str):

@@ -29,7 +29,7 @@ import torch
 
 from mtlrun.data.base import SPLITS, DataModule, DataSpec, ModalityInfo, TargetInfo, TensorDictDataset
 from mtlrun.data.multidigits import hide_unlabelled, label_mask
-from mtlrun.data.text import Tokenizer
+from mtlrun.data.text import FittedVocabulary, Tokenizer
 from mtlrun.errors import ConfigError
 
 TAGS = {
@@ -183,7 +183,7 @@ def tag_ids(sentences: list[list[str]], names: tuple[str, ...], max_len: int) ->
     return out
 
 
-class TextTagging(DataModule):
+class TextTagging(FittedVocabulary, DataModule):
     name = "text_tagging"
 
     def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 1000, seed: int = 0,
@@ -204,16 +204,10 @@ class TextTagging(DataModule):
         if problems:
             raise ConfigError(problems)
         self.tokenizer = Tokenizer(level="word", max_len=max_len)
-        self._fitted = False
         self._raw: dict | None = None
 
-    def state_dict(self) -> dict:
+    def _load(self) -> None:  # FittedVocabulary: the vocabulary is fitted as the corpus is generated
         self._generate()
-        return {"tokenizer": self.tokenizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.tokenizer = Tokenizer.from_state(state["tokenizer"])
-        self._fitted = True
 
     @property
     def full_spec(self) -> DataSpec:
@@ -227,9 +221,7 @@ class TextTagging(DataModule):
         if self._raw is None:
             self._raw = {split: corpus(self.sizes[split], self.seed, split, self.topic_mix,
                                               self.invented_names) for split in SPLITS}
-            if not self._fitted:
-                self.tokenizer.fit([" ".join(words) for words in self._raw["train"][0]])
-                self._fitted = True
+            self.fit_vocabulary([" ".join(words) for words in self._raw["train"][0]])
         return self._raw
 
     def build(self) -> dict[str, TensorDictDataset]:
