@@ -24,9 +24,8 @@ from torch import nn
 from mtlrun.checks import check_range, import_extra
 from mtlrun.data.hf_tokenizer import swap_pad
 from mtlrun.errors import UsageError
-from mtlrun.models.backbone.base import Encoded, Encoder
 from mtlrun.hub import from_cache, repo_cache_dir
-from mtlrun.models.backbone.text import _check_data, _masked_mean
+from mtlrun.models.backbone.text import TokenSequenceEncoder, _check_data, _masked_mean
 
 _KEY = "backbone.text"
 POOLINGS = ("mean", "cls")
@@ -84,7 +83,7 @@ def _fresh_embeddings(model, vocab_size: int) -> None:
     model.config.vocab_size, model.config.pad_token_id = vocab_size, 0
 
 
-class HFText(Encoder):
+class HFText(TokenSequenceEncoder):
     """AutoModel over mtlrun's token ids -> pooled last hidden state (-> Linear + ReLU to `out_dim` if given)."""
 
     def __init__(self, vocab_size: int, max_len: int, name: str | None = "bert-base-uncased",
@@ -128,13 +127,8 @@ class HFText(Encoder):
             self.project = nn.Sequential(nn.Linear(self.token_dim, out_dim), nn.ReLU(inplace=True))
             self.out_dim = int(out_dim)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encode(ids).vector
-
-    def encode(self, ids: torch.Tensor) -> Encoded:
-        tokens, mask = self.tokens(ids)
-        pooled = _masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
-        return Encoded(self.project(pooled), tokens, mask)
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return _masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""

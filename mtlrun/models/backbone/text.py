@@ -39,7 +39,23 @@ def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tokens.sum(1) / count
 
 
-class RNNText(Encoder):
+class TokenSequenceEncoder(Encoder):
+    """A text encoder built on its token sequence: the subclass's `tokens(ids)` gives the outputs
+    [B, L, token_dim] and the real-token mask; the vector is `self.project` of their pooling (`pool`: the
+    masked mean unless the subclass pools otherwise)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encode(ids).vector
+
+    def encode(self, ids: torch.Tensor) -> Encoded:
+        tokens, mask = self.tokens(ids)
+        return Encoded(self.project(self.pool(tokens, mask)), tokens, mask)
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return _masked_mean(tokens, mask)
+
+
+class RNNText(TokenSequenceEncoder):
     """Embedding -> (bi)GRU / LSTM over the packed sequences -> masked mean of the outputs -> Linear + ReLU.
 
     The sequences are packed, so the recurrence stops at each text's last real token: trailing padding is
@@ -68,13 +84,6 @@ class RNNText(Encoder):
         self.token_dim = hidden * (2 if bidirectional else 1)
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.token_dim, out_dim), nn.ReLU(inplace=True))
         self.out_dim = out_dim
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encode(ids).vector
-
-    def encode(self, ids: torch.Tensor) -> Encoded:
-        tokens, mask = self.tokens(ids)
-        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""
@@ -126,7 +135,7 @@ def _unpacked_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> to
     return x
 
 
-class TransformerText(Encoder):
+class TransformerText(TokenSequenceEncoder):
     """Token + learned positional embeddings -> pre-LN TransformerEncoder -> masked mean -> Linear + ReLU.
 
     Padding positions are masked out as attention keys (src_key_padding_mask), so they change nothing at
@@ -154,13 +163,6 @@ class TransformerText(Encoder):
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out_dim), nn.ReLU(inplace=True))
         self.token_dim = dim
         self.out_dim = out_dim
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encode(ids).vector
-
-    def encode(self, ids: torch.Tensor) -> Encoded:
-        tokens, mask = self.tokens(ids)
-        return Encoded(self.project(_masked_mean(tokens, mask)), tokens, mask)
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""
