@@ -17,13 +17,14 @@ target, as COCO's evaluation does not count it as an object) or `error`.
 
 Bad annotations stop the run before training (exit 2), each named by file and annotation id with what would be
 valid: a bbox that is not 4 finite numbers, with width or height <= 0 or outside its image, an unknown category
-id, an annotation of an image id the file does not list, a missing image file, and a file that is not such JSON.
-Nothing is clipped or dropped silently.
+id, an annotation of an image id the file does not list, a missing image file, a file_name leading outside the
+image folder, and a file that is not such JSON. Nothing is clipped or dropped silently.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from mtlrun.checks import import_extra, is_number
 from mtlrun.data import media
 from mtlrun.data.base import DataModule, DataSpec, ModalityInfo, TargetInfo
 from mtlrun.data.scenes import DenseDataset, image_size_pair
+from mtlrun.data.table.fields.files import inside
 from mtlrun.errors import ConfigError, Problems
 
 TARGETS = ("detection", "segmentation", "categories")
@@ -73,6 +75,8 @@ class Coco(DataModule):
             problems.append(f"data.crowd={crowd!r}: valid: {', '.join(CROWD)} (what an iscrowd: 1 annotation becomes)")
         if problems:
             raise ConfigError(problems)
+        if "segmentation" in targets:  # one start-up error, not one "cannot be decoded" per annotation later
+            import_extra("pycocotools.mask", "detection", "data=coco's segmentation target")
         self.targets, self.crowd = targets, crowd
         self._read: dict | None = None
 
@@ -125,6 +129,10 @@ class Coco(DataModule):
                              group=("image", split))
                 continue
             path = folder / im["file_name"]
+            if not inside(os.path.abspath(path), os.path.abspath(folder)):  # `..` or an absolute path
+                problems.add(f"{annotations}: image id {im['id']}: file_name {im['file_name']!r} leads outside the "
+                             f"image folder {folder}; a COCO file_name is a path under it", group=("outside", split))
+                continue
             if not path.is_file():
                 problems.add(f"{annotations}: image id {im['id']}: file not found: {path}", group=("file", split))
                 continue

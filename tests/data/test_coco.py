@@ -4,6 +4,8 @@ scaled with the images; every kind of bad annotation exits 2 naming the file and
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from contracts import read_results, requires, run_cli
 from PIL import Image
 
 from mtlrun.data.coco import Coco
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, UsageError
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
 
@@ -87,8 +89,24 @@ def test_crowd_error_missing_files_and_bad_json(tmp_path):
     with pytest.raises(ConfigError, match="val.json: not a JSON file of the COCO format"):
         Coco(root=str(tmp_path), train={"annotations": "annotations/val.json", "images": "val"},
              val={"annotations": "annotations/val.json", "images": "val"}).full_spec
+    for name in ("../train/0.png", str(tmp_path / "train" / "0.png")):  # a file, but outside the image folder
+        listing = json.loads((tmp_path / "annotations" / "train.json").read_text())
+        listing["images"][0]["file_name"] = name
+        (tmp_path / "annotations" / "bad.json").write_text(json.dumps(listing))
+        with pytest.raises(ConfigError, match=rf"image id 100: file_name '{re.escape(name)}' leads outside the image "
+                                              rf"folder"):
+            Coco(root=str(tmp_path), train={"annotations": "annotations/bad.json", "images": "val"},
+                 val={"annotations": "annotations/val.json", "images": "val"}).full_spec
     with pytest.raises(ConfigError, match=r"data.targets=\['boxes'\]: a list of distinct targets"):
         Coco(root=str(tmp_path), train={}, val={}, targets=["boxes"])
+
+
+def test_segmentation_without_pycocotools_is_one_usage_error_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(UsageError, match=r"data=coco's segmentation target needs the pycocotools.mask package, "
+                                         r"which is not installed: pip install \"mtlrun\[detection\]\""):
+        coco(tmp_path, targets=["detection", "segmentation"])
 
 
 @pytest.mark.e2e
@@ -119,6 +137,7 @@ ANNOTATION = st.fixed_dictionaries({"id": st.integers(), "image_id": st.sampled_
                                                                       "size": st.lists(st.integers(-2, 50), max_size=3)})})
 
 
+@requires("pycocotools", "detection")  # it decodes segmentations (without the extra: one start-up error)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(annotations=st.lists(ANNOTATION | st.integers() | st.text(max_size=5), max_size=4))
 def test_any_annotations_read_or_give_the_data_error(tmp_path, annotations):
