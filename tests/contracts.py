@@ -27,6 +27,7 @@ from mtlrun.build import build_components, build_trainer, seed_everything
 from mtlrun.config import config_dir
 
 import cli_in_process
+import zygote
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,8 +84,30 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
     full_env = cli_env(env)
     if launcher is None and not process and cli_in_process.wanted(full_env):
         return cli_in_process.run_in_process(list(args), cwd, full_env)
-    cmd = [*(launcher or [sys.executable, "-m", "mtlrun"]), *args]
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_process([*(launcher or [sys.executable, "-m", "mtlrun"]), *args], cwd=cwd, env=full_env,
+                       timeout=timeout)
+
+
+def run_process(cmd: list, *, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) in cli_env's environment (or `env`), through `popen`:
+    a torchrun launch or a Python script is forked by the zygote."""
+    with popen(cmd, cwd=cwd, env=env or cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def popen(cmd: list, *, cwd: Path, env: dict, **kwargs) -> subprocess.Popen:
+    """The process `cmd` (text mode). A command line of this Python (`-m mtlrun`, `-m torch.distributed.run`,
+    `-c CODE`) is forked by this worker's zygote (tests/zygote.py: without its seconds of imports) where its
+    environment allows; anything else is started with exec."""
+    cmd, env = zygote.through_relay(cmd, env)  # torchrun's ranks too
+    if zygote.zygote(env, cmd) is not None:
+        return zygote.ZygotePopen(cmd, cwd=cwd, env=env, text=True, **kwargs)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kwargs)
 
 
 def run_script(script: Path, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -99,8 +122,8 @@ def run_script(script: Path, *args: str, cwd: Path | None = None, timeout: int =
 
 def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
     """Start `python -m mtlrun ARGS` without waiting (to signal or race it), in run_cli's environment."""
-    return subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
+                 stderr=stderr)
 
 
 def free_port(low: int = 15000, high: int = 35000) -> int:
@@ -130,8 +153,8 @@ def start_slurm_tasks(*args: str, cwd: Path, ntasks: int = 2) -> list[subprocess
         env = {**base, "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks), "SLURM_LOCALID": str(rank),
                "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": str(port - 15000),
                "SLURM_TASKS_PER_NODE": f"{ntasks}(x1)"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(popen([sys.executable, "-m", "mtlrun", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE))
     return procs
 
 

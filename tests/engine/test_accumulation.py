@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 from torch import nn
 
-from contracts import REPO, SGD_64, cli_env, compose_config, step_without_batchnorm
+from contracts import REPO, SGD_64, compose_config, run_process, step_without_batchnorm
 from mtlrun.build import build_components
 from mtlrun.config import config_groups
 from mtlrun.engine.ddp import wrap_for_training
@@ -121,7 +120,8 @@ def test_sync_batchnorm_needs_cuda_under_ddp(monkeypatch):
 
 DDP_WORKER = """
 import os, sys, torch
-from contracts import REPO, SGD_64, cli_env, compose_config, step_without_batchnorm
+sys.path.insert(1, TESTS)  # for contracts
+from contracts import SGD_64, compose_config, step_without_batchnorm
 from mtlrun import distributed
 
 info = distributed.init_if_launched()
@@ -148,11 +148,9 @@ def test_two_ranks_accumulating_are_one_process_on_the_global_batch(tmp_path):
     for package in SOLVERS["upgrad"]:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"weighting=upgrad needs {package}")
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    env = cli_env({"PYTHONPATH": str(REPO / "tests")})
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "worker.py", *DDP_EQUAL], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=env)
+    (tmp_path / "worker.py").write_text(DDP_WORKER.replace("TESTS", repr(str(REPO / "tests"))))
+    proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "worker.py", *DDP_EQUAL], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for method in DDP_EQUAL:
         name, _, grad_on = method.partition(":")

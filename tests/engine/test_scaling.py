@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from contracts import EXACT, cli_env, free_port, read_results, run_cli, start_slurm_tasks
+from contracts import EXACT, cli_env, free_port, popen, read_results, run_cli, start_slurm_tasks
 from mtlrun.build import build_components
 from mtlrun.engine.evaluate import evaluate_split
 
@@ -42,8 +42,7 @@ def two_node_run(tmp_path_factory):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=mtlrun",
                "-m", "mtlrun", "train", *RUN]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=cli_env(), text=True, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
+        procs.append(popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [p.communicate(timeout=400) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:] + err[-3000:]

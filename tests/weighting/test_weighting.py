@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchjd import aggregation
 
-from contracts import compose_config
+from contracts import compose_config, run_process
 from mtlrun.build import build_components, build_trainer
 from mtlrun.config import config_dir, config_groups
 from mtlrun.instantiate import instantiate_node
@@ -591,14 +591,11 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
     """Two CPU processes: per-task-gradient methods (outside DDP's reducer), GradNorm and UW (whose
     learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks, and the
     per-task-gradient methods, trained without the DDP wrapper, with the same BatchNorm statistics."""
-    import subprocess
-    import sys
-
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
     small = [*TINY, "data.n_train=128", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), *small], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(worker), *small], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if "rank difference" in line]
     assert len(lines) == 5, proc.stdout
@@ -660,13 +657,10 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
     """upgrad, mgda and nash_mtl at both grad_on levels, famo and gradnorm: 2 ranks x 16 samples take the steps
     of 1 process x 32 (parameters and the weighting's state, e.g. FAMO's logits and previous losses, GradNorm's
     initial losses, which rank 0's checkpoint then holds for every rank)."""
-    import subprocess
-    import sys
-
     worker = tmp_path / "worker.py"
     worker.write_text(EQUAL_WORKER)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(worker)], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if " difference " in line]
     assert len(lines) == 8, proc.stdout
