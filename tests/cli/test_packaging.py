@@ -40,14 +40,20 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     # lists this interpreter's site directories. They are appended after the venv's own site-packages, so
     # the wheel comes first, and, being plain path lines, they are added to sys.path without their own .pth
     # files being run: the editable install's finder (a .pth there) never loads.
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # Without pip of its own (ensurepip alone takes seconds) where this environment's pip can install into it
+    # (--python, pip 22.3+).
+    import pip
+
+    outer_pip = tuple(int(x) for x in pip.__version__.split(".")[:2]) >= (22, 3)
+    subprocess.run([sys.executable, "-m", "venv", *(["--without-pip"] if outer_pip else []), str(venv)], check=True)
     bin_dir = venv / "bin"
     purelib = Path(subprocess.run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                   capture_output=True, text=True, check=True).stdout.strip())
     outer = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
     (purelib / "_outer_env.pth").write_text("".join(f"{d}\n" for d in outer))
-    subprocess.run([bin_dir / "python", "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True,
-                   capture_output=True)
+    installer = [sys.executable, "-m", "pip", "--python", str(bin_dir / "python")] if outer_pip else \
+        [bin_dir / "python", "-m", "pip"]
+    subprocess.run([*installer, "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     # where mtlrun comes from, and that the wheel's own dependencies are met by what the venv sees
