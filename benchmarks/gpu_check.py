@@ -16,8 +16,9 @@ Trainer.fit takes it.
               trainer.channels_last=true over the default layout
   gradient    upgrad (grad_on=parameters, torchjd's Gramian path) for 2, 3 and 10 tasks: time per step over
               static, peak memory
-Peak CUDA memory is recorded for every configuration. `--device cpu` is a dry run: tiny sizes, a few steps;
-the checks that need CUDA (sync debug mode, speed targets, compile) say "skipped: needs cuda".
+Peak CUDA memory is recorded for every configuration. `--device cpu` is a dry run: tiny sizes, one or two
+steps, no warm-up (it proves that every case composes, builds and steps, not a figure); the checks that need
+CUDA (sync debug mode, speed targets, compile) say "skipped: needs cuda".
 
 Run:  python benchmarks/gpu_check.py [--device cuda] [--out gpu_check.json] [--only GROUP ...]
 """
@@ -162,7 +163,7 @@ def placement(args, tmp: Path) -> list[dict]:
 def _placement(args, row: dict, tmp: Path) -> None:
     reset_peak(torch.device(args.device))
     bench = Check(args, row["overrides"], str(tmp / "run"))
-    bench.steps(3 if args.device == "cpu" else 20)
+    bench.steps(2 if args.device == "cpu" else 20)
     bench.trainer.cfg.limit_eval_batches = 2
     val = bench.trainer.evaluate("val")
     wrong = off_device(bench.trainer)
@@ -193,11 +194,11 @@ def sync_checks(args, tmp: Path) -> list[dict]:
 
 def _sync(args, row: dict, tmp: Path) -> None:
     bench = Check(args, row["overrides"], str(tmp / "run"))
-    bench.steps(2)  # warm-up: lazy allocations, cuDNN's choice of algorithms
-    if bench.device.type != "cuda":
-        bench.steps(2)
+    if bench.device.type != "cuda":  # the dry run: the case builds and takes a step
+        bench.steps(1)
         row["status"] = NEEDS_CUDA + " (the steps ran on cpu)"
         return
+    bench.steps(2)  # warm-up: lazy allocations, cuDNN's choice of algorithms
     sync(bench.device)
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -261,7 +262,7 @@ def _throughput(args, row: dict, tmp: Path, synthetic) -> None:
         sync(bench.device)
         return n / (time.perf_counter() - start)
 
-    n, rounds = (2, 1) if args.device == "cpu" else (20, 3)
+    n, rounds = (1, 1) if args.device == "cpu" else (20, 3)
     bench.steps(n), plain_rate(n)  # warm-up of both
     ratios = []
     for r in range(rounds):
@@ -294,12 +295,13 @@ def _speedup(args, row, tmp, synthetic, base, extra, target) -> None:
         row["status"] = NEEDS_CUDA
         return
     reference = base + (["trainer.precision=bf16"] if "trainer.channels_last=true" in extra else [])
-    n = 2 if cpu else 20
+    n = 1 if cpu else 20
     rates, peaks = [], []
     for overrides in (reference, base + extra):
         reset_peak(torch.device(args.device))
         bench = Check(args, overrides, str(tmp / "run"), synthetic)
-        bench.steps(n if not cpu else 1)  # warm-up (compiles with trainer.compile=true)
+        if not cpu:
+            bench.steps(n)  # warm-up (compiles with trainer.compile=true)
         rates.append(bench.steps(n))
         peaks.append(peak_memory(bench.device))
         if "trainer.channels_last=true" in overrides:
@@ -332,12 +334,12 @@ def gradient(args, tmp: Path) -> list[dict]:
 
 
 def _gradient(args, row, tmp) -> None:
-    n = 2 if args.device == "cpu" else 20
+    n = 1 if args.device == "cpu" else 20
     figures = {}
     for method in ("static", "upgrad"):
         reset_peak(torch.device(args.device))
         bench = Check(args, [*row["overrides"], f"weighting={method}"], str(tmp / "run"))
-        bench.steps(2)
+        bench.steps(n)  # warm-up
         figures[method] = (1000 / bench.steps(n), peak_memory(bench.device))
     row.update(ms_per_step={m: round(v[0], 2) for m, v in figures.items()},
                peak_mib={m: v[1] for m, v in figures.items()},
