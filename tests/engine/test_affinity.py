@@ -208,12 +208,14 @@ def test_mtlrun_affinity_writes_matrix_heatmap_and_groupings(tmp_path):
 
 @pytest.mark.e2e
 def test_affinity_finds_the_task_built_to_conflict_on_multidigits_hard(tmp_path):
-    """The claim of docs/results/multidigits_hard.md about experiment=multidigits_hard, at a fraction of its cost (60 steps on 3,840
-    samples, ~20 s): a step on the raw-scale `sum` regression raises every other task's loss, the lowest pair
-    involves sum, and the best split into two groups puts sum alone."""
+    """The claim of docs/results/multidigits_hard.md about experiment=multidigits_hard, at a fraction of its cost (60 steps of
+    64 samples, one epoch of 3,840): a step on the raw-scale `sum` regression raises every other task's loss, the
+    lowest pair involves sum, and the best split into two groups puts sum alone. (At batch 64 the claim holds for
+    seeds 0, 1 and 2, measured; at 24 steps it fails for each.)"""
     out = tmp_path / "run"
     result = run_cli("affinity", "experiment=multidigits_hard", "affinity.steps=60", "affinity.every=4",
-                     "data.n_train=3840", "data.n_val=200", "data.n_test=200", "trainer.progress_bar=false",
+                     "data.n_train=3840", "data.batch_size=64", "data.n_val=200", "data.n_test=200",
+                     "trainer.progress_bar=false",
                      f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "affinity.json").read_text())

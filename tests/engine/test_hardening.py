@@ -113,8 +113,8 @@ def test_user_class_in_a_checkpoint_needs_trusted_targets(trained_run, tmp_path)
 # ----------------------------------------------------------------------------- one live run per run dir
 def test_second_run_into_a_live_run_dir_is_refused(tmp_path):
     run = tmp_path / "run"
-    # 50 epochs of 32 steps: the run is still training while the other two start, however slow the machine
-    args = [*TINY, "data.n_train=1024", "trainer.max_epochs=50", f"hydra.run.dir={run}"]
+    # 500 epochs of 16 steps: the run is still training while the other two start, however slow the machine
+    args = [*TINY, "data.n_train=512", "trainer.max_epochs=500", f"hydra.run.dir={run}"]
     first = start_cli("train", *args, cwd=tmp_path, stderr=subprocess.STDOUT)
     try:
         for line in first.stdout:
@@ -254,7 +254,7 @@ def test_second_signal_during_the_save_waits_for_it(tmp_path):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_double_signal_exits_cleanly(tmp_path, sig, code):
     run = tmp_path / "run"
-    args = [*TINY, "data.n_train=1024", "trainer.max_epochs=50", f"hydra.run.dir={run}"]  # running when signalled
+    args = [*TINY, "data.n_train=512", "trainer.max_epochs=100", f"hydra.run.dir={run}"]  # running when signalled
     proc = start_cli("train", *args, cwd=tmp_path)
     last = run / "checkpoints" / "last.pt"
     for line in proc.stdout:
