@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -39,10 +40,13 @@ def pytest_runtest_setup(item):
 
 def pytest_collection_modifyitems(config, items):
     # The modules that start processes run first: they are the long units of work under xdist's --dist
-    # loadscope (pyproject.toml), so the short in-process modules fill the end and the workers finish together.
-    # A stable sort: within a module, the order is the file's.
+    # loadscope (pyproject.toml); then the other modules, the larger first (by number of tests), so that the
+    # smallest fill the end and the workers finish together. A stable sort: within a module, the file's order.
     starts_processes = {item.path for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.path not in starts_processes)
+    size = collections.Counter(item.path for item in items  # the tests that will run
+                               if config.getoption("--exhaustive") or "exhaustive" not in item.keywords)
+    items.sort(key=lambda item: (item.path not in starts_processes,
+                                 0 if item.path in starts_processes else -size[item.path]))
     if config.getoption("--exhaustive"):
         return
     skip = pytest.mark.skip(reason="full combination grid: run with --exhaustive")

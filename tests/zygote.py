@@ -305,6 +305,7 @@ def _become(request: dict, stdio: list[int]) -> None:
     import io
     import runpy
     import traceback
+    import types
 
     code = 1
     try:
@@ -340,7 +341,8 @@ def _become(request: dict, stdio: list[int]) -> None:
                 runpy.run_path(request["script"], run_name="__main__")
             else:
                 sys.argv = ["-c", *request["args"]]
-                exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
+                main = sys.modules["__main__"] = types.ModuleType("__main__")  # not this script's module
+                exec(compile(request["code"], "<string>", "exec"), main.__dict__)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else _print_exit(exc.code)

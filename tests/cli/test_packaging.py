@@ -42,9 +42,9 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     # files being run: the editable install's finder (a .pth there) never loads.
     # Without pip of its own (ensurepip alone takes seconds) where this environment's pip can install into it
     # (--python, pip 22.3+).
-    import pip
+    from importlib.metadata import version  # not `import pip`: that loads setuptools' distutils hack here
 
-    outer_pip = tuple(int(x) for x in pip.__version__.split(".")[:2]) >= (22, 3)
+    outer_pip = tuple(int(x) for x in version("pip").split(".")[:2]) >= (22, 3)
     subprocess.run([sys.executable, "-m", "venv", *(["--without-pip"] if outer_pip else []), str(venv)], check=True)
     bin_dir = venv / "bin"
     purelib = Path(subprocess.run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
