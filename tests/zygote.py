@@ -315,6 +315,7 @@ def _become(request: dict, stdio: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _reseed()
         # sys.path[0] is this script's folder here; `-m` puts the working directory there, `-c` '', a script
         # its folder, -P nothing
         if request["safe_path"]:
@@ -359,6 +360,16 @@ def _become(request: dict, stdio: list[int]) -> None:
     finally:
         _flush()
         os._exit(code & 0xFF)
+
+
+def _reseed() -> None:
+    """The unseeded generators a fresh process seeds from the OS at start-up (here: the zygote's, shared by every
+    fork): Python's and numpy's global ones. torch's default seed is a constant in every process anyway."""
+    import random
+
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
 
 
 def _print_exit(message) -> int:
