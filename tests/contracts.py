@@ -105,7 +105,7 @@ def popen(cmd: list, *, cwd: Path, env: dict, **kwargs) -> subprocess.Popen:
     `-c CODE`) is forked by this worker's zygote (tests/zygote.py: without its seconds of imports) where its
     environment allows; anything else is started with exec."""
     cmd, env = zygote.through_relay(cmd, env)  # torchrun's ranks too
-    if zygote.zygote(env, cmd) is not None:
+    if set(kwargs) <= zygote.POPEN_OPTIONS and zygote.zygote(env, cmd) is not None:
         return zygote.ZygotePopen(cmd, cwd=cwd, env=env, text=True, **kwargs)
     return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kwargs)
 
@@ -116,8 +116,7 @@ def run_script(script: Path, *args: str, cwd: Path | None = None, timeout: int =
     full_env, cwd = cli_env(), Path(cwd or REPO)
     if cli_in_process.wanted(full_env):
         return cli_in_process.run_script_in_process(script, list(args), cwd, full_env)
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_process([sys.executable, str(script), *args], cwd=cwd, env=full_env, timeout=timeout)
 
 
 def start_cli(*args: str, cwd: Path, stderr=subprocess.PIPE) -> subprocess.Popen:

@@ -45,7 +45,8 @@ def _load_config(self, config_path):
         stat = os.stat(path)
     except OSError:
         return ORIGINAL_LOAD_CONFIG(self, config_path)
-    key = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    # config_path too: a result's defaults list is relative to the group it was loaded as (one file can be two)
+    key = (config_path, path, stat.st_mtime_ns, stat.st_size, stat.st_ino)
     if key not in _loaded:
         _loaded[key] = ORIGINAL_LOAD_CONFIG(self, config_path)
     result = copy.copy(_loaded[key])

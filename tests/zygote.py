@@ -44,13 +44,16 @@ STATUS = struct.Struct("i")
 # Variables a process reads while importing torch, Python or mtlrun, not later: a child must have the zygote's.
 IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH", "PYTHONWARNINGS",
                    "LD_PRELOAD", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
-                   "TORCH_LOGS", "MTLRUN_TEST_ZYGOTE")
+                   "TORCH_LOGS")
 # What `mtlrun train` / `eval` / `predict` and torchrun import; anything else a child imports itself.
 PRELOAD = ("torch", "numpy", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot", "mtlrun.cli",
            "mtlrun.build", "mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.engine.trainer",
            "torch.distributed.launcher.api")  # not torch.distributed.run itself: runpy would warn
 SOCKET_ENV = "MTLRUN_TEST_ZYGOTE_SOCKET"  # where a relay finds the zygote
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# The Popen options a forked child gets as an exec'd one would; anything else (pass_fds, start_new_session,
+# preexec_fn, ...) needs subprocess.Popen.
+POPEN_OPTIONS = frozenset({"stdin", "stdout", "stderr", "text", "encoding", "errors"})
 
 
 # ------------------------------------------------------------------------------------------ the test side
@@ -157,6 +160,8 @@ class ZygotePopen(subprocess.Popen):
     and returncode as Popen has them). Build it only where `zygote(env, args)` is not None."""
 
     def __init__(self, args: list[str], *, env: dict, cwd, **kwargs):
+        if set(kwargs) - POPEN_OPTIONS:
+            raise TypeError(f"ZygotePopen does not take {sorted(set(kwargs) - POPEN_OPTIONS)}: use subprocess.Popen")
         self._zygote = zygote(env, args)
         assert self._zygote is not None, "ZygotePopen for a command or environment the zygote cannot take"
         self._status = None
@@ -273,30 +278,43 @@ def serve(control: socket.socket, listener: socket.socket) -> None:
 def _fork_monitor(request: dict, fds: list[int], close: tuple) -> None:
     if os.fork() != 0:
         return
-    for sock in close:
-        sock.close()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # to wait for the child
-    status = socket.socket(fileno=fds[3])
-    pid = os.fork()
-    if pid == 0:
-        status.close()
-        _become(request, fds[:3])
-    for fd in fds[:3]:
-        os.close(fd)
-    status.sendall(STATUS.pack(pid))
-    child = os.pidfd_open(pid)
-    while True:  # until the child ends; if the asker goes first (its end of `status` closes), the child goes too
-        ready, _, _ = select.select([child, status], [], [])
-        if child in ready:
-            break
-        if not status.recv(1, socket.MSG_PEEK):
-            os.kill(pid, signal.SIGKILL)
-            break
-    _, sts = os.waitpid(pid, 0)
-    try:
-        status.sendall(STATUS.pack(sts))
+    try:  # the monitor never returns into the zygote's loop, whatever fails here
+        for sock in close:
+            sock.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # to wait for the child
+        status = socket.socket(fileno=fds[3])
+        pid = os.fork()
+        if pid == 0:
+            status.close()
+            _become(request, fds[:3])
+        for fd in fds[:3]:
+            os.close(fd)
+        _monitor(pid, status)
     finally:
         os._exit(0)
+
+
+def _monitor(pid: int, status: socket.socket) -> None:
+    """Report the child's pid and, once it has ended, its wait status on `status`; if the asker goes first (its
+    end of `status` closes), the child is killed."""
+    asker_gone = False
+    try:
+        status.sendall(STATUS.pack(pid))
+        child = os.pidfd_open(pid)
+        while True:
+            ready, _, _ = select.select([child, status], [], [])
+            if child in ready:
+                break
+            if not status.recv(1, socket.MSG_PEEK):
+                asker_gone = True
+                break
+    except OSError:
+        asker_gone = True
+    if asker_gone:
+        os.kill(pid, signal.SIGKILL)
+    _, sts = os.waitpid(pid, 0)
+    if not asker_gone:
+        status.sendall(STATUS.pack(sts))
 
 
 def _become(request: dict, stdio: list[int]) -> None:

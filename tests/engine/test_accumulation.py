@@ -120,7 +120,6 @@ def test_sync_batchnorm_needs_cuda_under_ddp(monkeypatch):
 
 DDP_WORKER = """
 import os, sys, torch
-sys.path.insert(1, TESTS)  # for contracts
 from contracts import SGD_64, compose_config, step_without_batchnorm
 from mtlrun import distributed
 
@@ -148,7 +147,8 @@ def test_two_ranks_accumulating_are_one_process_on_the_global_batch(tmp_path):
     for package in SOLVERS["upgrad"]:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"weighting=upgrad needs {package}")
-    (tmp_path / "worker.py").write_text(DDP_WORKER.replace("TESTS", repr(str(REPO / "tests"))))
+    # tests/ on its path for contracts (a PYTHONPATH would make the ranks exec'd processes: tests/zygote.py)
+    (tmp_path / "worker.py").write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + DDP_WORKER)
     proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "worker.py", *DDP_EQUAL], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
