@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from contracts import compose_config
 from mtlrun.build import build_components
@@ -88,6 +88,61 @@ def test_no_shipped_config_sets_hydra_mode():
     for path in CONFIGS.rglob("*.yaml"):
         text = yaml.safe_load(path.read_text()) or {}
         assert "mode" not in (text.get("hydra") or {}), path  # an experiment (@package _global_) could set it
+
+
+def _nodes(node):
+    yield node
+    if isinstance(node, (DictConfig, ListConfig)) and not (node._is_none() or node._is_missing()):
+        for key in (node.keys() if isinstance(node, DictConfig) else range(len(node))):
+            yield from _nodes(node._get_node(key))
+
+
+def _composed_twice_and_as_shipped(config_dir_: Path, config_name: str, overrides: list[str]) -> list[tuple]:
+    """What compose() gives, hydra node included: with tests/hydra_memo.py's kept files and compositions (a first
+    time, then from what was kept after another composition has used the same files) and with Hydra as it ships."""
+    from hydra import compose, initialize_config_dir
+
+    import hydra_memo
+
+    def composed(overrides):
+        with initialize_config_dir(config_dir=str(config_dir_), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        assert all(node._get_root() is cfg for node in _nodes(cfg))  # no node of a kept file, or of another config
+        flags = [(key, node._get_node_flag("struct"), node._get_node_flag("readonly"), OmegaConf.get_type(node))
+                 for key, node in [("", cfg), *((k, cfg._get_node(k)) for k in cfg)]]
+        return OmegaConf.to_yaml(cfg), flags
+
+    first = composed(overrides)
+    composed([*overrides, "+unrelated=1"])  # the same files again, not the same composition
+    again = composed(overrides)
+    with hydra_memo.as_shipped():
+        shipped = composed(overrides)
+    return [first, again, shipped]
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=multidigits_hard", "seed=3"],
+                                       ["arch=mtan", "weighting=upgrad", "weighting.grad_on=representation"],
+                                       ["data=digits_av", "tasks=digits_av", "fusion=film", "logger=[csv,tensorboard]"]],
+                         ids=["default", "experiment", "groups-and-values", "multimodal"])
+def test_the_tests_compositions_are_hydras(overrides):
+    first, again, shipped = _composed_twice_and_as_shipped(CONFIGS, "train", overrides)
+    assert first == shipped and again == shipped
+
+
+def test_the_tests_compositions_resolve_an_interpolated_default_as_hydra_does(tmp_path):
+    # Hydra builds the choices an interpolated default reads at each node of the defaults tree; the tests build it
+    # when one is read (tests/hydra_memo.py)
+    for group, options in {"dataset": ["imagenet", "cifar"], "model": ["alexnet"],
+                           "pair": ["imagenet_alexnet", "cifar_alexnet"]}.items():
+        (tmp_path / group).mkdir()
+        for option in options:
+            (tmp_path / group / f"{option}.yaml").write_text(f"name: {option}\n")
+    (tmp_path / "main.yaml").write_text("defaults:\n  - dataset: imagenet\n  - model: alexnet\n"
+                                        "  - pair: ${dataset}_${model}\n  - _self_\n")
+    for overrides in ([], ["dataset=cifar"]):
+        first, again, shipped = _composed_twice_and_as_shipped(tmp_path, "main", overrides)
+        assert first == shipped and again == shipped
+        assert f"name: {(overrides or ['=imagenet'])[0].split('=')[1]}_alexnet" in shipped[0]
 
 
 def _leaves(node, prefix=""):
