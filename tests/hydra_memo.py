@@ -27,8 +27,8 @@ its defaults list and the identity of each file in it: compositions that differ 
 tests/cli/test_configs.py checks that compose() gives what Hydra as shipped gives (as_shipped()), hydra node and
 flags included, from the kept compositions too. Composing the shipped configs takes 0.51x the time of Hydra as
 shipped for 20 compositions of distinct group choices, 0.18x for 20 that differ only in values (median of 5
-alternating rounds each, one thread); over the suite (1015 in-process compositions, every extra installed) the time
-spent composing went from 237 s to 96 s, against the previous version of this module, which kept only the files.
+alternating rounds each, one thread). In tests/weighting/test_matrix.py (135 compositions, -n0) the time spent
+composing went from 27.0 s to 17.1 s against the previous version of this module, which kept only the files.
 """
 
 from __future__ import annotations
