@@ -120,8 +120,11 @@ def test_sync_batchnorm_needs_cuda_under_ddp(monkeypatch):
 
 DDP_WORKER = """
 import os, sys, torch
+import hydra_memo
 from contracts import SGD_64, compose_config, step_without_batchnorm
 from mtlrun import distributed
+
+hydra_memo.install()  # composes as the test process does (tests/cli/test_configs.py checks it against Hydra's)
 
 info = distributed.init_if_launched()
 torch.set_num_threads(1)

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchjd import aggregation
 
-from contracts import compose_config, run_process
+from contracts import REPO, compose_config, run_process
 from mtlrun.build import build_components, build_trainer
 from mtlrun.config import config_dir, config_groups
 from mtlrun.instantiate import instantiate_node
@@ -552,6 +552,7 @@ def test_a_compiled_model_is_handled():
 # ------------------------------------------------------------------------------------------------- DDP
 DDP_WORKER = """
 import os, sys, tempfile, torch
+import hydra_memo
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from mtlrun.build import build_trainer
@@ -560,6 +561,7 @@ from mtlrun import distributed
 
 info = distributed.init_if_launched()
 torch.set_num_threads(1)
+hydra_memo.install()  # composes as the test process does (tests/cli/test_configs.py checks it against Hydra's)
 OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
 for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda", "weighting.grad_on=representation"],
                   ["weighting=upgrad", "weighting.grad_on=representation", "trainer.accumulate=2"],
@@ -592,7 +594,7 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
     learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks, and the
     per-task-gradient methods, trained without the DDP wrapper, with the same BatchNorm statistics."""
     worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
+    worker.write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + DDP_WORKER)  # hydra_memo
     small = [*TINY, "data.n_train=128", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"]
     proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(worker), *small], cwd=tmp_path)
@@ -613,6 +615,7 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
 # token embedding here) a zero gradient where one process leaves it None, and decay would then move them.
 EQUAL_WORKER = """
 import sys, tempfile, torch
+import hydra_memo
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from mtlrun.build import build_trainer
@@ -620,6 +623,7 @@ from mtlrun.config import config_dir
 from mtlrun import distributed
 
 torch.set_num_threads(1)
+hydra_memo.install()  # composes as the test process does (tests/cli/test_configs.py checks it against Hydra's)
 OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
 BASE = ["experiment=digits_av", "data.modalities=[tabular]", "backbone.tabular.batch_norm=false", "data.n_train=96",
         "data.n_val=8", "data.n_test=8", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.progress_bar=false",
@@ -658,7 +662,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
     of 1 process x 32 (parameters and the weighting's state, e.g. FAMO's logits and previous losses, GradNorm's
     initial losses, which rank 0's checkpoint then holds for every rank)."""
     worker = tmp_path / "worker.py"
-    worker.write_text(EQUAL_WORKER)
+    worker.write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + EQUAL_WORKER)  # hydra_memo
     proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(worker)], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
