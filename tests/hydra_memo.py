@@ -22,7 +22,11 @@ gives the same config: nothing changes the choices between the point Hydra build
 Hydra deep-copies its repository of config sources for each composition, ConfigStore included; here the copy is
 shallow (the method it guards against only binds a new list of sources). And a composition is kept whole, keyed by
 its defaults list and the identity of each file in it: compositions that differ only in values (`seed=1`,
-`data.n_train=16`) merge the files once, then each gets a deep copy before Hydra applies its overrides.
+`data.n_train=16`) merge the files once, then each gets a deep copy before Hydra applies its overrides. Where a
+composition parts from a kept one (at the first default they differ in), the merge of the defaults before that
+point is kept too, and later compositions that share them start from it: of tests/weighting/test_matrix.py's
+arch x weighting grid, each merges only the files from arch on. That took a composition of 48 such grid cells
+from 95-193 ms to 67-84 ms (3 alternating rounds, on a machine shared with other work: median ratio 0.69).
 
 tests/cli/test_configs.py checks that compose() gives what Hydra as shipped gives (as_shipped()), hydra node and
 flags included, from the kept compositions too. Composing the shipped configs takes 0.51x the time of Hydra as
@@ -37,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import sys
 
 from hydra._internal import defaults_list
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -44,6 +49,9 @@ from hydra._internal.config_repository import CachingConfigRepository, ConfigRep
 from hydra._internal.hydra import Hydra
 from hydra.core.default_element import InputDefault
 from hydra.core.object_type import ObjectType
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf, flag_override
+from omegaconf.errors import OmegaConfBaseException
 
 ORIGINAL_GET_MODE = Hydra.get_mode
 ORIGINAL_LOAD_CONFIG = ConfigRepository.load_config
@@ -53,6 +61,7 @@ ORIGINAL_RESOLVE = InputDefault._resolve_interpolation_impl
 ORIGINAL_COMPOSE = ConfigLoaderImpl._compose_config_from_defaults_list
 _loaded: dict[tuple, tuple] = {}  # a file's identity -> (its ConfigResult, the ConfigStore node it came from)
 _composed: dict[tuple, object] = {}
+_prefixes: dict[tuple, object] = {}  # {first part of a kept composition's key: the merge of those defaults}
 
 
 def _get_mode(self, config_name, overrides):
@@ -134,8 +143,53 @@ def _compose_config_from_defaults_list(self, defaults, repo):
         key.append((dataclasses.astuple(default), loaded.memo_key))
     key = tuple(key)
     if key not in _composed:
-        _composed[key] = ORIGINAL_COMPOSE(self, defaults, repo)
+        _composed[key] = _merge(self, defaults, repo, key)
     return copy.deepcopy(_composed[key])  # Hydra then sets flags, applies the overrides and fills hydra.runtime
+
+
+def _merge(self, defaults, repo, key: tuple):
+    """Hydra's merge of the defaults in order (ConfigLoaderImpl._compose_config_from_defaults_list), started from
+    the longest kept merge of a first part of them. Where this composition parts from one kept earlier (the first
+    default they differ in), the merge of what they share is kept for the next one that shares it."""
+    shared = max((_common_length(key, other) for other in _composed), default=0)
+    start = max((n for n in range(1, shared + 1) if key[:n] in _prefixes), default=0)
+    cfg = copy.deepcopy(_prefixes[key[:start]]) if start else OmegaConf.create()
+    with flag_override(cfg, "no_deepcopy_set_nodes", True):
+        for n in range(start, len(defaults)):
+            if n == shared and n > start:
+                kept = copy.deepcopy(cfg)
+                kept._set_flag("no_deepcopy_set_nodes", None)  # as it is outside this loop
+                _prefixes[key[:n]] = kept
+            loaded = self._load_single_config(default=defaults[n], repo=repo)
+            try:
+                cfg.merge_with(loaded.config)
+            except OmegaConfBaseException as e:
+                raise ConfigCompositionException(f"In '{defaults[n].config_path}': {type(e).__name__} raised while"
+                                                 f" composing config:\n{e}").with_traceback(sys.exc_info()[2])
+    _strip_defaults(cfg)
+    return cfg
+
+
+def _common_length(a: tuple, b: tuple) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _strip_defaults(cfg) -> None:
+    # what Hydra does to the composed config: remove the defaults lists left in its nodes
+    if isinstance(cfg, DictConfig):
+        if cfg._is_missing() or cfg._is_none():
+            return
+        with flag_override(cfg, ["readonly", "struct"], False):
+            if cfg._get_flag("HYDRA_REMOVE_TOP_LEVEL_DEFAULTS"):
+                cfg._set_flag("HYDRA_REMOVE_TOP_LEVEL_DEFAULTS", None)
+                cfg.pop("defaults", None)
+        for _key, value in cfg.items_ex(resolve=False):
+            _strip_defaults(value)
 
 
 # (owner, attribute, replacement); Hydra's own stays in ORIGINALS

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from contracts import compose_config
@@ -108,7 +109,8 @@ def _composed_twice_and_as_shipped(config_dir_: Path, config_name: str, override
         with initialize_config_dir(config_dir=str(config_dir_), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         assert all(node._get_root() is cfg for node in _nodes(cfg))  # no node of a kept file, or of another config
-        flags = [(key, node._get_node_flag("struct"), node._get_node_flag("readonly"), OmegaConf.get_type(node))
+        flags = [(key, node._get_node_flag("struct"), node._get_node_flag("readonly"),
+                  node._get_node_flag("no_deepcopy_set_nodes"), OmegaConf.get_type(node))
                  for key, node in [("", cfg), *((k, cfg._get_node(k)) for k in cfg)]]
         return OmegaConf.to_yaml(cfg), flags
 
@@ -127,6 +129,30 @@ def _composed_twice_and_as_shipped(config_dir_: Path, config_name: str, override
 def test_the_tests_compositions_are_hydras(overrides):
     first, again, shipped = _composed_twice_and_as_shipped(CONFIGS, "train", overrides)
     assert first == shipped and again == shipped
+
+
+def test_the_tests_compositions_that_part_ways_are_hydras(monkeypatch):
+    # Where a composition parts from an earlier one, the merge of the defaults they share is kept (tests/hydra_memo.py):
+    # the second parts from the first at arch (which keeps the merge up to arch), the third starts from that merge
+    # and parts from the second at weighting, the fourth starts from it too and parts from the first at weighting
+    import hydra_memo
+
+    monkeypatch.setattr(hydra_memo, "_composed", {})
+    monkeypatch.setattr(hydra_memo, "_prefixes", {})
+    loads = []
+    load = ConfigLoaderImpl._load_single_config
+    monkeypatch.setattr(ConfigLoaderImpl, "_load_single_config", lambda *a, **k: loads.append(1) or load(*a, **k))
+    counts = []
+    for overrides in (["arch=mmoe", "weighting=uw"], ["arch=ple", "weighting=uw"], ["arch=ple", "weighting=famo"],
+                      ["arch=mmoe", "weighting=famo", "optim=sgd"]):
+        before = len(loads)
+        first, again, shipped = _composed_twice_and_as_shipped(CONFIGS, "train", overrides)
+        assert first == shipped and again == shipped, overrides
+        counts.append(len(loads) - before)
+    assert len(hydra_memo._prefixes) == 3
+    # the first two merge every default (kept, then as shipped); the last two only those after arch, then all
+    everything = counts[0] // 2
+    assert counts[1] == counts[0] and all(everything < count < counts[0] for count in counts[2:]), counts
 
 
 def test_the_tests_compositions_resolve_an_interpolated_default_as_hydra_does(tmp_path):
