@@ -31,7 +31,6 @@ import re
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, sigmoid_focal_loss
 
 from mtlrun import distributed
 from mtlrun.checks import import_extra
@@ -108,6 +107,7 @@ def fcos_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     positive = positive & labelled.unsqueeze(1)
     num_pos = positive.sum().clamp_min(1).float()
     onehot = F.one_hot(cls.clamp(0, num_classes - 1), num_classes).float() * positive.unsqueeze(-1)
+    from torchvision.ops import sigmoid_focal_loss  # imported here, not with the module: see _batched_nms
     focal = sigmoid_focal_loss(logits, onehot, alpha=0.25, gamma=2.0, reduction="none")
     focal = torch.where(labelled.view(-1, 1, 1), focal, 0.0).sum()
     # negatives get a harmless stand-in box (the location's own cell), so no NaN reaches the `where`
@@ -121,6 +121,14 @@ def fcos_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     ctr = F.binary_cross_entropy_with_logits(ctr_logit, centreness, reduction="none")
     box_terms = torch.where(positive, giou + ctr, 0.0).sum()
     return (focal + box_terms) / num_pos
+
+
+def _batched_nms(boxes, scores, labels, iou):
+    # torchvision.ops is imported where a detection task first uses it, not with this module: every run imports
+    # this module (the task registry does), and importing torchvision.ops imports torch._dynamo, 3 s of start-up
+    from torchvision.ops import batched_nms
+
+    return batched_nms(boxes, scores, labels, iou)
 
 
 @torch.no_grad()
@@ -145,7 +153,7 @@ def decode(pred: torch.Tensor, num_classes: int, stride: int, image_size: tuple[
             keep = keep[flat[keep].topk(pre_nms_top_k).indices]
         loc, label = keep // num_classes, keep % num_classes
         kept_boxes, kept_scores = boxes[b, loc], flat[keep]
-        order = batched_nms(kept_boxes, kept_scores, label, nms_iou)[:max_detections]
+        order = _batched_nms(kept_boxes, kept_scores, label, nms_iou)[:max_detections]
         out.append({"boxes": kept_boxes[order], "scores": kept_scores[order], "labels": label[order]})
     return out
 
