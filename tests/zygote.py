@@ -45,10 +45,11 @@ STATUS = struct.Struct("i")
 IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH", "PYTHONWARNINGS",
                    "LD_PRELOAD", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                    "TORCH_LOGS")
-# What `mtlrun train` / `eval` / `predict` and torchrun import; anything else a child imports itself.
+# What `mtlrun train` / `eval` / `predict` and torchrun import; anything else a child imports itself. torch._dynamo:
+# building a torch.optim optimizer imports it (torch's @_disable_dynamo), 3.6 s of CPU in every train process.
 PRELOAD = ("torch", "numpy", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot", "mtlrun.cli",
            "mtlrun.build", "mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.engine.trainer",
-           "torch.distributed.launcher.api")  # not torch.distributed.run itself: runpy would warn
+           "torch.distributed.launcher.api", "torch._dynamo")  # not torch.distributed.run itself: runpy would warn
 SOCKET_ENV = "MTLRUN_TEST_ZYGOTE_SOCKET"  # where a relay finds the zygote
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # The Popen options a forked child gets as an exec'd one would; anything else (pass_fds, start_new_session,
