@@ -550,6 +550,17 @@ def test_a_compiled_model_is_handled():
 
 
 # ------------------------------------------------------------------------------------------------- DDP
+# Both DDP tests read one torchrun launch (ddp_worker_run): each rank's start-up (torch, torchvision via the
+# tasks, torchjd and cvxpy for the aggregators: seconds per rank) is paid once, not once per test. Each part's
+# lines carry its tag ("equal", "in_step").
+#
+# A 2-rank run equals one process on the same global batch: the loader gives rank r the samples r, r+2, ... of
+# the order one process takes in batches of 32, so with batches of 16 per rank each step sees the same 32
+# samples. No BatchNorm (its batch statistics are per rank) and no dropout: the tabular modality of digits_av.
+# No weight decay: DDP's manual gradient average gives the parameters no prediction uses (the tabular encoder's
+# token embedding here) a zero gradient where one process leaves it None, and decay would then move them.
+# The one-process references are trained before the process group exists, half of them on each rank (only rank
+# 1 compares, with all of them: they are gathered once the group is up).
 DDP_WORKER = """
 import os, sys, tempfile, torch
 import hydra_memo
@@ -559,15 +570,47 @@ from mtlrun.build import build_trainer
 from mtlrun.config import config_dir
 from mtlrun import distributed
 
-info = distributed.init_if_launched()
 torch.set_num_threads(1)
 hydra_memo.install()  # composes as the test process does (tests/cli/test_configs.py checks it against Hydra's)
 OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+# ---- equal: 2 ranks x 16 samples take the steps of 1 process x 32
+BASE = ["experiment=digits_av", "data.modalities=[tabular]", "backbone.tabular.batch_norm=false", "data.n_train=96",
+        "data.n_val=8", "data.n_test=8", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.progress_bar=false",
+        "scheduler=constant", "optim=sgd", "optim.lr=0.1", "optim.weight_decay=0"]
+CASES = [[f"weighting={m}", f"weighting.grad_on={level}"] for m in ("upgrad", "mgda", "nash_mtl")
+         for level in ("parameters", "representation")] + [["weighting=famo"], ["weighting=gradnorm"]]
+
+def train(overrides, batch_size, info):
+    cfg = compose_train([*BASE, *overrides, f"data.batch_size={batch_size}"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = build_trainer(cfg, run_dir, dist=info)
+        trainer.fit()
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), \\
+        {k: v.clone() for k, v in trainer.weighting.state_dict().items() if isinstance(v, torch.Tensor)}
+
+rank = int(os.environ["RANK"])
+mine = {i: train(case, 32, distributed.DistInfo()) for i, case in enumerate(CASES) if i % 2 == rank}
+info = distributed.init_if_launched()
+single = {i: ref for part in distributed.gather_objects(mine) for i, ref in part.items()}
+for i, case in enumerate(CASES):
+    ref, ref_state = single[i]
+    ours, state = train(case, 16, info)
+    difference = (ours - ref).abs().max().item()
+    state_difference = max([(state[k].float() - ref_state[k].float()).abs().max().item() for k in state] or [0.0])
+    if info.rank == 1:
+        print("equal", " ".join(case), "moved", (ref - single[0][0]).abs().max().item() if i else 1.0,
+              "difference", difference, "state", state_difference, flush=True)
+
+# ---- in_step: the ranks end with the same parameters (and, where BatchNorm is trained outside DDP, buffers)
 for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda", "weighting.grad_on=representation"],
                   ["weighting=upgrad", "weighting.grad_on=representation", "trainer.accumulate=2"],
                   ["weighting=gradnorm"], ["weighting=uw"]]:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *sys.argv[1:]])
+    cfg = compose_train([*overrides, *sys.argv[1:]])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(cfg, run_dir, dist=info)
         params = list(trainer.model.parameters()) + list(trainer.weighting.parameters())
@@ -577,7 +620,7 @@ for overrides in [["weighting=upgrad", "trainer.accumulate=2"], ["weighting=mgda
     ranks = distributed.gather_objects(after)
     stats = distributed.gather_objects(torch.cat([b.float().flatten() for b in trainer.model.buffers()]))
     if info.rank == 0:
-        print(" ".join(overrides), "buffers", (stats[0] - stats[1]).abs().max().item(), "moved",
+        print("in_step", " ".join(overrides), "buffers", (stats[0] - stats[1]).abs().max().item(), "moved",
               (after - before).abs().max().item(), "rank difference", (ranks[0] - ranks[1]).abs().max().item(),
               flush=True)
 distributed.barrier()
@@ -588,19 +631,30 @@ os._exit(0)
 """
 
 
+@pytest.fixture(scope="module")
+def ddp_worker_run(tmp_path_factory):
+    """DDP_WORKER under `torchrun --nproc_per_node=2`: the completed process (its stdout has each part's lines)."""
+    root = tmp_path_factory.mktemp("ddp_weighting")
+    worker = root / "worker.py"
+    worker.write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + DDP_WORKER)  # hydra_memo
+    # the in_step part: multidigits, whose CNN has BatchNorm; 4 batches of 16 per rank
+    small = [*TINY, "data.n_train=128", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"]
+    return run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(worker), *small], cwd=root, timeout=600)
+
+
+def worker_lines(proc, tag: str) -> list[str]:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [line for line in proc.stdout.splitlines() if line.startswith(f"{tag} ")]
+
+
 @pytest.mark.e2e
-def test_ddp_keeps_the_ranks_in_step(tmp_path):
+def test_ddp_keeps_the_ranks_in_step(ddp_worker_run):
     """Two CPU processes: per-task-gradient methods (outside DDP's reducer), GradNorm and UW (whose
     learned weights live outside the DDP-wrapped model) end with the same parameters on both ranks, and the
     per-task-gradient methods, trained without the DDP wrapper, with the same BatchNorm statistics."""
-    worker = tmp_path / "worker.py"
-    worker.write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + DDP_WORKER)  # hydra_memo
-    small = [*TINY, "data.n_train=128", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"]
-    proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(worker), *small], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if "rank difference" in line]
-    assert len(lines) == 5, proc.stdout
+    lines = worker_lines(ddp_worker_run, "in_step")
+    assert len(lines) == 5, ddp_worker_run.stdout
     for line in lines:
         moved, difference = float(line.split()[-4]), float(line.split()[-1])
         assert moved > 0 and difference == 0.0, line
@@ -608,66 +662,13 @@ def test_ddp_keeps_the_ranks_in_step(tmp_path):
             assert float(line.split()[-6]) == 0.0, line
 
 
-# A 2-rank run equals one process on the same global batch: the loader gives rank r the samples r, r+2, ... of
-# the order one process takes in batches of 32, so with batches of 16 per rank each step sees the same 32
-# samples. No BatchNorm (its batch statistics are per rank) and no dropout: the tabular modality of digits_av.
-# No weight decay: DDP's manual gradient average gives the parameters no prediction uses (the tabular encoder's
-# token embedding here) a zero gradient where one process leaves it None, and decay would then move them.
-EQUAL_WORKER = """
-import sys, tempfile, torch
-import hydra_memo
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from mtlrun.build import build_trainer
-from mtlrun.config import config_dir
-from mtlrun import distributed
-
-torch.set_num_threads(1)
-hydra_memo.install()  # composes as the test process does (tests/cli/test_configs.py checks it against Hydra's)
-OmegaConf.register_new_resolver("mtlrun_now", lambda fmt: "x", replace=True)
-BASE = ["experiment=digits_av", "data.modalities=[tabular]", "backbone.tabular.batch_norm=false", "data.n_train=96",
-        "data.n_val=8", "data.n_test=8", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.progress_bar=false",
-        "scheduler=constant", "optim=sgd", "optim.lr=0.1", "optim.weight_decay=0"]
-CASES = [[f"weighting={m}", f"weighting.grad_on={level}"] for m in ("upgrad", "mgda", "nash_mtl")
-         for level in ("parameters", "representation")] + [["weighting=famo"], ["weighting=gradnorm"]]
-
-def train(overrides, batch_size, info):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*BASE, *overrides, f"data.batch_size={batch_size}"])
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = build_trainer(cfg, run_dir, dist=info)
-        trainer.fit()
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), \\
-        {k: v.clone() for k, v in trainer.weighting.state_dict().items() if isinstance(v, torch.Tensor)}
-
-single = [train(case, 32, distributed.DistInfo()) for case in CASES]  # before the process group exists
-info = distributed.init_if_launched()
-for case, (ref, ref_state) in zip(CASES, single):
-    mine, state = train(case, 16, info)
-    difference = (mine - ref).abs().max().item()
-    state_difference = max([(state[k].float() - ref_state[k].float()).abs().max().item() for k in state] or [0.0])
-    if info.rank == 1:
-        print(" ".join(case), "moved", (ref - single[0][0]).abs().max().item() if case != CASES[0] else 1.0,
-              "difference", difference, "state", state_difference, flush=True)
-distributed.barrier()
-distributed.destroy()
-import os
-os._exit(0)
-"""
-
-
 @pytest.mark.e2e
-def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+def test_two_ranks_equal_one_process_on_the_global_batch(ddp_worker_run):
     """upgrad, mgda and nash_mtl at both grad_on levels, famo and gradnorm: 2 ranks x 16 samples take the steps
     of 1 process x 32 (parameters and the weighting's state, e.g. FAMO's logits and previous losses, GradNorm's
     initial losses, which rank 0's checkpoint then holds for every rank)."""
-    worker = tmp_path / "worker.py"
-    worker.write_text(f"import sys; sys.path.insert(1, {str(REPO / 'tests')!r})\n" + EQUAL_WORKER)  # hydra_memo
-    proc = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(worker)], cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if " difference " in line]
-    assert len(lines) == 8, proc.stdout
+    lines = worker_lines(ddp_worker_run, "equal")
+    assert len(lines) == 8, ddp_worker_run.stdout
     for line in lines:
         words = line.split()
         moved, difference, state = float(words[-5]), float(words[-3]), float(words[-1])
