@@ -46,10 +46,13 @@ IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH
                    "LD_PRELOAD", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                    "TORCH_LOGS")
 # What `mtlrun train` / `eval` / `predict` and torchrun import; anything else a child imports itself. torch._dynamo:
-# building a torch.optim optimizer imports it (torch's @_disable_dynamo), 3.6 s of CPU in every train process.
+# building a torch.optim optimizer imports it (torch's @_disable_dynamo), 3.6 s of CPU in every train process;
+# torchjd: every gradient-level weighting (1.3 s), in many of the suite's processes and torchrun ranks.
 PRELOAD = ("torch", "numpy", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot", "mtlrun.cli",
            "mtlrun.build", "mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.engine.trainer",
-           "torch.distributed.launcher.api", "torch._dynamo")  # not torch.distributed.run itself: runpy would warn
+           "torch.distributed.launcher.api", "torch._dynamo", "torchjd.autojac", "torchjd.aggregation")
+# (not torch.distributed.run itself: runpy would warn) and, where the extra is installed, the detection metrics
+PRELOAD_IF_INSTALLED = ("torchmetrics",)
 SOCKET_ENV = "MTLRUN_TEST_ZYGOTE_SOCKET"  # where a relay finds the zygote
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # The Popen options a forked child gets as an exec'd one would; anything else (pass_fds, start_new_session,
@@ -249,6 +252,11 @@ def relay(argv: list[str]) -> None:
 def serve(control: socket.socket, listener: socket.socket) -> None:
     for name in PRELOAD:
         __import__(name)
+    for name in PRELOAD_IF_INSTALLED:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the monitors are reaped by the kernel
     while True:
         ready, _, _ = select.select([control, listener], [], [])
