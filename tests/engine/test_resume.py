@@ -56,9 +56,12 @@ def test_resume_refuses_changing_a_group(tmp_path, trained_run):
     assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# 3 epochs of 32 steps (over a second each): a signal lands somewhere in epoch 2 or 3; wherever it lands,
-# resuming must reproduce the uninterrupted run bit for bit.
-LONG = [*EXACT, "data.n_train=1024", "trainer.max_epochs=3"]
+# 3 epochs of 64 steps: a signal lands somewhere in epoch 2 or 3; wherever it lands, resuming must reproduce
+# the uninterrupted run bit for bit. A two-stage CNN (the model is not the point): a step takes about 10 ms on
+# an idle 2-core machine, so epochs 2 and 3 left after the signal's 0.1 s still last over a second, and longer
+# on a loaded or slower one.
+LONG = [*EXACT, "backbone.image.channels=[8,16]", "backbone.image.out_dim=32", "data.n_train=2048",
+        "trainer.max_epochs=3"]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +80,8 @@ def test_signal_saves_last_and_resume_is_exact(tmp_path, straight_long_run, sig,
 
     proc = start_cli("train", *args, f"hydra.run.dir={stopped}", cwd=tmp_path)
     for line in proc.stdout:
-        if line.startswith("epoch 1/3"):
-            time.sleep(0.3)
+        if line.startswith("epoch 1/3"):  # logged just before epoch 1's checkpoint is written
+            time.sleep(0.1)  # past that write, a few steps into epoch 2
             proc.send_signal(sig)
             break
     out, err = proc.communicate(timeout=120)
@@ -87,7 +90,7 @@ def test_signal_saves_last_and_resume_is_exact(tmp_path, straight_long_run, sig,
     assert f"resume with: mtlrun train resume={last}" in out + err
     assert not (stopped / "results.json").exists()  # an interrupted run has no results to mistake
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["epoch"] >= 1
+    assert state["epoch"] >= 1 and state["batches_done"] > 0  # stopped inside epoch 2 or 3
 
     proc = run_cli("train", f"resume={last}", f"hydra.run.dir={resumed}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
