@@ -24,6 +24,11 @@ PATCHED = [sys.executable, "-c"]
 MAIN = "\nfrom mtlrun.cli import main\nsys.argv[0] = 'mtlrun'\nmain(sys.argv[1:])\n"
 
 
+# TINY with a one-stage CNN, for the tests of a stop, a kill or a failed save, where the model is not the point:
+# its steps take milliseconds, the default CNN's about a tenth of a second.
+SMALL = [*TINY, "backbone.image.channels=[8]", "backbone.image.out_dim=32"]
+
+
 def run_patched(patch: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     script = "import os, sys, signal, errno\n" + patch + MAIN
     return run_cli(*args, cwd=cwd, launcher=[*PATCHED, script])
@@ -113,8 +118,9 @@ def test_user_class_in_a_checkpoint_needs_trusted_targets(trained_run, tmp_path)
 # ----------------------------------------------------------------------------- one live run per run dir
 def test_second_run_into_a_live_run_dir_is_refused(tmp_path):
     run = tmp_path / "run"
-    # 500 epochs of 16 steps: the run is still training while the other two start, however slow the machine
-    args = [*TINY, "data.n_train=512", "trainer.max_epochs=500", f"hydra.run.dir={run}"]
+    # 5000 epochs of 16 steps (about a tenth of a second each here, ten minutes in all): the run is still
+    # training while the other two start, however slow the machine
+    args = [*SMALL, "data.n_train=512", "trainer.max_epochs=5000", f"hydra.run.dir={run}"]
     first = start_cli("train", *args, cwd=tmp_path, stderr=subprocess.STDOUT)
     try:
         for line in first.stdout:
@@ -155,8 +161,10 @@ checkpoint.save = save
 
 def test_kill_between_last_and_best_then_resume_reports_the_checkpoint_it_measured(tmp_path):
     run = tmp_path / "run"
-    # the val loss of a task falls every epoch this early in training: epoch 2 is the best so far
-    args = [*TINY, "trainer.max_epochs=3", "trainer.monitor=val/left/loss", f"hydra.run.dir={run}"]
+    # the val loss of a task falls every epoch this early in training (2.30, 2.25, 2.23 here, a two-stage CNN
+    # on 32 steps an epoch; SMALL's 8 steps of one stage do not learn yet): epoch 2 is the best so far
+    args = [*TINY, "backbone.image.channels=[8,16]", "backbone.image.out_dim=32", "data.n_train=1024",
+            "trainer.max_epochs=3", "trainer.monitor=val/left/loss", f"hydra.run.dir={run}"]
     proc = run_patched(KILL_WHILE_WRITING_BEST, "train", *args, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -216,7 +224,7 @@ torch.save = save
 
 def test_disk_full_while_saving_is_a_clear_error(tmp_path):
     run = tmp_path / "run"
-    proc = run_patched(DISK_FULL_AT_EPOCH_2, "train", *TINY, "trainer.max_epochs=3", f"hydra.run.dir={run}",
+    proc = run_patched(DISK_FULL_AT_EPOCH_2, "train", *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run}",
                        cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
@@ -240,7 +248,7 @@ checkpoint.save = save
 
 def test_second_signal_during_the_save_waits_for_it(tmp_path):
     run = tmp_path / "run"
-    proc = run_patched(SIGNAL_DURING_EVERY_SAVE, "train", *TINY, "trainer.max_epochs=3", f"hydra.run.dir={run}",
+    proc = run_patched(SIGNAL_DURING_EVERY_SAVE, "train", *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run}",
                        cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 143, out
@@ -254,7 +262,7 @@ def test_second_signal_during_the_save_waits_for_it(tmp_path):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_double_signal_exits_cleanly(tmp_path, sig, code):
     run = tmp_path / "run"
-    args = [*TINY, "data.n_train=512", "trainer.max_epochs=100", f"hydra.run.dir={run}"]  # running when signalled
+    args = [*SMALL, "data.n_train=512", "trainer.max_epochs=1000", f"hydra.run.dir={run}"]  # running when signalled
     proc = start_cli("train", *args, cwd=tmp_path)
     last = run / "checkpoints" / "last.pt"
     for line in proc.stdout:
