@@ -100,8 +100,16 @@ def once_per_session(tmp_path_factory, name: str, make) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    # In-process tests run tiny convolutions, dominated by thread start-up on a small shared CPU.
-    threads = torch.get_num_threads()
+    # In-process tests run tiny convolutions, dominated by thread start-up on a small shared CPU. And inductor
+    # compiles their kernels in this process: its default pool of compile workers, each a process that imports
+    # torch, costs more than it saves for the few tiny models the suite compiles (on a cold cache, a compiled tiny
+    # train run took 29.6 s of CPU with one compile thread against 39.8 s with this machine's default of 2, its
+    # worker processes included; one run each).
+    from torch._inductor import config as inductor
+
+    threads, compile_threads = torch.get_num_threads(), inductor.compile_threads
     torch.set_num_threads(1)
+    inductor.compile_threads = 1
     yield
     torch.set_num_threads(threads)
+    inductor.compile_threads = compile_threads
