@@ -107,7 +107,9 @@ def fcos_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     positive = positive & labelled.unsqueeze(1)
     num_pos = positive.sum().clamp_min(1).float()
     onehot = F.one_hot(cls.clamp(0, num_classes - 1), num_classes).float() * positive.unsqueeze(-1)
-    from torchvision.ops import sigmoid_focal_loss  # imported here, not with the module: see _batched_nms
+    # torchvision.ops is imported where detection uses it, not with this module: every mtlrun command imports this
+    # module (the task registry does), and importing torchvision.ops imports torch._dynamo, seconds of start-up
+    from torchvision.ops import sigmoid_focal_loss
     focal = sigmoid_focal_loss(logits, onehot, alpha=0.25, gamma=2.0, reduction="none")
     focal = torch.where(labelled.view(-1, 1, 1), focal, 0.0).sum()
     # negatives get a harmless stand-in box (the location's own cell), so no NaN reaches the `where`
@@ -123,20 +125,14 @@ def fcos_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     return (focal + box_terms) / num_pos
 
 
-def _batched_nms(boxes, scores, labels, iou):
-    # torchvision.ops is imported where a detection task first uses it, not with this module: every run imports
-    # this module (the task registry does), and importing torchvision.ops imports torch._dynamo, 3 s of start-up
-    from torchvision.ops import batched_nms
-
-    return batched_nms(boxes, scores, labels, iou)
-
-
 @torch.no_grad()
 def decode(pred: torch.Tensor, num_classes: int, stride: int, image_size: tuple[int, int] | None = None,
            score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.6,
            max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
     """Detections per image: {"boxes": [N, 4], "scores": [N], "labels": [N]} (see the module doc).
     `image_size` (H, W) clips the boxes; by default the grid's extent (h * stride, w * stride)."""
+    from torchvision.ops import batched_nms  # here, as in fcos_loss
+
     logits, log_dist, ctr_logit = split_prediction(pred, num_classes)
     h, w = pred.shape[-2:]
     points = grid_points(h, w, stride, pred.device)
@@ -153,7 +149,7 @@ def decode(pred: torch.Tensor, num_classes: int, stride: int, image_size: tuple[
             keep = keep[flat[keep].topk(pre_nms_top_k).indices]
         loc, label = keep // num_classes, keep % num_classes
         kept_boxes, kept_scores = boxes[b, loc], flat[keep]
-        order = _batched_nms(kept_boxes, kept_scores, label, nms_iou)[:max_detections]
+        order = batched_nms(kept_boxes, kept_scores, label, nms_iou)[:max_detections]
         out.append({"boxes": kept_boxes[order], "scores": kept_scores[order], "labels": label[order]})
     return out
 

@@ -50,9 +50,9 @@ IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH
 # torchjd: every gradient-level weighting (1.3 s), in many of the suite's processes and torchrun ranks.
 PRELOAD = ("torch", "numpy", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot", "mtlrun.cli",
            "mtlrun.build", "mtlrun.train", "mtlrun.eval", "mtlrun.predict", "mtlrun.engine.trainer",
-           "torch.distributed.launcher.api", "torch._dynamo", "torchjd.autojac", "torchjd.aggregation")
-# (not torch.distributed.run itself: runpy would warn) and, where the extra is installed, the detection metrics
-PRELOAD_IF_INSTALLED = ("torchmetrics",)
+           "torch.distributed.launcher.api",  # not torch.distributed.run itself: runpy would warn
+           "torch._dynamo", "torchjd.autojac", "torchjd.aggregation")
+PRELOAD_IF_INSTALLED = ("torchmetrics",)  # the detection metrics, where the extra is installed
 SOCKET_ENV = "MTLRUN_TEST_ZYGOTE_SOCKET"  # where a relay finds the zygote
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # The Popen options a forked child gets as an exec'd one would; anything else (pass_fds, start_new_session,
