@@ -55,6 +55,13 @@ def test_a_count_mismatch_names_the_row_and_both_counts(tmp_path):
         table(write(tmp_path, rows)).spec
 
 
+def test_fewer_tags_than_the_words_that_fit_is_the_count_error_not_a_traceback(tmp_path):
+    # all four words fit in max_len: the three tags used to reach the tensor and fail to broadcast there
+    rows = [*ROWS[:2], ("John lives in Paris", "B-PER O O", "train"), *ROWS[3:]]
+    with pytest.raises(UsageError, match=r"row 2 \(line 3\), column 'ner': 3 tags for the 4 words of column 'sentence'"):
+        table(write(tmp_path, rows)).spec
+
+
 def test_an_unknown_tag_and_a_char_level_text_are_refused(tmp_path):
     rows = [*ROWS[:5], ("Tokyo sees Anna", "B-LOC O B-MISC", "test")]
     with pytest.raises(UsageError, match=r"row 5 \(line 6\), column 'ner': tag 'B-MISC' is not among the train "

@@ -48,9 +48,11 @@ class TagsField(Field):
             return None
         tags = [split_words(str(c)) if p else None for c, p in zip(cells, present)]
         texts = ["" if c is None else str(c) for c in reading.m.cells[text.column]]
+        miscounted = set()  # reported here; their tags are not placed (fewer tags than tokens would not fit)
         for row in np.flatnonzero(present):
             words = len(split_words(texts[row]))
             if words != len(tags[row]):
+                miscounted.add(int(row))
                 reading.problems.add(f"{reading.m.at(int(row), self.column)}: {len(tags[row])} tags for the {words} "
                                      f"words of column '{text.column}' (input {text.name}); give one tag per "
                                      f"whitespace-separated word", group=("count", self.key))
@@ -64,7 +66,7 @@ class TagsField(Field):
                 reading.problems.add(f"{reading.m.at(row, self.column)}: tag {unknown[0]!r} is not among "
                                      f"{reading.origin} {len(names)} tags ({', '.join(names[:12])})",
                                      group=("unknown", self.key))
-            ids.append(None if row_tags is None or unknown else [index[t] for t in row_tags])
+            ids.append(None if row_tags is None or unknown or row in miscounted else [index[t] for t in row_tags])
         state = reading.state["tokenizers"][text.name]
         starts = word_starts(self._tokenizer(state, text.key), texts, state["max_len"])
         return tag_tensor(ids, starts, state["max_len"]), present
