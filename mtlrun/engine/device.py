@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -40,3 +41,16 @@ def channels_last(batch: dict) -> dict:
     inputs = {m: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.is_floating_point() else x
               for m, x in batch["inputs"].items()}
     return {**batch, "inputs": inputs}
+
+
+def step_scheduler(scheduler, scaler_may_have_skipped: bool) -> None:
+    """scheduler.step() after an optimizer step. The fp16 gradient scaler skips an optimizer step whose gradients
+    overflow at its scale, as the first ones often do at its initial scale; the schedule advances all the same, as
+    the trainer's global_step does (a resumed run counts the same steps). torch's warning at a first scheduler step
+    whose optimizer has not stepped is about calling the two in the wrong order, which this is not."""
+    if not scaler_may_have_skipped:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()

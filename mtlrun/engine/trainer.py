@@ -23,7 +23,7 @@ from mtlrun import distributed
 from mtlrun.data.loading import to_device
 from mtlrun.diagnostics.conflict import ConflictMeter
 from mtlrun.engine.ddp import average_buffers, average_gradients, wrap_for_training
-from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device
+from mtlrun.engine.device import AMP_DTYPES, autocast, channels_last, resolve_device, step_scheduler
 from mtlrun.engine.evaluate import count_batches, evaluate_split
 from mtlrun.engine.finite import BufferGuard, all_finite, check_outputs_finite, first_nonfinite_step, grads_finite
 from mtlrun.engine.logger.base import Trackers
@@ -261,7 +261,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        step_scheduler(self.scheduler, self.scaler is not None and self.global_step == 0)
         self.global_step += 1
 
     def _log_step(self) -> None:

@@ -88,3 +88,21 @@ def test_a_model_whose_val_loss_is_non_finite_stops_a_skip_nonfinite_run():
     with pytest.raises(NonFiniteLossError, match=r"^after epoch 2 the model gives a non-finite val loss for task "
                                                  r"'a' .* nothing was saved, last\.pt is the last good checkpoint"):
         check_outputs_finite(broken, ["a", "b"], 2, "last.pt")
+
+
+def test_a_first_step_the_fp16_scaler_skips_advances_the_schedule_without_torchs_order_warning(tmp_path):
+    import warnings
+
+    cfg = compose_config([*SGD_64, "data.batch_size=32", "trainer.precision=16", "scheduler=cosine"])
+    trainer = build_trainer(cfg, tmp_path, dist=DistInfo())
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # float16 gradients overflow at this scale
+    batch = next(iter(trainer.data.train_loader(epoch=0, seed=0, device=trainer.device)))
+    before = _state(trainer)
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.step([batch])
+    assert trainer.scaler.get_scale() < 2.0**40  # the scaler did skip it
+    assert all(torch.equal(v, before[k]) for k, v in _state(trainer).items() if k.endswith("weight"))
+    assert trainer.global_step == 1 and trainer.optimizer.param_groups[0]["lr"] < lr  # the schedule moved on
+    assert not [str(w.message) for w in caught if "lr_scheduler" in str(w.message)]
