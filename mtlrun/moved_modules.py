@@ -56,8 +56,9 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder):
         new = moved_name(fullname)
         if new is None:
             return None
-        warnings.warn(f"{fullname} moved to {new}; the old name is deprecated and goes in mtlrun {REMOVED_IN}",
-                      FutureWarning, stacklevel=2)
+        if fullname in MOVED_MODULES:  # one warning per import: a submodule's import imports this one first
+            warnings.warn(f"{fullname} moved to {new} (with everything under it); the old name is deprecated and "
+                          f"goes in mtlrun {REMOVED_IN}", FutureWarning, stacklevel=2)
         return importlib.util.spec_from_loader(fullname, _Alias(importlib.import_module(new)))
 
 

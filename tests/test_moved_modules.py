@@ -58,8 +58,14 @@ def test_a_users_target_naming_an_old_module_path_builds_with_a_deprecation_warn
 
 
 def test_an_old_import_path_is_the_same_module(forget_old_names):
-    with pytest.warns(FutureWarning, match=r"mtlrun\.engine\.loggers\.base moved to mtlrun\.engine\.logger\.base"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         from mtlrun.engine.loggers.base import Trackers
+    # one warning, at the package the old path goes through, not one more for each module under it
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (FutureWarning, "mtlrun.engine.loggers moved to mtlrun.engine.logger (with everything under it); the old "
+                        "name is deprecated and goes in mtlrun 0.3")]
+    assert caught[0].filename == __file__  # it points at the line that names the old path
     from mtlrun.engine.logger.base import Trackers as current
 
     assert Trackers is current
