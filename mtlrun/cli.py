@@ -24,7 +24,7 @@ SUBCOMMANDS = {
     "train": ("mtlrun.train:train", "train a model (default: two-digit multidigits, small CNN, hard sharing)"),
     "eval": ("mtlrun.eval:evaluate", "evaluate a checkpoint: mtlrun eval checkpoint=PATH [split=test]"),
     "predict": ("mtlrun.predict:predict", "predictions of a checkpoint: mtlrun predict checkpoint=PATH data.path=new.csv"),
-    "export": ("mtlrun.export:export", "export a checkpoint: mtlrun export checkpoint=PATH format=weights|torchscript|onnx"),
+    "export": ("mtlrun.export:export", "export a checkpoint: mtlrun export checkpoint=PATH format=weights|pt2|torchscript|onnx"),
     "affinity": ("mtlrun.affinity:affinity", "which tasks help each other: lookahead task affinity (TAG) and groupings"),
     "report": ("mtlrun.report:main", "compare runs: mean ± std over seeds, Δm%, paired tests, Pareto front"),
 }

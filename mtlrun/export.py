@@ -1,11 +1,13 @@
-"""`mtlrun export checkpoint=PATH format=weights|torchscript|onnx`: the trained model without the training state.
+"""`mtlrun export checkpoint=PATH format=weights|pt2|torchscript|onnx`: the trained model without the training
+state.
 
 Every format writes, in the run dir (outputs/export/<date>/<time>) or `output`:
 - config.yaml: the checkpoint's resolved config (what rebuilds the model)
 - data_state.json: the data's fitted preprocessing (class lists, vocabularies, statistics), as JSON
-- export.json: the format, the positional input and output order of TorchScript / ONNX, the check's figures
+- export.json: the format, the positional input and output order of pt2 / TorchScript / ONNX, the check's figures
 and then model.safetensors (weights: `mtlrun.load(folder)` and `mtlrun predict checkpoint=folder` read it
-back), model.ts (TorchScript) or model.onnx. The check (mtlrun/inference/portable.py) runs the written model
+back), model.pt2 (a torch.export ExportedProgram: `torch.export.load(path).module()`), model.ts (TorchScript) or
+model.onnx. The check (mtlrun/inference/portable.py) runs the written model
 next to the PyTorch one on a batch of the data and prints the max abs difference per task.
 """
 
@@ -28,7 +30,7 @@ from mtlrun.engine.records import atomic_write_text, discard, file_in_the_way, w
 from mtlrun.errors import UsageError, WriteError
 
 log = logging.getLogger("mtlrun")
-FILES = {"weights": WEIGHTS, "torchscript": "model.ts", "onnx": "model.onnx"}
+FILES = {"weights": WEIGHTS, "pt2": "model.pt2", "torchscript": "model.ts", "onnx": "model.onnx"}
 EXPORTED = (CONFIG, DATA_STATE, META, *FILES.values(), "model.onnx.data")  # what an export folder holds
 ACCEPTS = Accepts("export", options=(*COMMON_OPTIONS, "format", "output", "split", "tolerance"),
                   editable=RUNTIME_KEYS, new_data=NEW_DATA)  # data.path: check the export on that manifest
@@ -100,7 +102,10 @@ def _write_and_check(fmt: str, model, wrapper, target, full: tuple, small: tuple
         diffs = {"weights": max((float((back[k].float() - v.float()).abs().max()) if v.numel() else 0.0)
                                 for k, v in state.items())} if set(back) == set(state) else {"weights": float("inf")}
         return diffs, extra
-    if fmt == "torchscript":
+    if fmt == "pt2":
+        portable.to_pt2(wrapper, full[0], target)
+        run = lambda a: portable.run_pt2(target, a)  # noqa: E731
+    elif fmt == "torchscript":
         portable.to_torchscript(wrapper, full[0], target)
         run = lambda a: portable.run_torchscript(target, a)  # noqa: E731
     else:

@@ -77,7 +77,7 @@ def _weights_export(meta: dict, file: Path) -> dict:
     model.safetensors of its own), and its epoch and step are integers or null."""
     if meta.get("format") != "weights":
         raise UntrustedFileError(file, f"format={meta.get('format')!r}: mtlrun.load and predict read a "
-                                       f"`format=weights` export (torchscript and onnx files run in their own "
+                                       f"`format=weights` export (pt2, torchscript and onnx files run in their own "
                                        f"runtimes)")
     for key in ("epoch", "global_step"):
         if meta.get(key) is not None and not is_int(meta[key]):

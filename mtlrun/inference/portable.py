@@ -1,6 +1,7 @@
-"""A trained model in formats that need no mtlrun: safetensors weights, TorchScript and ONNX (`mtlrun export`).
+"""A trained model in formats that need no mtlrun: safetensors weights, a torch.export program (pt2), TorchScript
+and ONNX (`mtlrun export`).
 
-TorchScript and ONNX take positional tensors and return a tuple, in a fixed order (`PositionalModel`):
+pt2, TorchScript and ONNX take positional tensors and return a tuple, in a fixed order (`PositionalModel`):
     inputs:  one tensor per modality, in the data's modality order (the batch layouts of mtlrun.data.base);
              then, for a model with several modalities, one bool tensor [B] per modality, in the same order
              (True: the sample has it; all True for complete samples)
@@ -26,7 +27,7 @@ from torch import nn
 from mtlrun.engine.records import atomic_write_bytes
 from mtlrun.errors import MtlrunError, UsageError, WriteError, os_error_behind
 
-FORMATS = ("weights", "torchscript", "onnx")
+FORMATS = ("weights", "pt2", "torchscript", "onnx")
 
 
 class ExportError(MtlrunError):
@@ -84,6 +85,31 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def _dynamic_batch(args: tuple) -> tuple:
+    """torch.export's dynamic_shapes for forward(*tensors): one tuple argument, so the shapes nest in a 1-tuple."""
+    return (tuple({0: torch.export.Dim.DYNAMIC} for _ in args),)
+
+
+def to_pt2(wrapper: PositionalModel, args: tuple, path: Path) -> None:
+    """Write model.pt2: the model as a torch.export ExportedProgram with a dynamic batch axis, which
+    `torch.export.load(path).module()` runs with torch alone: TorchScript's successor (the torch this runs on may
+    warn that torch.jit is deprecated)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(wrapper, args, dynamic_shapes=_dynamic_batch(args))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+    except Exception as exc:
+        raise ExportError(f"format=pt2: torch.export cannot export this model: {first_line(exc)}") from None
+    atomic_write_bytes(path, buffer.getvalue())  # a failed write: a WriteError naming the file
+
+
+def run_pt2(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return tuple(torch.export.load(str(path)).module()(*args))
+
+
 def to_torchscript(wrapper: PositionalModel, args: tuple, path: Path) -> None:
     try:
         with warnings.catch_warnings():
@@ -111,9 +137,8 @@ def to_onnx(wrapper: PositionalModel, args: tuple, path: Path) -> tuple[str, lis
     except ImportError:
         raise UsageError('format=onnx needs onnx and onnxscript: pip install "mtlrun[export]"') from None
     names, outputs = wrapper.input_names(), list(wrapper.tasks)
-    batch = {0: torch.export.Dim.DYNAMIC}
-    attempts = {  # forward(*tensors): torch.export sees one tuple argument, so the shapes nest in a 1-tuple
-        "dynamo": {"dynamo": True, "report": False, "dynamic_shapes": (tuple(batch for _ in args),)},
+    attempts = {
+        "dynamo": {"dynamo": True, "report": False, "dynamic_shapes": _dynamic_batch(args)},
         "torchscript-based": {"dynamo": False, "dynamic_axes": {n: {0: "batch"} for n in [*names, *outputs]}},
     }
     errors = []

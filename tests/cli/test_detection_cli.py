@@ -67,7 +67,7 @@ def test_predict_writes_the_boxes_per_image_and_per_box(det_run, tmp_path):
         assert [float(r["score"]) for r in per_box if r["id"] == str(record["id"])] == pytest.approx(scores)
 
 
-@pytest.mark.parametrize("fmt", ["weights", "torchscript"])  # onnx: as torchscript, 20 s
+@pytest.mark.parametrize("fmt", ["weights", "pt2", "torchscript"])  # onnx: as pt2 (torch.export), 20 s
 def test_export_gives_the_raw_head_outputs(det_run, tmp_path, fmt):
     out = tmp_path / fmt
     proc = run_cli("export", f"checkpoint={det_run / 'checkpoints' / 'best.pt'}", f"format={fmt}", f"output={out}",

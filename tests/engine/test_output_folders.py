@@ -100,6 +100,8 @@ def test_export_writes_that_fail_are_write_errors(tmp_path, monkeypatch):
     wrapper = portable.PositionalModel(_Model(), ["x"], ["a"])
     with pytest.raises(WriteError, match=r"model\.ts: cannot write there: No such file or directory$"):
         portable.to_torchscript(wrapper, (torch.randn(2, 3),), tmp_path / "gone" / "model.ts")
+    with pytest.raises(WriteError, match=r"model\.pt2: cannot write there: No such file or directory$"):
+        portable.to_pt2(wrapper, (torch.randn(2, 3),), tmp_path / "gone" / "model.pt2")
 
 
 class _Model(torch.nn.Module):
@@ -204,7 +206,7 @@ def test_export_options_and_folder_are_listed_as_config_problems(tmp_path):
         (tmp_path / "old" / name).write_text("A's")
     cfg = OmegaConf.create({"format": "tflite", "tolerance": float("nan"), "output": str(tmp_path / "old")})
     assert option_problems(cfg) == [
-        "format=tflite: valid: weights, torchscript, onnx",
+        "format=tflite: valid: weights, pt2, torchscript, onnx",
         "tolerance=nan: a finite number >= 0 (the largest abs difference accepted)",
         f"output={tmp_path / 'old'}: holds config.yaml, export.json, model.safetensors; an export folder describes "
         f"one model: choose a folder without these (export each format into a folder of its own)"]

@@ -122,10 +122,20 @@ class Untraceable(nn.Module):
         return {"a": "not a tensor"}
 
 
+class Branchy(nn.Module):
+    def forward(self, inputs, modality_mask=None):  # a branch on a value: torch.export cannot keep both sides
+        return {"a": inputs["x"] * 2 if inputs["x"].sum() > 0 else inputs["x"]}
+
+
 def test_a_model_that_cannot_be_exported_names_the_format_and_the_reason(tmp_path):
     wrapper = portable.PositionalModel(Untraceable(), ["x"], ["a"])
     with pytest.raises(portable.ExportError, match="format=torchscript: torch.jit.trace cannot trace this model: "):
         portable.to_torchscript(wrapper, (torch.randn(2, 3),), tmp_path / "model.ts")
+    branchy = portable.PositionalModel(Branchy(), ["x"], ["a"])
+    with pytest.raises(portable.ExportError, match="format=pt2: torch.export cannot export this model: "
+                                                   "GuardOnDataDependentSymNode: "):
+        portable.to_pt2(branchy, (torch.randn(2, 3),), tmp_path / "model.pt2")
+    assert not list(tmp_path.iterdir())  # nothing half-written
     assert portable.compare(["a"], (torch.zeros(2, 3),), (torch.zeros(3, 2),)) == {"a": float("inf")}
     assert portable.compare(["a"], (torch.zeros(2),), (torch.tensor([0.0, -0.5]),)) == {"a": 0.5}
 

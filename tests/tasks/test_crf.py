@@ -121,7 +121,7 @@ def test_a_crf_model_trains_predicts_and_exports(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()[0])
     assert len(record["ner"]["tags"]) == len(record["ner"]["words"]) and "entities" in record["ner"]
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("pt2", "torchscript", "onnx"):
         proc = run_cli("export", f"checkpoint={best}", f"format={fmt}", f"output={tmp_path / fmt}",
                        f"hydra.run.dir={tmp_path / ('log_' + fmt)}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr

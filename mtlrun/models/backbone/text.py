@@ -59,10 +59,11 @@ class RNNText(TokenSequenceEncoder):
     """Embedding -> (bi)GRU / LSTM over the packed sequences -> masked mean of the outputs -> Linear + ReLU.
 
     The sequences are packed, so the recurrence stops at each text's last real token: trailing padding is
-    never fed to it (and the backward direction starts from the real end). On CUDA the same result comes from
-    `_unpacked_rnn`, which needs no host sync (packing wants the lengths on the host). A text's length is the position
-    of its last non-padding id, so a 0 inside a text is read as an (all-zero) padding embedding rather
-    than cutting the text short; it is still left out of the mean and of `token_mask`.
+    never fed to it (and the backward direction starts from the real end). On CUDA, and where torch.export
+    traces the model, the same result comes from `_unpacked_rnn`, which needs no host sync (packing wants the
+    lengths on the host). A text's length is the position of its last non-padding id, so a 0 inside a text is
+    read as an (all-zero) padding embedding rather than cutting the text short; it is still left out of the
+    mean and of `token_mask`.
     """
 
     def __init__(self, vocab_size: int, max_len: int, cell: str = "gru", embed_dim: int = 64, hidden: int = 128,
@@ -94,7 +95,9 @@ class RNNText(TokenSequenceEncoder):
         lengths = (mask * positions).amax(1)  # position of the last real token; 0 for all padding
         # pack_padded_sequence rejects length 0: an all-padding row runs one step on the padding embedding,
         # and that step is masked out below, so the row's vector is the projection of zeros (finite)
-        if ids.is_cuda:  # no host sync: each direction over the padded batch, the backward one on reversed texts
+        # no host sync: each direction over the padded batch, the backward one on reversed texts. Also what
+        # torch.export traces (mtlrun export format=pt2 / onnx): packing's host-side lengths are data-dependent sizes
+        if ids.is_cuda or _exporting():
             out = _unpacked_rnn(self.rnn, self.embed(ids), lengths)
         else:
             packed = pack_padded_sequence(self.embed(ids), lengths.clamp(min=1).cpu(), batch_first=True,
@@ -102,6 +105,11 @@ class RNNText(TokenSequenceEncoder):
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
         return out * mask.unsqueeze(-1).to(out.dtype), mask
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting and is_exporting())
 
 
 def _unpacked_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
