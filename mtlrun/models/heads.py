@@ -27,7 +27,7 @@ from torch import nn
 
 from mtlrun.crf import chain_potentials
 from mtlrun.errors import UsageError
-from mtlrun.models.backbone.text import _masked_mean
+from mtlrun.models.backbone.base import masked_mean
 
 
 def make_head(in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -135,7 +135,7 @@ class PooledTokenHead(TokenHead):
     """A sentence-level task on a token sequence: the mean over the real tokens, then `make_head`."""
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(_masked_mean(tokens, mask))
+        return self.head(masked_mean(tokens, mask))
 
 
 def make_token_heads(tasks: dict, encoder: nn.Module, hidden: int = 0, dropout: float = 0.0) -> nn.ModuleDict:

@@ -71,3 +71,10 @@ class StagedEncoder(Encoder):
         features = self.features(x)
         tokens = features.flatten(2).transpose(1, 2) if features.dim() > 2 else features.unsqueeze(1)
         return Encoded(self.project(features), tokens, None)
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of values [B, N, D] over the valid [B, N] positions; zeros where none is valid. The invalid ones are
+    filled with zeros first, not multiplied by the mask (0 * inf is nan): whatever they hold cannot leak in."""
+    total = values.masked_fill(~valid.unsqueeze(-1), 0).sum(1)
+    return total / valid.sum(1, keepdim=True).clamp(min=1).to(total.dtype)

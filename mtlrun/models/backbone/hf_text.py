@@ -25,7 +25,8 @@ from mtlrun.checks import check_range, import_extra
 from mtlrun.data.hf_tokenizer import swap_pad
 from mtlrun.errors import UsageError
 from mtlrun.hub import from_cache, repo_cache_dir
-from mtlrun.models.backbone.text import TokenSequenceEncoder, _check_data, _masked_mean
+from mtlrun.models.backbone.base import masked_mean
+from mtlrun.models.backbone.text import TokenSequenceEncoder, check_text_data
 
 _KEY = "backbone.text"
 POOLINGS = ("mean", "cls")
@@ -90,7 +91,7 @@ class HFText(TokenSequenceEncoder):
                  pretrained: bool = True, config: dict | None = None, pooling: str = "mean",
                  tokenizer: str = "mtlrun", out_dim: int | None = None):
         super().__init__()
-        _check_data(vocab_size, max_len)
+        check_text_data(vocab_size, max_len)
         transformers = import_extra("transformers", "hf", "backbone/text=hf")
         if pooling not in POOLINGS:
             raise UsageError(f"{_KEY}.pooling={pooling}: valid: {', '.join(POOLINGS)}")
@@ -128,7 +129,7 @@ class HFText(TokenSequenceEncoder):
             self.out_dim = int(out_dim)
 
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
+        return masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states [B, L, token_dim], zero at padding; mask [B, L], True at a real token)."""

@@ -19,24 +19,18 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mtlrun.errors import UsageError
 from mtlrun.checks import check_dropout, check_range
-from mtlrun.models.backbone.base import Encoded, Encoder
+from mtlrun.models.backbone.base import Encoded, Encoder, masked_mean
 
 _KEY = "backbone.text"
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
-def _check_data(vocab_size, max_len) -> None:
+def check_text_data(vocab_size, max_len) -> None:
     # data-derived (ModalityInfo.args), so the message names the data rather than a backbone option
     for name, value, low in (("vocab_size", vocab_size, 2), ("max_len", max_len, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UsageError(f"the text data gives {name}={value}; a text encoder needs an integer >= {low} "
                              f"(vocab_size counts <pad> and <unk>)")
-
-
-def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `tokens` [B, L, D] over the positions where `mask` [B, L] is True; 0 for a row with none."""
-    count = mask.sum(1, keepdim=True).clamp(min=1).to(tokens.dtype)
-    return tokens.sum(1) / count
 
 
 class TokenSequenceEncoder(Encoder):
@@ -52,7 +46,7 @@ class TokenSequenceEncoder(Encoder):
         return Encoded(self.project(self.pool(tokens, mask)), tokens, mask)
 
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(tokens, mask)
+        return masked_mean(tokens, mask)
 
 
 class RNNText(TokenSequenceEncoder):
@@ -69,7 +63,7 @@ class RNNText(TokenSequenceEncoder):
     def __init__(self, vocab_size: int, max_len: int, cell: str = "gru", embed_dim: int = 64, hidden: int = 128,
                  layers: int = 1, bidirectional: bool = True, dropout: float = 0.0, out_dim: int = 128):
         super().__init__()
-        _check_data(vocab_size, max_len)
+        check_text_data(vocab_size, max_len)
         if cell not in _CELLS:
             raise UsageError(f"{_KEY}.cell={cell}: valid cells are {', '.join(_CELLS)}")
         if not isinstance(bidirectional, bool):
@@ -155,7 +149,7 @@ class TransformerText(TokenSequenceEncoder):
     def __init__(self, vocab_size: int, max_len: int, dim: int = 64, heads: int = 4, layers: int = 2,
                  ff: int = 128, dropout: float = 0.1, out_dim: int = 128):
         super().__init__()
-        _check_data(vocab_size, max_len)
+        check_text_data(vocab_size, max_len)
         for option, value in (("dim", dim), ("heads", heads), ("layers", layers), ("ff", ff), ("out_dim", out_dim)):
             check_range(f"{_KEY}.{option}", value, 1)
         if dim % heads:

@@ -29,7 +29,7 @@ from torch import nn
 
 from mtlrun.checks import check_dropout, check_range, is_int
 from mtlrun.errors import UsageError
-from mtlrun.models.backbone.base import Encoded
+from mtlrun.models.backbone.base import Encoded, masked_mean  # noqa: F401 - a fusion helper too
 
 
 class Fusion(nn.Module):
@@ -147,12 +147,6 @@ def clean_tokens(enc: Encoded, present: torch.Tensor) -> tuple[torch.Tensor, tor
     """(tokens with every missing or padded position zeroed, their validity [B, L])."""
     valid = token_valid(enc, present)
     return enc.tokens.masked_fill(~valid.unsqueeze(-1), 0), valid
-
-
-def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of values [B, N, D] over the valid [B, N] positions; zeros where none is valid."""
-    total = values.masked_fill(~valid.unsqueeze(-1), 0).sum(1)
-    return total / valid.sum(1, keepdim=True).clamp(min=1).to(total.dtype)
 
 
 def masked_softmax(logits: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
