@@ -6,9 +6,9 @@ Every format writes, in the run dir (outputs/export/<date>/<time>) or `output`:
 - data_state.json: the data's fitted preprocessing (class lists, vocabularies, statistics), as JSON
 - export.json: the format, the positional input and output order of pt2 / TorchScript / ONNX, the check's figures
 and then model.safetensors (weights: `mtlrun.load(folder)` and `mtlrun predict checkpoint=folder` read it
-back), model.pt2 (a torch.export ExportedProgram: `torch.export.load(path).module()`), model.ts (TorchScript) or
-model.onnx. The check (mtlrun/inference/portable.py) runs the written model
-next to the PyTorch one on a batch of the data and prints the max abs difference per task.
+back), model.pt2 (a torch.export ExportedProgram: `torch.export.load(path).module()`), model.ts (TorchScript)
+or model.onnx. The check (mtlrun/inference/portable.py) runs the written model next to the PyTorch one on a
+batch of the data and prints the max abs difference per task.
 """
 
 from __future__ import annotations
