@@ -132,10 +132,22 @@ def test_the_allowed_lazy_imports_are_lazy_and_still_needed():
 IMPORTED_WHERE_USED = ("torchvision",)
 
 
+def import_time_statements(tree: ast.Module):
+    """The statements that run when the module is imported: its own, and those inside its module-level if / try
+    / with / for blocks and class bodies; not function bodies, which run when called."""
+    stack = list(reversed(tree.body))  # in file order
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stack += reversed([child for child in ast.iter_child_nodes(node)
+                               if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case))])
+
+
 def test_slow_libraries_are_imported_where_they_are_used():
     eager = []
     for name, path in modules().items():
-        for node in ast.iter_child_nodes(ast.parse(path.read_text(), str(path))):  # the module's own statements
+        for node in import_time_statements(ast.parse(path.read_text(), str(path))):
             named = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             eager += [f"{name}, line {node.lineno}: {n}" for n in named if n.split(".")[0] in IMPORTED_WHERE_USED]
