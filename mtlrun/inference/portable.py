@@ -90,19 +90,28 @@ def _dynamic_batch(args: tuple) -> tuple:
     return (tuple({0: torch.export.Dim.DYNAMIC} for _ in args),)
 
 
+def _write_program(path: Path, cannot: str, capture, save) -> None:
+    """`save(capture(), buffer)`, then the bytes written to `path` atomically (a failed write: a WriteError naming
+    the file). A model the exporter cannot take is an ExportError: `cannot` (format and exporter) and the reason.
+    The exporter's warnings (e.g. TracerWarnings) are silenced: the check after the export decides whether the
+    written model computes what the PyTorch one does."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = capture()
+        buffer = io.BytesIO()
+        save(program, buffer)
+    except Exception as exc:
+        raise ExportError(f"{cannot}: {first_line(exc)}") from None
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def to_pt2(wrapper: PositionalModel, args: tuple, path: Path) -> None:
     """Write model.pt2: the model as a torch.export ExportedProgram with a dynamic batch axis, which
     `torch.export.load(path).module()` runs with torch alone: TorchScript's successor (the torch this runs on may
     warn that torch.jit is deprecated)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(wrapper, args, dynamic_shapes=_dynamic_batch(args))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-    except Exception as exc:
-        raise ExportError(f"format=pt2: torch.export cannot export this model: {first_line(exc)}") from None
-    atomic_write_bytes(path, buffer.getvalue())  # a failed write: a WriteError naming the file
+    _write_program(path, "format=pt2: torch.export cannot export this model",
+                   lambda: torch.export.export(wrapper, args, dynamic_shapes=_dynamic_batch(args)), torch.export.save)
 
 
 def run_pt2(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
@@ -111,15 +120,8 @@ def run_pt2(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
 
 
 def to_torchscript(wrapper: PositionalModel, args: tuple, path: Path) -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings: the check below decides whether the trace is faithful
-            traced = torch.jit.trace(wrapper, args, check_trace=False, strict=False)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-    except Exception as exc:
-        raise ExportError(f"format=torchscript: torch.jit.trace cannot trace this model: {first_line(exc)}") from None
-    atomic_write_bytes(path, buffer.getvalue())  # a failed write: a WriteError naming the file
+    _write_program(path, "format=torchscript: torch.jit.trace cannot trace this model",
+                   lambda: torch.jit.trace(wrapper, args, check_trace=False, strict=False), torch.jit.save)
 
 
 def run_torchscript(path: Path, args: tuple) -> tuple[torch.Tensor, ...]:
